@@ -1,0 +1,45 @@
+"""Process-wide runtime settings for CPU training: threads, denormals, offline mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+THREADS_VARIABLE = "SAFE_CPIFT_NUM_THREADS"
+
+
+def set_offline() -> None:
+    """Tell every Hugging Face library not to reach the hub (call before importing them).
+
+    Used by the demo and the tests; recipes that name hub ids leave the network alone.
+    """
+    for var in OFFLINE_VARIABLES:
+        os.environ.setdefault(var, "1")
+
+
+def configure_runtime(num_threads: int | None = None) -> int:
+    """Set torch's intra-op thread count and flush denormals to zero.
+
+    Args:
+        num_threads (`int`, *optional*):
+            Threads for torch's CPU kernels. Defaults to `$SAFE_CPIFT_NUM_THREADS`, else 1: on a
+            2-core machine one thread gave steady step times while two were erratic whenever another
+            process ran (see benchmarks/threads.py to measure on your machine).
+
+    Returns:
+        `int`: the thread count in force.
+    """
+    import torch
+
+    if num_threads is None:
+        num_threads = int(os.environ.get(THREADS_VARIABLE, "1"))
+    if num_threads < 1:
+        raise ValueError(f"`num_threads` must be >= 1, got {num_threads}")
+    torch.set_flush_denormal(True)
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
+    logger.debug("torch threads=%d, flush_denormal on", num_threads)
+    return num_threads

@@ -1,0 +1,92 @@
+"""Streaming safetensors reader/writer and atomic writes."""
+
+import json
+
+import pytest
+import torch
+
+from safe_cpift.io import (
+    INDEX_FILE,
+    ShardedWriter,
+    atomic_directory,
+    atomic_write_json,
+    open_checkpoint,
+    state_dict_fingerprint,
+)
+from safe_cpift.models import as_state_dict, load_causal_lm
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(0)
+    return {f"layer.{i}.weight": torch.randn(64, 32, generator=g) for i in range(5)} | {
+        "half": torch.randn(8, dtype=torch.float64, generator=g).to(torch.bfloat16)
+    }
+
+
+def test_sharded_write_read_roundtrip(tmp_path):
+    tensors = _tensors()
+    with ShardedWriter(tmp_path / "ckpt", max_shard_bytes=64 * 32 * 4 * 2) as w:
+        for k, v in tensors.items():
+            w.add(k, v)
+    index = json.loads((tmp_path / "ckpt" / INDEX_FILE).read_text())
+    assert len(set(index["weight_map"].values())) == 3
+    reader = open_checkpoint(tmp_path / "ckpt")
+    assert sorted(reader.names()) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(reader.get(k), v)
+        assert reader.shape(k) == tuple(v.shape)
+    assert reader.fingerprint() == state_dict_fingerprint(tensors)
+
+
+def test_single_shard_uses_model_safetensors(tmp_path):
+    with ShardedWriter(tmp_path / "c") as w:
+        w.add("a", torch.ones(3))
+    assert (tmp_path / "c" / "model.safetensors").is_file()
+    assert not (tmp_path / "c" / INDEX_FILE).exists()
+    with pytest.raises(ValueError, match="written twice"):
+        w2 = ShardedWriter(tmp_path / "d")
+        w2.add("a", torch.ones(1))
+        w2.add("a", torch.ones(1))
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(target) as tmp:
+        (tmp / "done.txt").write_text("ok")
+    assert (target / "done.txt").read_text() == "ok"
+    with pytest.raises(FileExistsError):
+        with atomic_directory(target):
+            pass
+
+
+def test_atomic_write_json(tmp_path):
+    atomic_write_json(tmp_path / "a" / "r.json", {"x": 1, "p": tmp_path})
+    assert json.loads((tmp_path / "a" / "r.json").read_text())["x"] == 1
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["r.json"]
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="pickle"):
+        open_checkpoint(tmp_path)
+
+
+def test_load_local_model_and_state_dict_views(tmp_path, tiny_llama):
+    model = tiny_llama(seed=1)
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_causal_lm(tmp_path / "m")
+    sd_model = as_state_dict(model)
+    sd_dir = as_state_dict(tmp_path / "m")
+    for name, p in loaded.named_parameters():
+        assert torch.equal(p, sd_model[name])
+        assert torch.equal(sd_dir[name], sd_model[name])
+    with pytest.raises(FileNotFoundError):
+        load_causal_lm(tmp_path / "missing")
+    with pytest.raises(TypeError):
+        as_state_dict(42)
