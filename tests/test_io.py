@@ -90,3 +90,16 @@ def test_load_local_model_and_state_dict_views(tmp_path, tiny_llama):
         load_causal_lm(tmp_path / "missing")
     with pytest.raises(TypeError):
         as_state_dict(42)
+
+
+def test_atomic_outputs_get_the_usual_modes(tmp_path):
+    import os
+    import stat
+
+    atomic_write_json(tmp_path / "r.json", {})
+    with atomic_directory(tmp_path / "d") as d:
+        (d / "x").write_text("1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
