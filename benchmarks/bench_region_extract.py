@@ -1,0 +1,189 @@
+"""Region extraction throughput on a synthetic sharded checkpoint pair vs a raw read of the same files.
+
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_region_extract.py [--gb 1.0] [--top-p 0.01] [--keep DIR]
+
+Writes a base and a tuned checkpoint (Llama-like tensor shapes, float32, `--gb` GB each, 256 MB
+shards) to a temporary directory, then times, each in a fresh subprocess so peak RSS is its own:
+
+- `raw`: read every byte of both checkpoints' .safetensors files (64 MB `readinto`, no parsing);
+- `touch`: open both with `safe_cpift.io.open_checkpoint` and sum every tensor (mmap + one pass);
+- `extract`: `CoreRegion.from_update(base_dir, tuned_dir, top_p)` (global exact threshold).
+
+Each is measured warm (files in the page cache) and cold (pages of these files dropped with
+`posix_fadvise(DONTNEED)`, which touches no other process's cache). Prints throughput, the ratio
+raw_time / extract_time (target >= 0.8) and peak RSS (VmHWM, which counts mapped file pages) plus
+the peak anonymous RSS sampled every 20 ms. Deletes the files unless `--keep` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def shapes(gb: float, hidden: int = 1024, inter: int = 2816, vocab: int = 32000) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
+    fixed = 2 * vocab * hidden + hidden
+    layers = max(1, -(-int(gb * 1e9 / 4 - fixed) // per_layer))
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            out[p + f"self_attn.{m}.weight"] = (hidden, hidden)
+        out[p + "mlp.gate_proj.weight"] = (inter, hidden)
+        out[p + "mlp.up_proj.weight"] = (inter, hidden)
+        out[p + "mlp.down_proj.weight"] = (hidden, inter)
+        out[p + "input_layernorm.weight"] = (hidden,)
+        out[p + "post_attention_layernorm.weight"] = (hidden,)
+    out["model.norm.weight"] = (hidden,)
+    out["lm_head.weight"] = (vocab, hidden)
+    return out
+
+
+def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
+    import torch
+
+    from safe_cpift.io import ShardedWriter
+
+    g = torch.Generator().manual_seed(0)
+    total = 0
+    with ShardedWriter(root / "base", max_shard_bytes=256 * 2**20) as wb, \
+            ShardedWriter(root / "tuned", max_shard_bytes=256 * 2**20) as wt:
+        for name, shape in shapes(gb).items():
+            b = torch.randn(shape, generator=g) * 0.02
+            t = b + torch.randn(shape, generator=g) * 1e-3
+            wb.add(name, b)
+            wt.add(name, t)
+            total += b.numel()
+    return root / "base", root / "tuned", total
+
+
+def files(*dirs: Path) -> list[Path]:
+    return sorted(p for d in dirs for p in d.glob("*.safetensors"))
+
+
+def drop_cache(paths: list[Path]) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _anon_sampler(stop: threading.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                peak[0] = max(peak[0], int(line.split()[1]))
+        stop.wait(0.02)
+
+
+def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
+    """Run one measurement in this process (called in a child)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=_anon_sampler, args=(stop, peak), daemon=True)
+    sampler.start()
+    extra = {}
+    t = time.perf_counter()
+    if kind == "raw":
+        buf = bytearray(64 * 2**20)
+        view = memoryview(buf)
+        n = 0
+        for p in files(Path(base), Path(tuned)):
+            with open(p, "rb", buffering=0) as f:
+                while (r := f.readinto(view)) > 0:
+                    n += r
+        extra["bytes"] = n
+    elif kind == "touch":
+        from safe_cpift.io import open_checkpoint
+
+        s = 0.0
+        for d in (base, tuned):
+            reader = open_checkpoint(d)
+            for _, x in reader.iter_tensors():
+                s += float(x.sum())
+        extra["checksum"] = s
+    else:
+        from safe_cpift.regions import CoreRegion
+
+        region = CoreRegion.from_update(base, tuned, top_p=top_p, progress=False)
+        extra["entries"] = region.num_selected
+    elapsed = time.perf_counter() - t
+    stop.set()
+    sampler.join()
+    hwm = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return {"kind": kind, "seconds": elapsed, "peak_rss_mb": hwm / 1024, "peak_anon_mb": peak[0] / 1024, **extra}
+
+
+def child(kind: str, base: Path, tuned: Path, top_p: float) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(base), str(tuned), str(top_p)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, base, tuned, top_p = sys.argv[2:6]
+        print(json.dumps(measure(kind, base, tuned, float(top_p))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gb", type=float, default=1.0, help="size of EACH checkpoint in GB (float32)")
+    p.add_argument("--top-p", type=float, default=0.01)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--keep", default=None, help="write the checkpoints here and keep them")
+    a = p.parse_args()
+    root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-region-"))
+    try:
+        t = time.perf_counter()
+        if (root / "base").is_dir() and (root / "tuned").is_dir():
+            base, tuned = root / "base", root / "tuned"
+            total = None
+        else:
+            base, tuned, total = write_pair(root, a.gb)
+        size = sum(f.stat().st_size for f in files(base, tuned))
+        print(f"checkpoints: 2 x {size / 2 / 1e9:.2f} GB in {len(files(base))} + {len(files(tuned))} shards "
+              f"({total or '?'} params each), written in {time.perf_counter() - t:.1f} s; "
+              f"load average {os.getloadavg()[0]:.2f}, cpus {os.cpu_count()}")
+        results: dict[tuple[str, str], list[dict]] = {}
+        for cache in ("warm", "cold"):
+            for _ in range(a.repeats):
+                for kind in ("raw", "touch", "extract"):
+                    if cache == "cold":
+                        drop_cache(files(base, tuned))
+                    else:
+                        child("raw", base, tuned, a.top_p)  # bring the files into the page cache
+                    results.setdefault((cache, kind), []).append(child(kind, base, tuned, a.top_p))
+        for cache in ("warm", "cold"):
+            sec = {k: statistics.median(r["seconds"] for r in results[(cache, k)]) for k in ("raw", "touch", "extract")}
+            for k in ("raw", "touch", "extract"):
+                r = results[(cache, k)][-1]
+                print(f"{cache:4s} {k:7s}: {sec[k]:6.2f} s  {size / sec[k] / 1e9:5.2f} GB/s  "
+                      f"peak RSS {r['peak_rss_mb']:7.0f} MB  peak anon {r['peak_anon_mb']:6.0f} MB"
+                      + (f"  entries {r['entries']}" if "entries" in r else ""))
+            print(f"{cache:4s} ratio raw/extract = {sec['raw'] / sec['extract']:.2f}, "
+                  f"touch/extract = {sec['touch'] / sec['extract']:.2f}  (median of {a.repeats})")
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

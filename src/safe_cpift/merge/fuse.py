@@ -1,0 +1,416 @@
+"""CPI-FT fusion: transplant each task's core exactly, SLERP everything else, protect the safety core.
+
+For every tensor (streamed one at a time, so peak memory is a few tensors plus one output shard):
+
+1. **Non-core entries** — SLERP across the task models (`safe_cpift.merge.slerp`):
+   * N = 1: the single task model's values.
+   * N = 2: `slerp(t, θ_first, θ_second)` with the tasks in the order given (`t` is the weight of the
+     second task; at the default `t = 0.5` the result is bitwise independent of the order).
+   * N ≥ 3: the equal-weight spherical mean `mean_i(θ_i) / R` (`R` = mean resultant length of the
+     unit directions; see `spherical_mean`), which equals `slerp(0.5, ·, ·)` for two models. It
+     weighs the models equally, so `t` must be `0.5` (there is no single "second model" for `t` to
+     weigh); the models are summed in sorted task-name order, which makes the result bitwise
+     independent of the order they were given in (and equal to 1e-6 under any relabelling).
+   A per-layer schedule (`t_schedule`) may replace `t` for N = 2.
+2. **Task cores** — each task's core entries are copied exactly from that task's own model. An entry
+   in several task cores goes to the task with the larger `|θ_task − θ_base|` there; ties go to
+   the task whose name sorts first.
+3. **Protected region** (the safety core) — always wins: its entries equal `protect_source`
+   (defaults to `base`) exactly, whatever the task cores say.
+
+Regions are checked against the fingerprints (names, shapes, dtypes) of the models they are applied
+to, and all models must share tensor names and shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safe_cpift.io import (
+    DEFAULT_SHARD_BYTES,
+    atomic_directory,
+    atomic_write_json,
+    state_dict_fingerprint,
+)
+from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, spherical_mean
+from safe_cpift.merge.writer import PlannedShardWriter
+from safe_cpift.models import as_state_dict
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fuse", "fuse_with_manifest", "FUSION_MANIFEST", "RULES"]
+
+FUSION_MANIFEST = "fusion_manifest.json"
+FORMAT = "safe-cpift-fusion/1"
+RULES = {
+    "non_core": "N=2: slerp(t, first, second) in the given task order; N>=3: equal-weight spherical "
+    "mean mean_i(theta_i)/R over tasks in sorted-name order (t must be 0.5); N=1: the task model",
+    "core": "each task's core entries copied exactly from its own model",
+    "conflict": "entry in several task cores -> larger |theta_task - theta_base| wins; ties -> task name sorting first",
+    "protect": "protected entries copied exactly from protect_source (default: base); always win",
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+TSchedule = Sequence[float] | Callable[[str], float]
+
+
+def _fingerprint(sd: Any) -> dict[str, tuple[list[int], str]]:
+    return sd.fingerprint() if hasattr(sd, "fingerprint") else state_dict_fingerprint(sd)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, (str, os.PathLike)):
+        return str(x)
+    if isinstance(x, torch.nn.Module):
+        return f"<in-memory {type(x).__name__}>"
+    return "<in-memory state dict>"
+
+
+def _region_summary(region: Any) -> dict[str, Any]:
+    out = {}
+    for key in ("num_selected", "fraction", "top_p", "scope", "scorer"):
+        value = getattr(region, key, None)
+        if value is not None:
+            out[key] = float(value) if key == "fraction" else value
+    return out
+
+
+def _version() -> str:
+    from safe_cpift import __version__
+
+    return __version__
+
+
+def _check_t(t: float, what: str) -> float:
+    t = float(t)
+    if not 0.0 <= t <= 1.0 or math.isnan(t):
+        raise ValueError(f"`{what}` must be in [0, 1], got {t}")
+    return t
+
+
+def _make_schedule(t: float, t_schedule: TSchedule | None, names: list[str]) -> Callable[[str], float]:
+    if t_schedule is None:
+        return lambda name: t
+    if callable(t_schedule):
+        return lambda name: _check_t(t_schedule(name), f"t_schedule({name!r})")
+    if isinstance(t_schedule, (str, bytes, Mapping)) or not isinstance(t_schedule, Sequence) or not t_schedule:
+        raise ValueError("`t_schedule` must be a callable name -> t or a non-empty list of floats (one per layer gradient point)")
+    points = [_check_t(v, "t_schedule") for v in t_schedule]
+    layers = [int(m.group(1)) for n in names if (m := _LAYER_RE.search(n))]
+    num_layers = max(layers) + 1 if layers else 1
+
+    def by_layer(name: str) -> float:
+        match = _LAYER_RE.search(name)
+        if match is None or len(points) == 1:
+            return t if match is None else points[0]
+        # mergekit-style gradient: the points are spread evenly over the layers, linear in between
+        x = int(match.group(1)) / max(num_layers - 1, 1) * (len(points) - 1)
+        lo = min(int(math.floor(x)), len(points) - 2)
+        frac = x - lo
+        return points[lo] * (1 - frac) + points[lo + 1] * frac
+
+    return by_layer
+
+
+def _check_models(base_fp: dict, task_fps: dict[str, dict], protect_fp: dict | None) -> None:
+    others = {f"task `{n}`": fp for n, fp in task_fps.items()}
+    if protect_fp is not None:
+        others["`protect_source`"] = protect_fp
+    for label, fp in others.items():
+        missing = [n for n in base_fp if n not in fp]
+        if missing:
+            raise ValueError(f"tensor `{missing[0]}` of the base model is missing from the model of {label} "
+                             "(all models must share the same architecture)")
+        extra = [n for n in fp if n not in base_fp]
+        if extra:
+            raise ValueError(f"tensor `{extra[0]}` of the model of {label} is not in the base model "
+                             "(all models must share the same architecture)")
+        dtype_diffs = []
+        for name, (shape, dtype) in base_fp.items():
+            if list(fp[name][0]) != list(shape):
+                raise ValueError(f"tensor `{name}` has shape {list(shape)} in the base model but "
+                                 f"{list(fp[name][0])} in the model of {label}")
+            if fp[name][1] != dtype:
+                dtype_diffs.append(name)
+        if dtype_diffs:
+            first = dtype_diffs[0]
+            logger.warning("%d tensors of the model of %s differ in dtype from the base model (e.g. %s: %s vs %s); "
+                           "the output keeps the base dtypes", len(dtype_diffs), label, first, fp[first][1],
+                           base_fp[first][1])
+
+
+def _check_region(region: Any, fp: dict, label: str) -> None:
+    if not hasattr(region, "indices") or not hasattr(region, "check_compatible"):
+        raise TypeError(f"{label} must be a CoreRegion, got {type(region).__name__}")
+    fp = {n: v for n, v in fp.items() if getattr(torch, v[1], torch.int64).is_floating_point}  # weights only
+    try:
+        try:  # indices depend on shapes only: a bf16 copy of the model is fine (dtype changes are logged)
+            region.check_compatible(fp, check_dtype=False)
+        except TypeError:
+            region.check_compatible(fp)
+    except ValueError as err:
+        raise ValueError(f"{label} does not match the model it is applied to: {err}") from err
+
+
+def _member(sorted_pool: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Boolean mask: which of `values` occur in the sorted tensor `sorted_pool` (binary search)."""
+    if not sorted_pool.numel() or not values.numel():
+        return torch.zeros(values.shape, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_pool, values).clamp_(max=sorted_pool.numel() - 1)
+    return sorted_pool[pos] == values
+
+
+def _resolve_conflicts(idx: torch.Tensor, score: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Winner per contested entry: larger score, ties to the lower rank (sorted task name)."""
+    score = score.nan_to_num(nan=-math.inf)
+    # lexicographic (idx asc, score desc, rank asc) by stable sorts, least significant key first
+    perm = torch.sort(rank, stable=True).indices
+    perm = perm[torch.sort(-score[perm], stable=True).indices]
+    perm = perm[torch.sort(idx[perm], stable=True).indices]
+    idx, rank = idx[perm], rank[perm]
+    first = torch.ones(len(idx), dtype=torch.bool)
+    first[1:] = idx[1:] != idx[:-1]
+    return idx[first], rank[first]
+
+
+def _transplant(name, flat, base_flat, task_ts, regions, counts) -> list[torch.Tensor]:
+    """Copy every task's core entries into `flat`; entries in several cores go to the larger |Δθ|."""
+    dtype = flat.dtype
+    idx_list = [region.indices(name).to(torch.long) for region in regions]
+    contested = [torch.zeros(len(i), dtype=torch.bool) for i in idx_list]
+    for i, j in itertools.combinations(range(len(idx_list)), 2):
+        hit = _member(idx_list[j], idx_list[i])
+        if hit.any():
+            contested[i] |= hit
+            contested[j] |= _member(idx_list[i], idx_list[j])
+    c_idx, c_score, c_rank = [], [], []
+    for rank, (idx, cmask) in enumerate(zip(idx_list, contested, strict=True)):
+        if not idx.numel():
+            continue
+        task_flat = task_ts[rank].reshape(-1)
+        own = idx[~cmask]
+        flat[own] = task_flat[own].to(dtype)
+        counts["per_task"][rank] += own.numel()
+        counts["transplanted"] += own.numel()
+        if cmask.any():
+            shared = idx[cmask]
+            c_idx.append(shared)
+            c_score.append((task_flat[shared].double() - base_flat[shared].double()).abs())
+            c_rank.append(torch.full((shared.numel(),), rank, dtype=torch.long))
+    if c_idx:
+        entries, winner = _resolve_conflicts(torch.cat(c_idx), torch.cat(c_score), torch.cat(c_rank))
+        counts["conflicts"] += entries.numel()
+        counts["transplanted"] += entries.numel()
+        for rank in winner.unique().tolist():
+            sel = entries[winner == rank]
+            flat[sel] = task_ts[rank].reshape(-1)[sel].to(dtype)
+            counts["per_task"][rank] += sel.numel()
+    return [i for i in idx_list if i.numel()]
+
+
+def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t, t_name, dot_threshold, counts):
+    """One output tensor; `task_ts`/`regions` are in sorted task-name order."""
+    dtype = base_t.dtype
+    if not base_t.is_floating_point():
+        if any(not torch.equal(base_t, x) for x in task_ts):
+            logger.warning("non-float tensor %s differs between models; keeping the base value", name)
+        return base_t.clone()
+    n = len(task_ts)
+    if n == 1:
+        out = task_ts[0].to(dtype, copy=True)
+    elif n == 2:
+        a, b = (task_ts[i] for i in order_given)
+        out = slerp(t_name, a, b, dot_threshold=dot_threshold)
+    else:
+        out = spherical_mean(task_ts, dot_threshold=dot_threshold)
+    out = out.to(dtype).contiguous()
+    flat = out.view(-1)
+    task_idx = _transplant(name, flat, base_t.reshape(-1), task_ts, regions, counts)
+    if protect is not None:
+        pidx = protect.indices(name).to(torch.long)
+        if pidx.numel():
+            flat[pidx] = protect_t.reshape(-1)[pidx].to(dtype)
+            counts["protected"] += pidx.numel()
+            over = torch.zeros(pidx.numel(), dtype=torch.bool)
+            for idx in task_idx:
+                over |= _member(idx, pidx)
+            counts["protected_over_task"] += int(over.sum())
+    return out
+
+
+def _copy_side_files(base: Any, target: Path) -> list[str]:
+    copied = []
+    if isinstance(base, (str, os.PathLike)) and Path(base).is_dir():
+        for f in sorted(Path(base).iterdir()):
+            if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != FUSION_MANIFEST:
+                shutil.copy2(f, target / f.name)
+                copied.append(f.name)
+    elif isinstance(base, torch.nn.Module) and hasattr(base, "config"):
+        base.config.save_pretrained(target)
+        copied.append("config.json")
+        gen = getattr(base, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(target)
+            copied.append("generation_config.json")
+    if "config.json" not in copied:
+        logger.warning("base has no config.json; %s holds weights only (not loadable by from_pretrained)", target)
+    return copied
+
+
+def fuse_with_manifest(
+    base: Any,
+    task_models: Mapping[str, Any],
+    task_regions: Mapping[str, Any],
+    protect: Any | None = None,
+    protect_source: Any | None = None,
+    t: float = 0.5,
+    t_schedule: TSchedule | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    dot_threshold: float = DOT_THRESHOLD,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor] | Path, dict[str, Any]]:
+    """Like `fuse`, but also returns the fusion manifest (counts, rules, inputs) as a dict."""
+    if not isinstance(task_models, Mapping) or not task_models:
+        raise ValueError("`task_models` must be a non-empty dict task name -> model, state dict or checkpoint dir")
+    if not isinstance(task_regions, Mapping) or set(task_regions) != set(task_models):
+        missing = sorted(set(task_models) - set(task_regions or {}))
+        extra = sorted(set(task_regions or {}) - set(task_models))
+        raise ValueError(f"`task_regions` must have one region per task in `task_models` "
+                         f"(missing: {missing}, unknown: {extra})")
+    given = list(task_models)
+    order = sorted(given)
+    t = _check_t(t, "t")
+    if len(order) >= 3 and (t != 0.5 or (t_schedule is not None)):
+        raise ValueError(f"`t`={t} / `t_schedule` only apply to two models; with {len(order)} tasks the fusion "
+                         "weighs all models equally (leave `t` at 0.5 and `t_schedule` unset)")
+    if protect_source is not None and protect is None:
+        logger.warning("`protect_source` is ignored without a `protect` region")
+    sd_base = as_state_dict(base)
+    sd_tasks = [as_state_dict(task_models[n]) for n in order]
+    sd_protect = as_state_dict(protect_source) if protect_source is not None else sd_base
+    base_fp = _fingerprint(sd_base)
+    task_fps = {n: _fingerprint(sd) for n, sd in zip(order, sd_tasks, strict=True)}
+    protect_fp = _fingerprint(sd_protect) if protect_source is not None else None
+    _check_models(base_fp, task_fps, protect_fp)
+    regions = [task_regions[n] for n in order]
+    for n, region in zip(order, regions, strict=True):
+        _check_region(region, task_fps[n], f"region of task `{n}`")
+    if protect is not None:
+        _check_region(protect, protect_fp or base_fp, "`protect` region")
+    names = list(base_fp)
+    schedule = _make_schedule(t, t_schedule, names)
+    order_given = [order.index(n) for n in given]
+    counts: dict[str, Any] = {"transplanted": 0, "conflicts": 0, "protected": 0, "protected_over_task": 0,
+                              "per_task": [0] * len(order)}
+
+    def tensors():
+        from tqdm.auto import tqdm
+
+        for name in tqdm(names, desc="fuse", unit="tensor", disable=None, leave=False):
+            yield name, _fuse_tensor(
+                name, sd_base[name], [sd[name] for sd in sd_tasks], order_given, regions, protect,
+                sd_protect[name] if protect is not None else None, schedule(name), dot_threshold, counts)
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "inputs": {"base": _describe(base), "tasks": {n: _describe(task_models[n]) for n in given},
+                   "protect_source": _describe(protect_source if protect_source is not None else base)},
+        "regions": {"tasks": {n: _region_summary(task_regions[n]) for n in given},
+                    "protect": _region_summary(protect) if protect is not None else None},
+        "rule": RULES,
+        "t": t,
+        "t_schedule": None if t_schedule is None else ("callable" if callable(t_schedule) else list(t_schedule)),
+        "dot_threshold": dot_threshold,
+        "task_order": {"given": given, "sorted": order},
+        "num_tensors": len(names),
+        "versions": {"safe_cpift": _version(), "torch": torch.__version__},
+    }
+    if metadata:
+        manifest["extra"] = dict(metadata)
+
+    def finish_counts() -> None:
+        per_task = dict(zip(order, counts.pop("per_task"), strict=True))
+        counts["per_task"] = per_task
+        manifest["counts"] = counts
+
+    if out_dir is None:
+        result = dict(tensors())
+        finish_counts()
+        return result, manifest
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        # shapes and dtypes of the output are the base's: plan the shards up front, stream each tensor
+        writer = PlannedShardWriter(tmp, {n: base_fp[n] for n in names}, max_shard_bytes=max_shard_bytes)
+        try:
+            for name, tensor in tensors():
+                writer.add(name, tensor)
+        except BaseException:
+            writer.abort()  # close the open shard; atomic_directory removes the temp dir
+            raise
+        shards = writer.close()
+        manifest["side_files"] = _copy_side_files(base, tmp)
+        manifest["shards"] = [p.name for p in shards]
+        finish_counts()
+        atomic_write_json(tmp / FUSION_MANIFEST, manifest)
+    logger.info("fused %d tensors into %s (%d transplanted, %d conflicts, %d protected)", len(names), out_dir,
+                counts["transplanted"], counts["conflicts"], counts["protected"])
+    return Path(out_dir), manifest
+
+
+def fuse(
+    base: Any,
+    task_models: Mapping[str, Any],
+    task_regions: Mapping[str, Any],
+    protect: Any | None = None,
+    protect_source: Any | None = None,
+    t: float = 0.5,
+    t_schedule: TSchedule | None = None,
+    out_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> dict[str, torch.Tensor] | Path:
+    """Fuse task models into one: task cores transplanted exactly, the rest SLERPed, `protect` kept.
+
+    See the module docstring for the exact rules (also recorded in the manifest under `rule`).
+
+    Args:
+        base (model, state dict or checkpoint dir): the model the tasks were tuned from; defines the
+            tensor names/shapes, scores core conflicts (`|θ_task − θ_base|`) and supplies config and
+            tokenizer files to the output directory.
+        task_models (`dict[str, model | state dict | checkpoint dir]`): one fine-tuned model per task.
+        task_regions (`dict[str, CoreRegion]`): each task's core, same keys as `task_models`.
+        protect (`CoreRegion`, *optional*): the region that always wins (the safety core).
+        protect_source (model, state dict or checkpoint dir, *optional*, defaults to `base`): where the
+            protected entries are copied from.
+        t (`float`, *optional*, defaults to `0.5`): SLERP factor for two tasks (weight of the second task
+            in the given order); must stay `0.5` for three or more tasks.
+        t_schedule (`list[float]` or callable, *optional*): per-layer `t` for two tasks — a list of points
+            spread over the decoder layers (linear in between; non-layer tensors use `t`), or a
+            function tensor name -> t.
+        out_dir (`str` or `os.PathLike`, *optional*): write a `save_pretrained` directory here
+            (atomically, sharded safetensors + config/tokenizer files of `base` + `fusion_manifest.json`).
+            When `None`, return the fused state dict instead.
+        **kwargs: `dot_threshold`, `overwrite`, `max_shard_bytes`, `metadata` (see `fuse_with_manifest`).
+
+    Returns:
+        `dict[str, torch.Tensor]` when `out_dir` is `None`, else the `Path` of the written directory.
+
+    Raises:
+        ValueError: mismatched tensor names/shapes between models (names the tensor and the model), a
+            region that does not fit its model, or an invalid `t`.
+    """
+    result, _ = fuse_with_manifest(base, task_models, task_regions, protect, protect_source, t, t_schedule,
+                                   out_dir, **kwargs)
+    return result

@@ -1,0 +1,122 @@
+"""Write safetensors shards tensor by tensor when every name, shape and dtype is known up front.
+
+`safe_cpift.io.ShardedWriter` must hold a whole shard in memory (the safetensors header comes
+before the data, and `save_file` copies it once more). A fused model has exactly the base model's
+names, shapes and dtypes, so the headers can be written first and each tensor appended the moment
+it is computed: peak memory stays at one tensor. The files are standard safetensors (8-byte
+little-endian header length, JSON header padded to 8 bytes, contiguous data) and the index follows
+`save_pretrained` (`model.safetensors` or `model-0000i-of-0000n.safetensors` + index JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+from pathlib import Path
+
+import torch
+
+from safe_cpift.io import INDEX_FILE, SINGLE_FILE, atomic_write_json
+
+_DTYPES = {
+    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    return math.prod(shape) * getattr(torch, dtype).itemsize
+
+
+class PlannedShardWriter:
+    """Stream tensors into shards planned from a fingerprint (name -> (shape, dtype str)).
+
+    Args:
+        out_dir (`Path`): directory to write into (usually a temporary dir from `atomic_directory`).
+        plan (`dict[str, tuple[list[int], str]]`): every tensor that will be written, in write order.
+        max_shard_bytes (`int`): start a new shard when the next tensor would pass this size.
+        metadata (`dict[str, str]`, *optional*): safetensors metadata (defaults to `{"format": "pt"}`).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, plan: dict[str, tuple[list[int], str]], max_shard_bytes: int,
+                 metadata: dict[str, str] | None = None) -> None:
+        if sys.byteorder != "little":  # pragma: no cover
+            raise RuntimeError("safetensors files are little-endian; this writer needs a little-endian machine")
+        for name, (_, dtype) in plan.items():
+            if dtype not in _DTYPES:
+                raise ValueError(f"tensor `{name}` has dtype {dtype}, which safetensors cannot store")
+        self.out_dir = Path(out_dir)
+        self.plan = {n: (list(s), d) for n, (s, d) in plan.items()}
+        self.metadata = metadata or {"format": "pt"}
+        shards: list[list[str]] = []
+        size = 0
+        for name, (shape, dtype) in self.plan.items():
+            nbytes = _nbytes(shape, dtype)
+            if not shards or (size and size + nbytes > max_shard_bytes):
+                shards.append([])
+                size = 0
+            shards[-1].append(name)
+            size += nbytes
+        if not shards:
+            raise ValueError("no tensors to write")
+        n = len(shards)
+        self.files = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self._shard_of = {name: i for i, names in enumerate(shards) for name in names}
+        self._shards = shards
+        self._next = iter(self.plan)
+        self._handle = None
+        self._current = -1
+        self.total_bytes = sum(_nbytes(s, d) for s, d in self.plan.values())
+
+    def _open(self, i: int) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        header: dict[str, object] = {"__metadata__": self.metadata}
+        offset = 0
+        for name in self._shards[i]:
+            shape, dtype = self.plan[name]
+            nbytes = _nbytes(shape, dtype)
+            header[name] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self._handle = open(self.out_dir / self.files[i], "wb")  # noqa: SIM115 - closed in _open/close
+        self._handle.write(struct.pack("<Q", len(raw)) + raw)
+        self._current = i
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Append `tensor`; names must come in plan order with the planned shape and dtype."""
+        expected = next(self._next, None)
+        if name != expected:
+            raise ValueError(f"tensor `{name}` written out of order (expected `{expected}`)")
+        shape, dtype = self.plan[name]
+        if list(tensor.shape) != shape or str(tensor.dtype).removeprefix("torch.") != dtype:
+            raise ValueError(f"tensor `{name}` is {list(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}")
+        if self._shard_of[name] != self._current:
+            self._open(self._shard_of[name])
+        data = tensor.detach().contiguous().cpu().reshape(-1)
+        if data.numel():
+            self._handle.write(memoryview(data.view(torch.uint8).numpy()))
+
+    def close(self) -> list[Path]:
+        """Check every planned tensor was written, close, write the index when sharded."""
+        missing = next(self._next, None)
+        if missing is not None:
+            raise ValueError(f"tensor `{missing}` was planned but never written")
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if len(self.files) > 1:
+            weight_map = {name: self.files[i] for name, i in self._shard_of.items()}
+            atomic_write_json(self.out_dir / INDEX_FILE,
+                              {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map})
+        return [self.out_dir / f for f in self.files]
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

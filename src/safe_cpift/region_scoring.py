@@ -1,0 +1,305 @@
+"""Scoring parameter entries, streaming tensor by tensor (selection is in `region_select`).
+
+- *sources*: a model, a state dict or a safetensors checkpoint seen as an ordered list of floating
+  tensors (`TensorSource`). Checkpoints are read lazily, one tensor (and one chunk) at a time.
+- *scores*: `UpdateScores` (|θ_tuned − θ_base|), `PrecomputedScores`, and `importance_scores`
+  (SNIP |θ ⊙ ∇L| summed over batches).
+
+Tensor order is the natural sort of the names (`layers.2` before `layers.10`), so the same pair of
+models yields the same region whether it comes as modules, state dicts or sharded checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from safe_cpift.region_select import CHUNK
+
+PREFETCH = 1 << 24  # entries per model requested ahead of the scan (64 MiB of float32)
+
+logger = logging.getLogger(__name__)
+
+EXCLUDED_SUFFIXES = (".inv_freq", "rotary_emb.inv_freq", ".original_inv_freq")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders `layers.2` before `layers.10`."""
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+
+
+def counts_as_weight(name: str, dtype: torch.dtype) -> bool:
+    """Whether a tensor can hold core entries: floating point and not a rotary-frequency buffer."""
+    return dtype.is_floating_point and not name.endswith(EXCLUDED_SUFFIXES)
+
+
+class TensorSource:
+    """An ordered, lazily read set of floating tensors: a model, a state dict or a checkpoint.
+
+    Args:
+        x (`torch.nn.Module`, `Mapping[str, Tensor]`, `CheckpointReader`, `str` or `os.PathLike`):
+            Modules contribute their named parameters (tied weights once, buffers never). State
+            dicts and checkpoints contribute every floating tensor except rotary `inv_freq` buffers.
+    """
+
+    def __init__(self, x: Any) -> None:
+        from safe_cpift.io import CheckpointReader, open_checkpoint
+
+        self.label = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
+        self._ranges: dict[str, tuple[str, int, int]] = {}
+        self._fds: dict[str, int] = {}
+        if isinstance(x, torch.nn.Module):
+            params = {n: p.detach() for n, p in x.named_parameters()}
+            self._get: Callable[[str], torch.Tensor] = params.__getitem__
+            meta = {n: (tuple(p.shape), p.dtype) for n, p in params.items()}
+        elif isinstance(x, CheckpointReader) or isinstance(x, (str, os.PathLike)):
+            reader = x if isinstance(x, CheckpointReader) else open_checkpoint(x)
+            self._get = reader.get
+            meta = {n: (reader.shape(n), reader.dtype(n)) for n in reader.names()}
+            self._ranges = _byte_ranges(reader.shard_files())
+        elif isinstance(x, Mapping):
+            for name, value in x.items():
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"state dict entry `{name}` is a {type(value).__name__}, not a tensor")
+            self._get = lambda n, _x=x: _x[n].detach()
+            meta = {n: (tuple(t.shape), t.dtype) for n, t in x.items()}
+        else:
+            raise TypeError(
+                f"expected a model, a state dict or a checkpoint directory, got {type(x).__name__}"
+            )
+        names = sorted((n for n, (_, dt) in meta.items() if counts_as_weight(n, dt)), key=natural_key)
+        if not names:
+            raise ValueError(f"{self.label} holds no floating-point tensors")
+        self.names: list[str] = names
+        self.shapes: dict[str, tuple[int, ...]] = {n: tuple(meta[n][0]) for n in names}
+        self.dtypes: dict[str, torch.dtype] = {n: meta[n][1] for n in names}
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._get(name)
+
+    def willneed(self, name: str, start: int, stop: int) -> None:
+        """Ask the kernel to read entries [start, stop) of a checkpoint tensor ahead (no-op in memory)."""
+        where = self._ranges.get(name)
+        if where is None or not hasattr(os, "posix_fadvise"):
+            return
+        path, begin, end = where
+        size = self.dtypes[name].itemsize
+        lo, hi = begin + start * size, min(end, begin + stop * size)
+        if hi > lo:
+            if path not in self._fds:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(self._fds[path], lo, hi - lo, os.POSIX_FADV_WILLNEED)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        self.close()
+
+    def numel(self, name: str) -> int:
+        return math.prod(self.shapes[name])
+
+    def fingerprint(self) -> dict[str, tuple[list[int], str]]:
+        return {n: (list(self.shapes[n]), str(self.dtypes[n]).removeprefix("torch.")) for n in self.names}
+
+
+def _byte_ranges(files: list) -> dict[str, tuple[str, int, int]]:
+    """name -> (file, first byte, end byte) from safetensors headers (8-byte length + JSON)."""
+    out = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__":
+                out[name] = (str(f), 8 + n + info["data_offsets"][0], 8 + n + info["data_offsets"][1])
+    return out
+
+
+def check_same_tensors(a: TensorSource, b: TensorSource, what: tuple[str, str] = ("base", "tuned")) -> None:
+    """Raise ValueError naming the first tensor whose name or shape differs between two sources."""
+    for name in a.names:
+        if name not in b.shapes:
+            raise ValueError(f"tensor `{name}` is in `{what[0]}` but not in `{what[1]}`; the two must be the same architecture")
+        if a.shapes[name] != b.shapes[name]:
+            raise ValueError(
+                f"tensor `{name}` has shape {list(a.shapes[name])} in `{what[0]}` but "
+                f"{list(b.shapes[name])} in `{what[1]}`; the two must be the same architecture"
+            )
+    extra = [n for n in b.names if n not in a.shapes]
+    if extra:
+        raise ValueError(f"tensor `{extra[0]}` is in `{what[1]}` but not in `{what[0]}`; the two must be the same architecture")
+
+
+class UpdateScores:
+    """Scores |θ_tuned − θ_base| (float32), read chunk by chunk from two tensor sources."""
+
+    def __init__(self, base: TensorSource, tuned: TensorSource) -> None:
+        check_same_tensors(base, tuned)
+        self.base, self.tuned = base, tuned
+        self.names = base.names
+        self.numels = [base.numel(n) for n in base.names]
+        self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._buf = torch.empty(0)
+        self.prefetch = True
+        self._ahead = (0, 0)  # (tensor id, entry) up to which reads were requested
+
+    def _read_ahead(self, tid: int, stop: int) -> None:
+        """Keep WILLNEED requests about PREFETCH entries ahead of the sequential position."""
+        budget = PREFETCH
+        t, pos = max(self._ahead, (tid, stop))
+        while budget > 0 and t < len(self.names):
+            n = self.numels[t]
+            hi = min(n, pos + budget)
+            if hi > pos:
+                for src in (self.base, self.tuned):
+                    src.willneed(self.names[t], pos, hi)
+                budget -= hi - pos
+            t, pos = (t, hi) if hi < n else (t + 1, 0)
+        self._ahead = (t, pos)
+    def _pair(self, tid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cached is None or self._cached[0] != tid:
+            name = self.names[tid]
+            b, t = self.base.get(name).reshape(-1), self.tuned.get(name).reshape(-1)
+            if b.device.type != "cpu" or t.device.type != "cpu":
+                b, t = b.cpu(), t.cpu()
+            self._cached = (tid, b, t)
+        return self._cached[1], self._cached[2]
+
+    def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor:
+        """Scores of entries [start, stop) of tensor `tid`; valid until the next call."""
+        b, t = self._pair(tid)
+        if self.prefetch and (tid, stop + PREFETCH // 2) > self._ahead:
+            self._read_ahead(tid, stop)
+        bc, tc = b[start:stop], t[start:stop]
+        if bc.dtype == torch.float32 and tc.dtype == torch.float32:
+            if self._buf.numel() < stop - start:
+                self._buf = torch.empty(max(stop - start, CHUNK), dtype=torch.float32)
+            return torch.sub(tc, bc, out=self._buf[: stop - start]).abs_()
+        wide = torch.float64 if torch.float64 in (bc.dtype, tc.dtype) else torch.float32
+        return (tc.to(wide) - bc.to(wide)).abs_().to(torch.float32)
+
+
+class PrecomputedScores:
+    """Scores given as a mapping of per-tensor tensors (e.g. importance)."""
+
+    def __init__(self, scores: Mapping[str, torch.Tensor], names: list[str]) -> None:
+        self.names = names
+        self._flat = [scores[n].detach().reshape(-1).to(torch.float32) for n in names]
+        self.numels = [f.numel() for f in self._flat]
+
+    def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor:
+        return self._flat[tid][start:stop]
+
+
+def _batches_from_rows(rows: Any, tokenizer: Any, batch_size: int, max_length: int) -> Iterator[dict]:
+    """Tokenize rows with `messages`, `text` or `prompt`/`completion` into padded LM batches."""
+    if tokenizer is None:
+        raise ValueError("`tokenizer` is required when `dataset` holds text rows; pass the model's tokenizer")
+
+    def render(row: Mapping) -> str:
+        if "messages" in row:
+            return tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        if "text" in row:
+            return row["text"]
+        if "prompt" in row and "completion" in row:
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, list):
+                return tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+            return f"{prompt}{completion}"
+        raise ValueError(f"dataset rows need `messages`, `text` or `prompt`/`completion`; got keys {sorted(row)}")
+
+    batch: list[str] = []
+    for row in rows:
+        batch.append(render(row))
+        if len(batch) == batch_size:
+            yield _encode(tokenizer, batch, max_length)
+            batch = []
+    if batch:
+        yield _encode(tokenizer, batch, max_length)
+
+
+def _encode(tokenizer: Any, texts: list[str], max_length: int) -> dict:
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    labels = enc["input_ids"].clone()
+    labels[enc["attention_mask"] == 0] = -100
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+
+def importance_scores(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    tokenizer: Any = None,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """SNIP importance |θ ⊙ ∇L| of every parameter entry, summed over the batches of `dataset`.
+
+    Args:
+        model (`torch.nn.Module`): the model to score (left unchanged; gradients are cleared).
+        dataset: a `datasets.Dataset` or list of rows (`messages`, `text` or `prompt`/`completion`,
+            tokenized with `tokenizer`), or an iterable of ready batches (dicts of tensors given to
+            `model(**batch)`; `labels` default to `input_ids`).
+        loss_fn (`Callable`, *optional*): `loss_fn(model, batch) -> scalar`; defaults to `model(**batch).loss`.
+    """
+    from tqdm.auto import tqdm
+
+    rows_like = hasattr(dataset, "column_names") or (
+        isinstance(dataset, (list, tuple)) and dataset and isinstance(dataset[0], Mapping)
+        and not isinstance(next(iter(dataset[0].values())), torch.Tensor)
+    )
+    batches = _batches_from_rows(dataset, tokenizer, batch_size, max_length) if rows_like else iter(dataset)
+    params = dict(model.named_parameters())
+    was_training = model.training
+    grad_flags = {n: p.requires_grad for n, p in params.items()}
+    scores = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items() if p.dtype.is_floating_point}
+    device = next(model.parameters()).device
+    model.eval()
+    seen = 0
+    try:
+        for n in scores:
+            params[n].requires_grad_(True)
+        for batch in tqdm(batches, desc="importance", unit="batch", disable=not progress or None):
+            if max_batches is not None and seen >= max_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            if loss_fn is not None:
+                loss = loss_fn(model, batch)
+            else:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                if "labels" not in batch and "input_ids" in batch:
+                    labels = batch["input_ids"].clone()
+                    if "attention_mask" in batch:
+                        labels[batch["attention_mask"] == 0] = -100
+                    batch["labels"] = labels
+                loss = model(**batch).loss
+            loss.backward()
+            with torch.no_grad():
+                for n, s in scores.items():
+                    g = params[n].grad
+                    if g is not None:
+                        s += (params[n].detach() * g).abs().float().cpu()
+            seen += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for n, flag in grad_flags.items():
+            params[n].requires_grad_(flag)
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("`dataset` gave no batches to score")
+    logger.info("importance scored over %d batches", seen)
+    return scores

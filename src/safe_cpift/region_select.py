@@ -1,0 +1,300 @@
+"""Exact top-p selection over a stream of score chunks, in one pass and O(k) memory.
+
+The selection order is (score descending, tensor order, flat index ascending); tensor order is the
+natural sort of the names, so ties break the same way for any kind of source.
+
+How one pass stays exact and cheap (`scope="global"`):
+1. a strided block sample of the scores (about 1M entries, from every tensor, weighted by tensor
+   size) estimates a *floor* with roughly 1.25·k entries above it;
+2. the pass keeps only entries >= floor (a pool of about 1.25·k), cutting the pool back to the exact
+   best k whenever it reaches 2·k (after which later entries must beat the k-th best strictly);
+3. if fewer than k entries reached the floor (the sample misled), the pass is repeated without a
+   floor, falling back to the plain streaming top-k. The result is exact either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Protocol
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # elements scored at once (4 MiB of float32: stays in cache between passes)
+SAMPLE_BUDGET = 1 << 20
+SAMPLE_BLOCK = 8192
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+
+class ScoreSource(Protocol):
+    names: list[str]
+    numels: list[int]
+
+    def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor: ...
+
+
+def layer_index(name: str) -> int | None:
+    """Decoder layer number in a parameter name (`model.layers.3.mlp...` -> 3), else None."""
+    m = LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def target_count(top_p: float, total: int, at_least_one: bool = True) -> int:
+    """Entries selected by a top-p fraction of `total`: round half up (at least one if asked)."""
+    k = int(math.floor(top_p * total + 0.5))
+    return min(total, max(1 if (at_least_one and total) else 0, k))
+
+
+def kth_largest(scores: torch.Tensor, k: int) -> float:
+    """The k-th largest value of a 1-D tensor (k >= 1); `kthvalue` is O(n), far faster than `topk`."""
+    return float(torch.kthvalue(scores, scores.numel() - k + 1).values)
+
+
+def _check_finite(scores: torch.Tensor) -> None:
+    if torch.isnan(scores).any():
+        raise ValueError("a score is NaN (a NaN or infinite weight in the models?); cannot rank entries")
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (sorted ascending) of the k largest scores; ties go to the lower index."""
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n, dtype=torch.int64)
+    if k <= 0:
+        return torch.empty(0, dtype=torch.int64)
+    _check_finite(scores)
+    thr = kth_largest(scores, k)
+    gt = torch.nonzero(scores > thr).squeeze(1)
+    eq = torch.nonzero(scores == thr).squeeze(1)[: k - gt.numel()]
+    return torch.sort(torch.cat([gt, eq])).values
+
+
+def prefilter(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of a superset of the k best entries of a chunk (about 2k of them), found cheaply.
+
+    Every dropped entry is beaten by at least k entries of the chunk itself (checked exactly), so
+    dropping it cannot change the top k. Falls back to `stable_topk` when the sample misleads.
+    """
+    n = scores.numel()
+    sample = scores[:: max(1, n // 65536)]
+    m = sample.numel()
+    rank = min(m, max(1, math.ceil(2 * k * m / n)))
+    cut = float(torch.kthvalue(sample, m - rank + 1).values)
+    idx = torch.nonzero(scores >= cut).squeeze(1)
+    if k <= idx.numel() <= max(4 * k, 1 << 20):
+        return idx
+    return stable_topk(scores, k)
+
+
+class GlobalTopK:
+    """Exact streaming top-k over chunks fed in tie-break order (tensor id, then offset).
+
+    Args:
+        k: entries to keep. floor: optional estimate; entries below it are not kept (if fewer than
+            k entries reach it, `complete` is False and the caller must rerun without a floor).
+    """
+
+    def __init__(self, k: int, floor: float | None = None) -> None:
+        self.k = k
+        self.floor = floor
+        self.pieces: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (tid, flat idx, scores)
+        self.count = 0
+        self.threshold: float | None = None  # proven: k kept entries rank above anything <= it later
+
+    def add(self, tid: int, offset: int, scores: torch.Tensor) -> None:
+        if self.k <= 0:
+            return
+        if self.threshold is not None:
+            # later entries lose ties against the pool, so only strictly larger scores can enter
+            idx = torch.nonzero(scores > self.threshold).squeeze(1)
+        elif self.floor is not None:
+            idx = torch.nonzero(scores >= self.floor).squeeze(1)
+        else:
+            n = scores.numel()
+            idx = prefilter(scores, self.k) if n > 2 * self.k else torch.arange(n)
+        if idx.numel() == 0:
+            return
+        small = offset + scores.numel() < 2**31
+        self.pieces.append((tid, (idx + offset).to(torch.int32 if small else torch.int64), scores[idx]))
+        self.count += idx.numel()
+        if self.count >= 2 * self.k or (self.floor is None and self.threshold is None and self.count >= self.k):
+            self._reduce()
+
+    @property
+    def complete(self) -> bool:
+        return self.threshold is not None or self.floor is None or self.count >= self.k
+
+    def _reduce(self) -> None:
+        scores = torch.cat([p[2] for p in self.pieces])
+        _check_finite(scores)
+        thr = kth_largest(scores, self.k)
+        keep = scores >= thr
+        if int(keep.sum()) > self.k:  # ties at the threshold: the earliest (tensor, index) win
+            eq = scores == thr
+            need = self.k - int((scores > thr).sum())
+            keep = (scores > thr) | (eq & (torch.cumsum(eq, 0) <= need))
+        pieces, pos = [], 0
+        for tid, idx, s in self.pieces:
+            m = keep[pos:pos + idx.numel()]
+            pos += idx.numel()
+            if bool(m.any()):
+                pieces.append((tid, idx[m], s[m]))
+        self.pieces = pieces
+        self.count = self.k
+        self.threshold = thr
+
+    def result(self) -> dict[int, torch.Tensor]:
+        """Selected flat indices (int64, sorted) per tensor id."""
+        if not self.complete:
+            raise RuntimeError("fewer than k entries reached the floor; rerun without it")
+        if self.count > self.k:
+            self._reduce()
+        out: dict[int, list[torch.Tensor]] = {}
+        for tid, idx, _ in self.pieces:
+            out.setdefault(tid, []).append(idx)
+        return {tid: torch.sort(torch.cat(parts).to(torch.int64)).values for tid, parts in out.items()}
+
+
+def sample_scores(src: ScoreSource, budget: int = SAMPLE_BUDGET) -> list[tuple[int, torch.Tensor, float]]:
+    """Blocks of scores from every tensor: (tensor id, sampled scores, weight per sampled entry)."""
+    total = sum(src.numels)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    prefetch = getattr(src, "prefetch", None)
+    if prefetch is not None:
+        src.prefetch = False  # random blocks: no read-ahead
+    for tid, n in enumerate(src.numels):
+        want = min(n, max(256, round(budget * n / total)))
+        if want >= n:
+            out.append((tid, src.chunk(tid, 0, n).clone(), 1.0))
+            continue
+        blocks = max(1, math.ceil(want / SAMPLE_BLOCK))
+        size = want // blocks
+        starts = sorted(torch.randint(0, n - size + 1, (blocks,), generator=g).tolist())
+        parts = [src.chunk(tid, s, s + size).clone() for s in starts]
+        out.append((tid, torch.cat(parts), n / (size * blocks)))
+    if prefetch is not None:
+        src.prefetch = prefetch
+    return out
+
+
+def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float) -> float | None:
+    """Highest score value with an estimated `target` entries at or above it (None: keep all)."""
+    scores = torch.cat([s for _, s, _ in samples])
+    weights = torch.cat([torch.full((s.numel(),), w, dtype=torch.float64) for _, s, w in samples])
+    m = scores.numel()
+    total = float(weights.sum())
+    if target >= total:
+        return None
+    # only the top of the sample matters: sort a generous head of it, the whole sample if needed
+    head = min(m, int(4 * target * m / total) + 1024)
+    while True:
+        values, order = torch.topk(scores, head) if head < m else torch.sort(scores, descending=True)
+        cum = torch.cumsum(weights[order], 0)
+        pos = int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64)))
+        if pos < values.numel():
+            return float(values[pos])
+        if head >= m:
+            return None
+        head = m
+
+
+def _margin(k: int) -> float:
+    return 1.25 * k + 5 * math.sqrt(k) + 64
+
+
+def iter_chunks(src: ScoreSource, tids: list[int] | None = None, progress: bool = True):
+    """Yield (tensor id, offset, score chunk) in tie-break order, with a tqdm bar over entries."""
+    from tqdm.auto import tqdm
+
+    tids = list(range(len(src.names))) if tids is None else tids
+    bar = tqdm(total=sum(src.numels[t] for t in tids), unit="param", unit_scale=True, desc="scoring",
+               disable=not progress or None)
+    try:
+        for tid in tids:
+            n = src.numels[tid]
+            for start in range(0, n, CHUNK):
+                stop = min(n, start + CHUNK)
+                yield tid, start, src.chunk(tid, start, stop)
+                bar.update(stop - start)
+    finally:
+        bar.close()
+
+
+def _select_global(src: ScoreSource, top_p: float, progress: bool) -> tuple[dict[int, torch.Tensor], dict]:
+    total = sum(src.numels)
+    k = target_count(top_p, total)
+    if k >= total:
+        return {t: torch.arange(n) for t, n in enumerate(src.numels) if n}, {}
+    floor = estimate_floor(sample_scores(src), _margin(k))
+    pool = GlobalTopK(k, floor)
+    for tid, off, s in iter_chunks(src, progress=progress):
+        pool.add(tid, off, s)
+    if not pool.complete:
+        logger.info("sampled floor %.6g kept only %d of %d entries; second pass without it", floor, pool.count, k)
+        pool = GlobalTopK(k)
+        for tid, off, s in iter_chunks(src, progress=progress):
+            pool.add(tid, off, s)
+    return pool.result(), {"threshold": pool.threshold}
+
+
+def _select_tensor(src: ScoreSource, top_p: float, progress: bool) -> dict[int, torch.Tensor]:
+    ks = [target_count(top_p, n, at_least_one=False) for n in src.numels]
+    samples = {tid: (tid, s, w) for tid, s, w in sample_scores(src)}
+    pools = {t: GlobalTopK(k, estimate_floor([samples[t]], _margin(k)) if 0 < k < n else None)
+             for t, (k, n) in enumerate(zip(ks, src.numels, strict=True))}
+    for tid, off, s in iter_chunks(src, progress=progress):
+        pools[tid].add(tid, off, s)
+    redo = [t for t, p in pools.items() if not p.complete]
+    for t in redo:
+        pools[t] = GlobalTopK(ks[t])
+    for tid, off, s in iter_chunks(src, redo, progress=False):
+        pools[tid].add(tid, off, s)
+    out: dict[int, torch.Tensor] = {}
+    for pool in pools.values():
+        out.update(pool.result())
+    return out
+
+
+def _select_layer(src: ScoreSource, top_p: float, progress: bool) -> tuple[dict[int, torch.Tensor], dict]:
+    layers = [layer_index(n) for n in src.names]
+    if all(x is None for x in layers):
+        raise ValueError(
+            "`scope='layer'` needs decoder layers named like `model.layers.N.` (none found); "
+            "use `scope='global'` or `scope='tensor'`"
+        )
+    sums: dict[int, float] = {}
+    sizes: dict[int, int] = {}
+    for tid, layer in enumerate(layers):
+        if layer is not None:
+            sizes[layer] = sizes.get(layer, 0) + src.numels[tid]
+    tids = [t for t, layer in enumerate(layers) if layer is not None]
+    for tid, _off, s in iter_chunks(src, tids, progress):
+        sums[layers[tid]] = sums.get(layers[tid], 0.0) + float(s.sum(dtype=torch.float64))
+    ranked = sorted(sums, key=lambda i: (-sums[i], i))
+    goal = top_p * sum(src.numels)
+    chosen: list[int] = []
+    covered = 0
+    for layer in ranked:
+        if covered >= goal and chosen:
+            break
+        chosen.append(layer)
+        covered += sizes[layer]
+    out = {t: torch.arange(src.numels[t]) for t, layer in enumerate(layers) if layer in chosen and src.numels[t]}
+    return out, {"layers": sorted(chosen), "layer_scores": {str(i): sums[i] for i in sorted(sums)}}
+
+
+def select(src: ScoreSource, top_p: float, scope: str, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Top-p selection over a score source. Returns (sorted int64 indices per name, extra metadata)."""
+    if scope == "global":
+        picked, info = _select_global(src, top_p, progress)
+    elif scope == "tensor":
+        picked, info = _select_tensor(src, top_p, progress), {}
+    elif scope == "layer":
+        picked, info = _select_layer(src, top_p, progress)
+    else:
+        raise ValueError(f"`scope` must be 'global', 'tensor' or 'layer', got {scope!r}")
+    return {src.names[t]: idx for t, idx in picked.items()}, info

@@ -1,0 +1,71 @@
+"""PlannedShardWriter: standard safetensors shards streamed tensor by tensor."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from safe_cpift.io import INDEX_FILE, SINGLE_FILE, open_checkpoint, state_dict_fingerprint
+from safe_cpift.merge.writer import PlannedShardWriter
+
+
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(30, 7, generator=g),
+        "b.bf16": torch.randn(5, 3, generator=g).to(torch.bfloat16),
+        "c.ids": torch.arange(11, dtype=torch.int64),
+        "d.mask": torch.rand(9, generator=g) > 0.5,
+        "e.empty": torch.empty(0, 4),
+        "f.half": torch.randn(100, generator=g).half(),
+        "g.big": torch.randn(600, generator=g).double(),
+    }
+
+
+@pytest.mark.parametrize("max_bytes", [10**9, 400])
+def test_roundtrip(tmp_path, max_bytes):
+    ts = tensors()
+    w = PlannedShardWriter(tmp_path, state_dict_fingerprint(ts), max_shard_bytes=max_bytes)
+    for n, t in ts.items():
+        w.add(n, t)
+    files = w.close()
+    if max_bytes > 10**6:
+        assert [f.name for f in files] == [SINGLE_FILE] and not (tmp_path / INDEX_FILE).exists()
+        back = load_file(str(files[0]))
+    else:
+        assert len(files) > 2
+        index = json.loads((tmp_path / INDEX_FILE).read_text())
+        assert set(index["weight_map"]) == set(ts)
+        assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in ts.values())
+        back = {}
+        for f in files:
+            back.update(load_file(str(f)))
+    assert set(back) == set(ts)
+    for n, t in ts.items():
+        assert back[n].dtype == t.dtype and torch.equal(back[n], t), n
+    reader = open_checkpoint(tmp_path)
+    assert torch.equal(reader.get("g.big"), ts["g.big"])
+
+
+def test_non_contiguous_input(tmp_path):
+    t = torch.randn(4, 6)
+    w = PlannedShardWriter(tmp_path, {"x": ([6, 4], "float32")}, max_shard_bytes=10**6)
+    w.add("x", t.T)
+    w.close()
+    assert torch.equal(load_file(str(tmp_path / SINGLE_FILE))["x"], t.T)
+
+
+def test_plan_is_enforced(tmp_path):
+    plan = {"x": ([2], "float32"), "y": ([3], "float32")}
+    w = PlannedShardWriter(tmp_path, plan, max_shard_bytes=10**6)
+    with pytest.raises(ValueError, match="out of order"):
+        w.add("y", torch.zeros(3))
+    w = PlannedShardWriter(tmp_path, plan, max_shard_bytes=10**6)
+    with pytest.raises(ValueError, match="planned"):
+        w.add("x", torch.zeros(2, dtype=torch.float16))
+    w = PlannedShardWriter(tmp_path, plan, max_shard_bytes=10**6)
+    w.add("x", torch.zeros(2))
+    with pytest.raises(ValueError, match="`y` was planned but never written"):
+        w.close()
+    w.abort()
