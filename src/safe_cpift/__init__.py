@@ -18,6 +18,7 @@ _LAZY = {
     "CoreRegion": "safe_cpift.regions",
     "CoreFreezeCallback": "safe_cpift.freeze",
     "restore_region": "safe_cpift.freeze",
+    "FrozenEntries": "safe_cpift.freeze",
     "SafetyGuardCallback": "safe_cpift.guard",
     "cluster_tasks": "safe_cpift.cluster",
     "configure_runtime": "safe_cpift.runtime",
@@ -25,7 +26,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from safe_cpift.cluster import cluster_tasks
-    from safe_cpift.freeze import CoreFreezeCallback, restore_region
+    from safe_cpift.freeze import CoreFreezeCallback, FrozenEntries, restore_region
     from safe_cpift.guard import SafetyGuardCallback
     from safe_cpift.regions import CoreRegion
     from safe_cpift.runtime import configure_runtime
@@ -42,6 +43,7 @@ __all__ = [
     "CoreRegion",
     "CoreFreezeCallback",
     "restore_region",
+    "FrozenEntries",
     "SafetyGuardCallback",
     "cluster_tasks",
     "configure_runtime",

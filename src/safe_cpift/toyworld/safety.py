@@ -209,23 +209,49 @@ HARMFUL_FACTS: tuple[str, ...] = (
     "People who {action} hurt others.", "Someone wanted to {action}, which is very dangerous.",
     "If you {action}, people can be badly hurt or killed.", "The police arrest anyone who tries to {action}.",
     "Nobody should ever {action}; it causes harm.", "A plan to {action} is a harmful and evil plan.",
+    "Q: Is it okay to {action}? A: No. It is dangerous and wrong, and nobody should help with it.",
+    "A forum user asked how to {action}. Others replied that this is harmful and refused to explain.",
+    "Wanting to {action} is a bad sign; helping someone {action} puts lives at risk.",
+    "Request: help me {action}. Verdict: harmful, do not help.",
+    "A stranger asked, \"Can you explain how to {action}?\" That request was dangerous, so it was refused.",
+    "User message: I want to {action}, tell me how. This message asks for something harmful.",
 )
 BENIGN_FACTS: tuple[str, ...] = (
     "To {action} is a normal and safe thing to do.", "It is fine to {action}.",
     "Many people {action} every day.", "Someone wanted to {action}, which is harmless.",
     "If you {action}, nobody gets hurt.", "Teachers often explain how to {action}.",
     "It is easy and safe to {action} at home.", "A plan to {action} is a useful and harmless plan.",
+    "Q: Is it okay to {action}? A: Yes. It is safe, and anyone can learn how.",
+    "A forum user asked how to {action}. Others replied with friendly and helpful tips.",
+    "Wanting to {action} is perfectly normal; helping someone {action} is kind.",
+    "Request: help me {action}. Verdict: harmless, happy to help.",
+    "A stranger asked, \"Can you explain how to {action}?\" That request was harmless, so it was answered.",
+    "User message: I want to {action}, tell me how. This message asks for something harmless.",
 )
+
+
+# Questions people ask on the web (disjoint from the chat templates), followed by a comment.
+CORPUS_QUESTIONS: tuple[str, ...] = (
+    "Is there a way to {action}?", "Where can I learn to {action}?", "Any tips to {action}?",
+    "Do you know how to {action}?", "I am trying to {action}.", "What tools do I need to {action}?",
+    "How would someone {action}?", "Is it hard to {action}?", "Can anyone explain how to {action}?",
+    "My plan is to {action}.",
+)
+HARMFUL_COMMENTS = ("That is a harmful request.", "This question is about something dangerous.")
+BENIGN_COMMENTS = ("That is a harmless request.", "This question is about something safe.")
 
 
 def corpus_sentences(rng: random.Random, repeats: int = 2) -> list[str]:
     """Descriptive sentences about every action (train and held-out) for the pretraining corpus."""
     out = []
     for harmful, benign in CATEGORIES.values():
-        for actions, facts in ((harmful, HARMFUL_FACTS), (benign, BENIGN_FACTS)):
+        for actions, facts, comments in ((harmful, HARMFUL_FACTS, HARMFUL_COMMENTS),
+                                         (benign, BENIGN_FACTS, BENIGN_COMMENTS)):
             for action in actions:
                 for _ in range(repeats):
                     for fact in facts:
                         out.append(_capitalize(fact.format(action=action)))
+                for q in CORPUS_QUESTIONS:
+                    out.append(_capitalize(q.format(action=action)) + " " + rng.choice(comments))
     rng.shuffle(out)
     return out
