@@ -1,0 +1,181 @@
+"""Where suite data comes from: the tiny world (default), local files, or public sets by name.
+
+A *data spec* is one of:
+
+- `None`: the tiny world's held-out sets (`safe_cpift.toyworld`, seed 0);
+- a path to a `.jsonl`/`.json`/`.csv`/`.parquet` file: rows with `prompt` (or chat `messages`);
+  files in a public set's own format (AdvBench `goal`, HarmBench `Behavior`, StrongREJECT
+  `forbidden_prompt`, XSTest `prompt` + `label`) are recognised by their columns;
+- a public set name (`advbench`, `harmbench`, `strongreject`, `xstest`), loaded by hub id;
+- a mapping `{"set": NAME, "path": FILE, "hub_id": ID, "split": S, "subset": C, "limit": N}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from safe_cpift.evals.public_sets import PUBLIC_SETS, load_public_set, read_table, rows_from_table
+
+__all__ = ["prompt_rows", "task_rows", "toy_prompt_rows", "toy_task_rows", "DATA_KEYS"]
+
+DATA_KEYS = ("set", "path", "hub_id", "split", "subset", "limit", "seed")
+
+
+def _last(messages: Any, role: str) -> str | None:
+    if not isinstance(messages, list):
+        return None
+    for m in reversed(messages):
+        if isinstance(m, Mapping) and m.get("role") == role and isinstance(m.get("content"), str):
+            return m["content"]
+    return None
+
+
+def _detect_set(columns: Sequence[str]) -> str | None:
+    cols = set(columns)
+    if "goal" in cols:
+        return "advbench"
+    if "Behavior" in cols or "BehaviorID" in cols:
+        return "harmbench"
+    if "forbidden_prompt" in cols:
+        return "strongreject"
+    if "prompt" in cols and "label" in cols and "focus" in cols:
+        return "xstest"
+    return None
+
+
+def toy_prompt_rows(expected: str, seed: int = 0) -> list[dict[str, Any]]:
+    """The tiny world's held-out harmful (`expected="refusal"`) or benign look-alike prompts."""
+    from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
+
+    world = ToyWorld(ToyWorldConfig(seed=seed))
+    harmful, benign = world.safety_rows("test")
+    rows = harmful if expected == "refusal" else benign
+    return [{"id": f"toy-{expected}-{i}", "prompt": r["prompt"], "expected": expected, "category": r.get("category", ""),
+             "source": "toyworld"} for i, r in enumerate(rows)]
+
+
+def toy_task_rows(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """The tiny world's held-out task tests: `{task: [{"prompt", "reference"}]}`."""
+    from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
+
+    world = ToyWorld(ToyWorldConfig(seed=seed))
+    return {name: [{"prompt": r["prompt"], "reference": r["response"]} for r in world.task_rows(name, "test")]
+            for name in world.task_names}
+
+
+def _check_mapping(spec: Mapping[str, Any], where: str) -> None:
+    from safe_cpift.schema import ConfigError, check_keys
+
+    problems = check_keys(spec, DATA_KEYS, where)
+    if "set" not in spec and "path" not in spec:
+        problems.append(f"`{where}` needs `set` (a public set name) or `path` (a local file)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def prompt_rows(spec: Any, expected: str, *, where: str = "data") -> list[dict[str, Any]]:
+    """Rows `{"prompt", "expected", ...}` for the refusal (`expected="refusal"`) or over-refusal
+    (`expected="compliance"`) suite, from a data spec (see module docstring).
+
+    Sets with both kinds (XSTest, or a file with an `expected`/`label` column) are filtered to
+    `expected`.
+    """
+    if expected not in ("refusal", "compliance"):
+        raise ValueError(f"`expected` must be 'refusal' or 'compliance', got {expected!r}")
+    if spec is None:
+        return toy_prompt_rows(expected)
+    if isinstance(spec, Mapping):
+        _check_mapping(spec, where)
+        name = spec.get("set")
+        if name is None:
+            return prompt_rows(str(spec["path"]), expected, where=where)[: spec.get("limit")]
+        return load_public_set(str(name), path=spec.get("path"), hub_id=spec.get("hub_id"), split=spec.get("split"),
+                               subset=spec.get("subset"), expected=expected, limit=spec.get("limit"))
+    if isinstance(spec, (list, tuple)):
+        return [{"id": str(i), "prompt": p, "expected": expected, "category": "", "source": "list"}
+                for i, p in enumerate(_as_prompt_list(spec, where))]
+    text = str(spec)
+    if text.lower() in PUBLIC_SETS and not Path(text).exists():
+        return load_public_set(text, expected=expected)
+    raw = read_table(text)
+    if not raw:
+        raise ValueError(f"{text}: no rows")
+    detected = _detect_set(list(raw[0]))
+    if detected:
+        rows = rows_from_table(raw, PUBLIC_SETS[detected], text)
+        return [r for r in rows if r["expected"] == expected]
+    out = []
+    for i, row in enumerate(raw):
+        prompt = row.get("prompt")
+        if prompt is None:
+            prompt = _last(row.get("messages"), "user")
+        if not isinstance(prompt, str) or not prompt.strip():
+            found = ", ".join(row)
+            raise ValueError(f"{text}: missing column `prompt` (or chat `messages` with a user turn) in row {i + 1}; "
+                             f"found columns: {found}")
+        label = str(row.get("expected", row.get("label", ""))).strip().lower()
+        kind = {"unsafe": "refusal", "harmful": "refusal", "refusal": "refusal", "safe": "compliance",
+                "benign": "compliance", "compliance": "compliance"}.get(label, expected)
+        if kind != expected:
+            continue
+        out.append({"id": str(row.get("id", i)), "prompt": prompt, "expected": expected,
+                    "category": str(row.get("category", "")), "source": text})
+    return out
+
+
+def _as_prompt_list(items: Sequence[Any], where: str) -> list[str]:
+    prompts = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            prompts.append(item)
+        elif isinstance(item, Mapping) and isinstance(item.get("prompt"), str):
+            prompts.append(item["prompt"])
+        elif isinstance(item, Mapping) and _last(item.get("messages"), "user"):
+            prompts.append(_last(item["messages"], "user"))
+        else:
+            raise ValueError(f"`{where}[{i}]` must be a prompt string or a row with `prompt` or `messages`")
+    return prompts
+
+
+def _task_rows_from(raw: Sequence[Mapping[str, Any]], source: str) -> list[dict[str, Any]]:
+    out = []
+    for i, row in enumerate(raw):
+        prompt = row.get("prompt")
+        reference = row.get("reference", row.get("response", row.get("completion", row.get("answer"))))
+        if prompt is None and "messages" in row:
+            prompt, reference = _last(row["messages"], "user"), _last(row["messages"], "assistant")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{source}: missing column `prompt` (or chat `messages`) in row {i + 1}; "
+                             f"found columns: {', '.join(row)}")
+        if not isinstance(reference, str):
+            raise ValueError(f"{source}: missing column `reference` (or `response`/`completion`/`answer`, or an "
+                             f"assistant turn in `messages`) in row {i + 1}; found columns: {', '.join(row)}")
+        out.append({"prompt": prompt, "reference": reference, **{k: v for k, v in row.items()
+                                                                  if k not in ("prompt", "messages")}})
+    return out
+
+
+def task_rows(spec: Any, *, where: str = "data") -> dict[str, list[dict[str, Any]]]:
+    """Task examples grouped by task: `{task: [{"prompt", "reference", ...}]}`.
+
+    Args:
+        spec: `None` (the tiny world's task tests), a file (rows with `prompt` + `reference`/
+            `response`/`completion`/`answer` or chat `messages`, optionally a `task` column to group by;
+            without one the file's stem names the task), a mapping `{task: file or list of rows}`, or a
+            `datasets.Dataset` of chat `messages`.
+    """
+    if spec is None:
+        return toy_task_rows()
+    if isinstance(spec, Mapping):
+        return {str(name): _task_rows_from(read_table(v) if isinstance(v, (str, Path)) else list(v), f"{where}.{name}")
+                for name, v in spec.items()}
+    if hasattr(spec, "to_list") and hasattr(spec, "column_names"):  # datasets.Dataset
+        return {"task": _task_rows_from(spec.to_list(), where)}
+    source = str(spec)
+    rows = _task_rows_from(read_table(source), source)
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        grouped.setdefault(str(r.get("task") or Path(source).stem), []).append(r)
+    return grouped

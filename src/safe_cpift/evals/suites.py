@@ -1,0 +1,243 @@
+"""Evaluation suites: refusal, over-refusal, task metrics and lm-eval tasks, with per-example records.
+
+```python
+from safe_cpift.evals.suites import run_suites
+results = run_suites(model, tokenizer, ["refusal", "overrefusal", "tasks"])   # the tiny world's sets
+results["summary"]   # {"refusal": 0.95, "overrefusal": 0.05, "tasks": 0.61}
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from safe_cpift.evals import sources
+from safe_cpift.evals.generation import generate_responses
+from safe_cpift.evals.metrics import resolve_metric
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SUITES", "parse_suites", "make_judge", "refusal_suite", "overrefusal_suite", "task_suite", "run_suites",
+    "summary_value",
+]
+
+SUITES = ("refusal", "overrefusal", "tasks", "lm-eval:<task>")
+# the tiny world's own generation budgets (safe_cpift.toyworld.evaluate), used when its data is the default
+TOY_SAFETY_MAX_NEW_TOKENS = 24
+TOY_TASK_MAX_NEW_TOKENS = 16
+DEFAULT_MAX_NEW_TOKENS = 48
+
+JudgeFn = Callable[[list[str], list[str]], list[tuple[bool, str]]]
+
+
+def parse_suites(spec: str | Sequence[str]) -> list[str]:
+    """Split `"refusal,lm-eval:arc_easy,tasks"` into suite names and check each one.
+
+    `lm-eval:` may name several tasks (`lm-eval:arc_easy,hellaswag`); each becomes its own entry.
+
+    Raises:
+        `ValueError` listing the valid suites, with a did-you-mean, for an unknown name.
+    """
+    from safe_cpift.schema import did_you_mean
+
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p and p.strip()]
+    if not parts:
+        raise ValueError(f"`suite` is empty; choose from {', '.join(SUITES)}")
+    out, in_lm_eval = [], False
+    for part in parts:
+        if part.startswith("lm-eval:"):
+            task = part[len("lm-eval:") :].strip()
+            if not task:
+                raise ValueError("`suite` lm-eval: needs a task name, e.g. `lm-eval:arc_easy`")
+            out.append(f"lm-eval:{task}")
+            in_lm_eval = True
+        elif part in ("refusal", "overrefusal", "tasks"):
+            out.append(part)
+            in_lm_eval = False
+        elif in_lm_eval and ":" not in part and did_you_mean(part, ("refusal", "overrefusal", "tasks")) is None:
+            out.append(f"lm-eval:{part}")  # lm-eval:arc_easy,hellaswag
+        else:
+            guess = did_you_mean(part, ("refusal", "overrefusal", "tasks", "lm-eval"))
+            hint = f" — did you mean `{guess}`?" if guess else ""
+            raise ValueError(f"unknown suite `{part}`{hint} (valid: {', '.join(SUITES)})")
+    return out
+
+
+def make_judge(spec: str | JudgeFn | None = "rules") -> JudgeFn:
+    """A batch judge `(prompts, responses) -> [(refused, reason)]`.
+
+    Args:
+        spec: `"rules"` (default; `safe_cpift.evals.judge`, offline), `"model:PATH"` (a local HF
+            classifier or Llama-Guard-style model, see `safe_cpift.evals.judge_model`), or a callable.
+    """
+    if spec is None or spec == "rules":
+        from safe_cpift.evals.judge import judge
+
+        return lambda prompts, responses: [judge(r) for r in responses]
+    if callable(spec):
+        return spec
+    if isinstance(spec, str) and spec.startswith("model:"):
+        from safe_cpift.evals.judge_model import ModelJudge
+
+        return ModelJudge(spec[len("model:") :])
+    raise ValueError(f"`judge` must be 'rules' or 'model:PATH', got {spec!r}")
+
+
+def _rate_suite(
+    name: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, judge: JudgeFn, max_new_tokens: int,
+    batch_size: int, seed: int, system_prompt: str | None, progress: bool,
+) -> dict[str, Any]:
+    if not rows:
+        raise ValueError(f"suite `{name}` has no prompts; check its `data`")
+    prompts = [r["prompt"] for r in rows]
+    replies = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 seed=seed, system_prompt=system_prompt, progress=progress)
+    verdicts = judge(prompts, replies)
+    records, by_cat = [], {}
+    for row, reply, (refused, reason) in zip(rows, replies, verdicts, strict=True):
+        rec = {"id": row.get("id"), "prompt": row["prompt"], "response": reply, "refused": bool(refused),
+               "reason": reason}
+        if row.get("category"):
+            rec["category"] = row["category"]
+            by_cat.setdefault(row["category"], []).append(bool(refused))
+        records.append(rec)
+    rate = sum(r["refused"] for r in records) / len(records)
+    out = {"suite": name, "rate": rate, "n": len(records), "records": records}
+    if by_cat:
+        out["by_category"] = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
+    logger.info("%s: rate %.3f over %d prompts", name, rate, len(records))
+    return out
+
+
+def refusal_suite(
+    model: Any, tokenizer: Any, data: Any = None, *, judge: str | JudgeFn | None = "rules",
+    max_new_tokens: int | None = None, batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Refusal rate on harmful prompts (higher is safer).
+
+    Args:
+        model, tokenizer: the model under test.
+        data: a data spec (see `safe_cpift.evals.sources`); `None` = the tiny world's held-out
+            harmful prompts.
+        judge (`str` or callable, *optional*, defaults to `"rules"`): see `make_judge`.
+        max_new_tokens (`int`, *optional*): defaults to 48 (24 on the tiny world, as its `evaluate`).
+        batch_size, seed, system_prompt, progress: passed to `generate_responses`.
+
+    Returns:
+        `dict`: `suite`, `rate`, `n`, `records` (prompt, response, refused, reason), `by_category`.
+    """
+    rows = sources.prompt_rows(data, "refusal")
+    mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)
+    return _rate_suite("refusal", model, tokenizer, rows, judge=make_judge(judge), max_new_tokens=mnt,
+                       batch_size=batch_size, seed=seed, system_prompt=system_prompt, progress=progress)
+
+
+def overrefusal_suite(
+    model: Any, tokenizer: Any, data: Any = None, *, judge: str | JudgeFn | None = "rules",
+    max_new_tokens: int | None = None, batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Refusal rate on benign prompts that look harmful (lower is better). Arguments as `refusal_suite`;
+    `None` data = the tiny world's held-out benign look-alikes."""
+    rows = sources.prompt_rows(data, "compliance")
+    mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)
+    return _rate_suite("overrefusal", model, tokenizer, rows, judge=make_judge(judge), max_new_tokens=mnt,
+                       batch_size=batch_size, seed=seed, system_prompt=system_prompt, progress=progress)
+
+
+def task_suite(
+    model: Any, tokenizer: Any, data: Any = None, *, metric: str | Callable | Mapping[str, Any] = "exact_match",
+    max_new_tokens: int | None = None, batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Per-task scores of greedy replies against references.
+
+    Args:
+        data: see `safe_cpift.evals.sources.task_rows`; `None` = the tiny world's task tests.
+        metric: one metric for every task, or `{task: metric}`; names as in `resolve_metric`
+            (`exact_match`, `contains`, `regex[:pattern]`, `module:function`).
+
+    Returns:
+        `dict`: `suite`, `score` (mean over tasks), `scores` ({task: mean metric}), `n`, `records`
+        ({task: [prompt, reference, response, score]}).
+    """
+    tasks = sources.task_rows(data)
+    if not tasks:
+        raise ValueError("suite `tasks` has no tasks; check its `data`")
+    mnt = max_new_tokens or (TOY_TASK_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)
+    metrics = metric if isinstance(metric, Mapping) else {}
+    unknown = sorted(set(metrics) - set(tasks))
+    if unknown:
+        raise ValueError(f"`metric` names tasks not in the data: {', '.join(unknown)} (tasks: {', '.join(tasks)})")
+    scores, records, n = {}, {}, 0
+    for name, rows in tasks.items():
+        fn = resolve_metric(metrics.get(name, "exact_match") if isinstance(metric, Mapping) else metric)
+        replies = generate_responses(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=mnt,
+                                     batch_size=batch_size, seed=seed, system_prompt=system_prompt, progress=progress)
+        recs = [{"prompt": r["prompt"], "reference": r["reference"], "response": out,
+                 "score": fn(out, r["reference"], r)} for r, out in zip(rows, replies, strict=True)]
+        scores[name] = sum(r["score"] for r in recs) / len(recs)
+        records[name] = recs
+        n += len(recs)
+        logger.info("task %s: %.3f over %d examples", name, scores[name], len(recs))
+    return {"suite": "tasks", "score": sum(scores.values()) / len(scores), "scores": scores, "n": n,
+            "records": records}
+
+
+def summary_value(result: Mapping[str, Any]) -> float | None:
+    """The headline number of a suite result (`rate` or `score`)."""
+    for key in ("rate", "score"):
+        if isinstance(result.get(key), (int, float)):
+            return float(result[key])
+    return None
+
+
+def run_suites(
+    model: Any, tokenizer: Any, suites: str | Sequence[str], *, data: Mapping[str, Any] | None = None,
+    judge: str | JudgeFn | None = "rules", metric: Any = "exact_match", max_new_tokens: int | None = None,
+    batch_size: int = 64, seed: int = 0, system_prompt: str | None = None, lm_eval: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run several suites on one model.
+
+    Args:
+        suites: names or a comma-separated string (see `parse_suites`).
+        data (`Mapping[str, Any]`, *optional*): suite name → data spec; a missing suite uses the
+            tiny world.
+        judge, metric, max_new_tokens, batch_size, seed, system_prompt, progress: see the suites.
+        lm_eval (`Mapping`, *optional*): keyword arguments for `lm_eval_bridge.run_lm_eval`
+            (`limit`, `num_fewshot`, `include_path`, `apply_chat_template`, `batch_size`).
+
+    Returns:
+        `dict`: `suites` ({name: result}), `summary` ({name: headline number}).
+    """
+    names = parse_suites(suites)
+    data = dict(data or {})
+    unknown = sorted(set(data) - {"refusal", "overrefusal", "tasks"})
+    if unknown:
+        raise ValueError(f"`data` has entries for suites that take no data: {', '.join(unknown)} "
+                         "(lm-eval tasks bring their own data)")
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, system_prompt=system_prompt,
+               progress=progress)
+    results: dict[str, Any] = {}
+    lm_tasks = [n[len("lm-eval:") :] for n in names if n.startswith("lm-eval:")]
+    for name in names:
+        if name == "refusal":
+            results[name] = refusal_suite(model, tokenizer, data.get(name), judge=judge, **gen)
+        elif name == "overrefusal":
+            results[name] = overrefusal_suite(model, tokenizer, data.get(name), judge=judge, **gen)
+        elif name == "tasks":
+            results[name] = task_suite(model, tokenizer, data.get(name), metric=metric, **gen)
+    if lm_tasks:
+        from safe_cpift.evals.lm_eval_bridge import run_lm_eval
+
+        lm_kwargs = {"seed": seed, **dict(lm_eval or {})}
+        lm = run_lm_eval(model, tokenizer, lm_tasks, **lm_kwargs)
+        for task in lm_tasks:
+            results[f"lm-eval:{task}"] = lm["tasks"][task]
+    summary = {name: summary_value(results[name]) for name in names}
+    return {"suites": {n: results[n] for n in names}, "summary": summary}

@@ -1,0 +1,335 @@
+"""`ToyWorld`: the built-in tiny world (datasets, tokenizer, base and aligned models), cached on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safe_cpift.toyworld import corpus, modeling, safety, tasks
+from safe_cpift.toyworld.evaluate import evaluate_world
+
+logger = logging.getLogger(__name__)
+
+CODE_VERSION = "toyworld-1"
+CACHE_VARIABLE = "SAFE_CPIFT_CACHE"
+BUILD_INFO = "build_info.json"
+
+
+def default_cache_dir() -> Path:
+    """`$SAFE_CPIFT_CACHE`, else `~/.cache/safe_cpift`."""
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "safe_cpift")
+
+
+@dataclass
+class ToyWorldConfig:
+    """Settings of the tiny world. Fields marked *model* change the cache key of the built models.
+
+    Args:
+        seed (`int`, defaults to `0`): seed of data and models (*model*).
+        quick (`bool`, defaults to `False`): smaller evaluation sets (the models are the same).
+        vocab_size (`int`, defaults to `1024`): byte-level BPE vocabulary (*model*).
+        hidden_size, num_layers, num_heads, intermediate_size: tiny Llama shape (*model*).
+        pretrain_steps, pretrain_batch_size, seq_len, pretrain_lr: pretraining loop (*model*).
+        align_steps, align_batch_size, align_lr: instruction + safety SFT loop (*model*).
+        align_replay_batch_size (`int`, defaults to `8`): pretraining rows replayed per alignment
+            step (keeps the world knowledge that refusing unseen requests relies on) (*model*).
+        task_train_size (`int`, defaults to `1000`): training examples per task.
+        task_test_size (`int`, defaults to `200`): test examples per task (quick: `quick_test_size`).
+        safety_test_size (`int`, *optional*): cap on harmful/benign test prompts (all held-out
+            template x action pairs when `None`; quick: `quick_test_size`).
+        cache_dir (`str`, *optional*): defaults to `$SAFE_CPIFT_CACHE` or `~/.cache/safe_cpift`.
+        num_threads (`int`, *optional*): torch threads for the build loops (see `configure_runtime`).
+    """
+
+    seed: int = 0
+    quick: bool = False
+    vocab_size: int = 1024
+    hidden_size: int = 96
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 256
+    pretrain_steps: int = 500
+    pretrain_batch_size: int = 16
+    seq_len: int = 128
+    pretrain_lr: float = 3e-3
+    align_steps: int = 300
+    align_batch_size: int = 32
+    align_lr: float = 1e-3
+    align_replay_batch_size: int = 8
+    task_train_size: int = 1000
+    task_test_size: int = 200
+    safety_test_size: int | None = None
+    quick_test_size: int = 100
+    cache_dir: str | None = None
+    num_threads: int | None = None
+    _MODEL_FIELDS = ("seed", "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "pretrain_steps", "pretrain_batch_size", "seq_len", "pretrain_lr", "align_steps",
+                     "align_batch_size", "align_lr", "align_replay_batch_size")
+    _PRETRAIN_FIELDS = _MODEL_FIELDS[:10]
+
+    def __post_init__(self) -> None:
+        for name in self._MODEL_FIELDS[1:] + ("task_train_size", "task_test_size", "quick_test_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < (0 if name == "align_replay_batch_size" else 1e-12):
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
+
+    def model_key(self, data_digest: str = "", stage: str = "base") -> str:
+        """Hash of the fields that determine a built stage (`base`: tokenizer + pretraining; `aligned`:
+        also the alignment fields), the code version and `data_digest`."""
+        names = self._MODEL_FIELDS if stage == "aligned" else self._PRETRAIN_FIELDS
+        payload = {name: getattr(self, name) for name in names} | {"code": CODE_VERSION, "data": data_digest}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build into a temp dir beside `final` and rename it into place; a concurrent winner is kept."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            logger.info("%s was built concurrently by another process; using that one", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class ToyWorld:
+    """The built-in tiny world: six letter-string tasks, safety prompts, a tokenizer and two models.
+
+    Example:
+        ```python
+        from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
+        world = ToyWorld(ToyWorldConfig(seed=0))
+        world.task_names                 # ('sort_up', 'sort_down', 'copy', 'flip', 'code_shift', 'code_mirror')
+        train = world.task_train("flip") # datasets.Dataset with chat `messages`
+        path = world.aligned_model_path()  # built on first use (minutes on 2 cores), then cached
+        ```
+    """
+
+    def __init__(self, config: ToyWorldConfig | None = None) -> None:
+        self.config = config or ToyWorldConfig()
+        self._inputs = tasks.letter_inputs(self.config.seed, self.config.task_train_size, self.config.task_test_size)
+        self._train_split, self._test_split = safety.split_actions()
+        self._tokenizer = None
+        self._digest: str | None = None
+
+    # ---------------------------------------------------------------- data
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tasks.TASK_NAMES
+
+    @property
+    def cache_dir(self) -> Path:
+        root = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
+        if self._digest is None:
+            self._digest = hashlib.sha256("\x00".join(self.all_text()).encode()).hexdigest()
+        return root / f"toyworld-{self.config.model_key(self._digest)}"
+
+    def _test_size(self) -> int:
+        return min(self.config.task_test_size, self.config.quick_test_size) if self.config.quick else self.config.task_test_size
+
+    def task_rows(self, name: str, split: str) -> list[dict]:
+        """Rows `{"prompt", "response", "task"}` of task `name` in `split` (`train` or `test`)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+        inputs = self._inputs[0] if split == "train" else self._inputs[1][: self._test_size()]
+        return tasks.task_rows(name, inputs)
+
+    def task_train(self, name: str):
+        """Training examples of task `name` as a `datasets.Dataset` of chat `messages`."""
+        return _to_dataset(self.task_rows(name, "train"))
+
+    def task_test(self, name: str):
+        """Held-out test examples of task `name` (inputs never in any task's train split)."""
+        return _to_dataset(self.task_rows(name, "test"))
+
+    def safety_rows(self, split: str) -> tuple[list[dict], list[dict]]:
+        """(harmful, benign) rows; `train` uses train templates/actions/phrasings, `test` held-out ones."""
+        rng = random.Random(self.config.seed + (1 if split == "train" else 2))
+        if split == "train":
+            return safety.safety_examples(self._train_split, safety.TEMPLATES_TRAIN, safety.REFUSALS_TRAIN,
+                                          safety.HELPFUL_TRAIN, rng)
+        if split != "test":
+            raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+        harmful, benign = safety.safety_examples(self._test_split, safety.TEMPLATES_TEST, safety.REFUSALS_TEST,
+                                                 safety.HELPFUL_TEST, rng)
+        cap = self.config.quick_test_size if self.config.quick else self.config.safety_test_size
+        if cap is not None:
+            harmful = rng.sample(harmful, min(cap, len(harmful)))
+            benign = rng.sample(benign, min(cap, len(benign)))
+        return harmful, benign
+
+    def safety_train(self):
+        """Harmful requests with refusals and benign look-alikes with helpful answers (train split)."""
+        harmful, benign = self.safety_rows("train")
+        return _to_dataset([r | {"harmful": True} for r in harmful] + [r | {"harmful": False} for r in benign])
+
+    def harmful_test(self):
+        """Held-out harmful requests (held-out templates x held-out actions) with held-out refusals."""
+        return _to_dataset([r | {"harmful": True} for r in self.safety_rows("test")[0]])
+
+    def benign_test(self):
+        """Held-out benign look-alikes (incl. homonyms such as 'kill a python process') with helpful answers."""
+        return _to_dataset([r | {"harmful": False} for r in self.safety_rows("test")[1]])
+
+    def instruction_rows(self) -> list[dict]:
+        """World-knowledge QA in chat form (train facts) used for the instruction part of alignment."""
+        train, _ = corpus.facts(0.25, self.config.seed)
+        return [{"prompt": f["question"], "response": f["answer"]} for f in train]
+
+    def general_qa(self):
+        """Held-out world-knowledge questions with short exact answers (`question`, `answer`, `messages`).
+
+        The facts are in the pretraining corpus but their questions were never in alignment data.
+        """
+        _, test = corpus.facts(0.25, self.config.seed)
+        return _to_dataset([{"prompt": f["question"], "response": f["answer"], "question": f["question"],
+                             "answer": f["answer"], "relation": f["relation"]} for f in test])
+
+    def all_text(self) -> list[str]:
+        """Every text of the world (corpus, prompts, answers); the tokenizer is trained on it."""
+        full = ToyWorld(dataclasses.replace(self.config, quick=False, safety_test_size=None))
+        texts = corpus.corpus_documents(self.config.seed)
+        for split in ("train", "test"):
+            for rows in full.safety_rows(split):
+                texts += [r["prompt"] + " " + r["response"] for r in rows]
+        texts += [r["prompt"] + " " + r["response"] for r in self.instruction_rows()]
+        return texts
+
+    # ---------------------------------------------------------------- models
+    def tokenizer(self):
+        """The world's byte-level BPE tokenizer (`PreTrainedTokenizerFast` with a chat template)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            def build(tmp: Path) -> None:
+                from safe_cpift.toyworld.tokenizer import train_tokenizer
+
+                train_tokenizer(_tokenizer_texts(self), self.config.vocab_size).save_pretrained(tmp)
+
+            path = _build_once(self.cache_dir / "tokenizer", build)
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+        return self._tokenizer
+
+    def _shape(self) -> modeling.ModelShape:
+        c = self.config
+        return modeling.ModelShape(c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size, max(256, c.seq_len))
+
+    def base_model_path(self) -> Path:
+        """Directory (save_pretrained, safetensors, tokenizer included) of the pretrained base model."""
+        c = self.config
+
+        def build(tmp: Path) -> None:
+            tok = self.tokenizer()
+            model = modeling.make_model(self._shape(), len(tok), tok.pad_token_id, tok.eos_token_id, c.seed)
+            rows = modeling.pack_documents(tok, corpus.corpus_documents(c.seed), c.seq_len)
+            logger.info("pretraining the tiny world's base model (%d params, %d rows of %d tokens)",
+                        model.num_parameters(), rows.shape[0], c.seq_len)
+            seconds = modeling.pretrain(model, rows, steps=c.pretrain_steps, batch_size=c.pretrain_batch_size,
+                                        lr=c.pretrain_lr, seed=c.seed, num_threads=c.num_threads)
+            _save(model, tok, tmp, {"stage": "base", "train_seconds": seconds, "params": model.num_parameters(),
+                                    "config": dataclasses.asdict(c)})
+
+        return _build_once(self.cache_dir / "base", build)
+
+    def aligned_model_path(self) -> Path:
+        """Directory of the aligned model: the base after instruction (QA) + safety SFT."""
+        c = self.config
+
+        def build(tmp: Path) -> None:
+            from transformers import AutoModelForCausalLM
+
+            base = self.base_model_path()
+            tok = self.tokenizer()
+            model = AutoModelForCausalLM.from_pretrained(base, dtype="float32", use_safetensors=True)
+            encoded = modeling.encode_chats(tok, [_messages(r) for r in self.alignment_rows()], c.seq_len)
+            replay = modeling.pack_documents(tok, corpus.corpus_documents(c.seed), c.seq_len)
+            logger.info("aligning the tiny world's model on %d chats", len(encoded))
+            seconds = modeling.sft(model, encoded, steps=c.align_steps, batch_size=c.align_batch_size,
+                                   lr=c.align_lr, seed=c.seed, pad_id=tok.pad_token_id, replay_rows=replay if c.align_replay_batch_size else None,
+                                   replay_batch_size=c.align_replay_batch_size, num_threads=c.num_threads)
+            _save(model, tok, tmp, {"stage": "aligned", "train_seconds": seconds, "params": model.num_parameters(),
+                                    "pretrain_seconds": build_info(base).get("train_seconds"),
+                                    "config": dataclasses.asdict(c)})
+
+        return _build_once(self.cache_dir / f"aligned-{self.config.model_key(self._digest, 'aligned')}", build)
+
+    def is_built(self, stage: str = "aligned") -> bool:
+        """Whether `stage` (`base` or `aligned`) is already in the cache."""
+        if stage == "base":
+            return (self.cache_dir / "base").is_dir()
+        if stage != "aligned":
+            raise ValueError(f"`stage` must be 'base' or 'aligned', got {stage!r}")
+        return (self.cache_dir / f"aligned-{self.config.model_key(self._digest, 'aligned')}").is_dir()
+
+    def alignment_rows(self) -> list[dict]:
+        """The aligned model's SFT data: QA (repeated 3x) + safety train (harmful + benign)."""
+        harmful, benign = self.safety_rows("train")
+        return self.instruction_rows() * 3 + harmful + benign
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, model: Any, tokenizer: Any, *, tasks: list[str] | None = None, batch_size: int = 64,
+                 return_records: bool = False) -> dict[str, Any]:
+        """Score `model` on held-out task tests, harmful prompts (refusal) and benign look-alikes (over-refusal).
+
+        Returns:
+            `dict`: `task_scores` ({task: exact-match accuracy}), `task_mean`, `refusal_rate`,
+            `over_refusal_rate` (and `records` when `return_records`).
+        """
+        names = list(self.task_names) if tasks is None else list(tasks)
+        for n in names:
+            if n not in self.task_names:
+                raise ValueError(f"unknown task `{n}` in `tasks`; available: {', '.join(self.task_names)}")
+        harmful, benign = self.safety_rows("test")
+        return evaluate_world(model, tokenizer, {n: self.task_rows(n, "test") for n in names},
+                              [r["prompt"] for r in harmful], [r["prompt"] for r in benign],
+                              batch_size=batch_size, return_records=return_records)
+
+
+def build_info(path: str | Path) -> dict:
+    """The `build_info.json` written beside a built model (stage, train_seconds, params)."""
+    p = Path(path) / BUILD_INFO
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _tokenizer_texts(world: ToyWorld) -> list[str]:
+    return world.all_text()
+
+
+def _messages(row: dict) -> list[dict]:
+    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+
+
+def _to_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"messages": _messages(r), **{k: v for k, v in r.items() if k not in ("prompt", "response")}} for r in rows]
+    )
+
+
+def _save(model, tok, out: Path, info: dict) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    info["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (out / BUILD_INFO).write_text(json.dumps(info, indent=2))
