@@ -20,6 +20,7 @@ _LAZY = {
     "restore_region": "safe_cpift.freeze",
     "FrozenEntries": "safe_cpift.freeze",
     "SafetyGuardCallback": "safe_cpift.guard",
+    "RefusalProbe": "safe_cpift.guard_probe",
     "cluster_tasks": "safe_cpift.cluster",
     "configure_runtime": "safe_cpift.runtime",
 }
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from safe_cpift.cluster import cluster_tasks
     from safe_cpift.freeze import CoreFreezeCallback, FrozenEntries, restore_region
     from safe_cpift.guard import SafetyGuardCallback
+    from safe_cpift.guard_probe import RefusalProbe
     from safe_cpift.regions import CoreRegion
     from safe_cpift.runtime import configure_runtime
 
@@ -45,6 +47,7 @@ __all__ = [
     "restore_region",
     "FrozenEntries",
     "SafetyGuardCallback",
+    "RefusalProbe",
     "cluster_tasks",
     "configure_runtime",
 ]
