@@ -80,7 +80,7 @@ def test_demo_writes_results_schema(default_world, tmp_path):
     from safe_cpift.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    assert main(["demo", "--aligned-only", "--quick", "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["reference"] == "aligned"
     aligned = results["methods"]["aligned"]
@@ -93,16 +93,16 @@ def test_demo_writes_results_schema(default_world, tmp_path):
 
 
 def test_run_demo_writes_results_schema_for_a_tiny_world(tmp_path):
-    from safe_cpift.commands.demo import run_demo, summary
+    from safe_cpift.commands.demo import run_aligned_only, summary
 
     cfg = ToyWorldConfig(cache_dir=str(tmp_path / "cache"), task_test_size=4, quick_test_size=3, **TINY)
-    first = run_demo(tmp_path / "run1", seed=0, quick=True, config=cfg)
+    first = run_aligned_only(tmp_path / "run1", seed=0, quick=True, config=cfg)
     on_disk = json.loads((tmp_path / "run1" / "results.json").read_text())
     assert on_disk["methods"]["aligned"]["task_scores"].keys() == first["methods"]["aligned"]["task_scores"].keys()
     aligned = on_disk["methods"]["aligned"]
     assert aligned["train_seconds"] > 0 and aligned["train_seconds_source"] == "built"
     assert on_disk["world"]["eval_sizes"] == {"task_test": 3, "harmful": 3, "benign": 3}
-    again = run_demo(tmp_path / "run2", seed=0, quick=True, config=cfg)["methods"]["aligned"]
+    again = run_aligned_only(tmp_path / "run2", seed=0, quick=True, config=cfg)["methods"]["aligned"]
     assert again["train_seconds"] == 0.0 and again["train_seconds_source"] == "cached"
     assert again["refusal_rate"] == aligned["refusal_rate"] and again["task_scores"] == aligned["task_scores"]
     assert "refusal" in summary(on_disk)

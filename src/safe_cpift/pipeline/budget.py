@@ -1,0 +1,64 @@
+"""The training budget: how many examples each method and each stage gets, and what each method paid.
+
+`examples_per_method` is the budget of every method's final fine-tuning: the pipelined stages of
+`cpift` / `safe_cpift` share it (split evenly over the tasks, each group's stage getting its tasks'
+shares; for `safe_cpift` a `safety_mix` share of each stage's examples are safety examples, taken out
+of the same budget), and each SFT baseline trains on it. With `include_probes` on (the fair default)
+each SFT baseline also gets what `safe_cpift`'s probes cost (safety probe + task probes), so every
+baseline trains on exactly as many examples as `safe_cpift` did in total: a method cannot look safer
+merely because it trained less.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safe_cpift.pipeline.common import RunContext, split_evenly
+from safe_cpift.pipeline.spec import PipelineSpec
+
+CPIFT_METHODS = ("cpift", "safe_cpift")
+
+
+def probe_examples(spec: PipelineSpec, method: str) -> int:
+    """Examples the probes of `method` train on (the safety probe belongs to `safe_cpift` only)."""
+    n = spec.probe_examples * len(spec.task_names)
+    if method == "safe_cpift" and spec.safety_scorer == "update":
+        n += spec.safety_probe_examples
+    return n
+
+
+def stage_budget(spec: PipelineSpec, method: str) -> int:
+    """Examples of the pipelined stages of `method` (`cpift` or `safe_cpift`), all groups together."""
+    return spec.examples_per_method
+
+
+def baseline_examples(spec: PipelineSpec) -> int:
+    """Examples of each SFT baseline: the budget, plus `safe_cpift`'s probes when `include_probes`."""
+    return spec.examples_per_method + (probe_examples(spec, "safe_cpift") if spec.include_probes else 0)
+
+
+def uses_safety(spec: PipelineSpec, method: str) -> bool:
+    return method == "safe_cpift" and spec.mix_safety and spec.safety_mix > 0
+
+
+def group_plan(spec: PipelineSpec, groups: list[list[str]], method: str) -> list[dict[str, Any]]:
+    """Per group stage: `{"tasks": {task: n}, "safety": n, "total": n}` (totals sum to the stage budget)."""
+    per_task = split_evenly(stage_budget(spec, method), [t for g in groups for t in g])
+    plan = []
+    for g in groups:
+        total = sum(per_task[t] for t in g)
+        safety = int(total * spec.safety_mix + 0.5) if uses_safety(spec, method) else 0
+        safety = min(safety, total - len(g))
+        plan.append({"tasks": split_evenly(total - safety, g), "safety": safety, "total": total})
+    return plan
+
+
+def stage_cost(ctx: RunContext, stages: list[str]) -> dict[str, Any]:
+    """Summed measured `examples_seen` / `train_seconds` of `stages`, with the per-stage breakdown."""
+    parts = {}
+    for s in stages:
+        train = ctx.summary(s).get("train")
+        if train:
+            parts[s] = {"examples_seen": int(train["examples_seen"]), "train_seconds": float(train["train_seconds"])}
+    return {"examples_seen": sum(p["examples_seen"] for p in parts.values()),
+            "train_seconds": sum(p["train_seconds"] for p in parts.values()), "stages": parts}

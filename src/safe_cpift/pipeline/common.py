@@ -1,0 +1,190 @@
+"""What every stage shares: the run context, stage summaries, and "train a model and save it".
+
+Each stage body is a function `body(ctx, tmp) -> dict` that writes its files under `tmp` (the stage's
+temporary directory) and returns a JSON summary; the runner writes the summary as `stage.json` and
+renames `tmp` into place. Later stages only read earlier stages from disk (never from memory), so a
+resumed run computes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safe_cpift.pipeline.spec import PipelineSpec
+
+logger = logging.getLogger(__name__)
+
+SUMMARY = "stage.json"
+MODEL_DIR = "model"
+REGION_DIR = "region"
+
+
+class RunContext:
+    """The spec plus access to completed stages and cached inputs (tokenizer, datasets).
+
+    Args:
+        spec (`PipelineSpec`): the run's settings.
+        root (`Path`): the run directory; completed stage `name` lives in `root / name`.
+    """
+
+    def __init__(self, spec: PipelineSpec, root: Path) -> None:
+        self.spec = spec
+        self.root = Path(root)
+        self._tokenizer: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._safety: Any = None
+        self._theta0: Any = None
+
+    # -------------------------------------------------------------- completed stages
+    def stage_dir(self, name: str) -> Path:
+        path = self.root / name
+        if not (path / SUMMARY).is_file():
+            raise FileNotFoundError(f"stage `{name}` is not complete in {self.root} (no {SUMMARY})")
+        return path
+
+    def summary(self, name: str) -> dict[str, Any]:
+        return json.loads((self.stage_dir(name) / SUMMARY).read_text())
+
+    def model_dir(self, name: str) -> Path:
+        """The model a stage produced (`aligned` names the starting model θ0)."""
+        if name == "aligned":
+            return Path(self.spec.aligned_model)
+        return self.stage_dir(name) / MODEL_DIR
+
+    def theta0(self) -> Any:
+        """θ0 as something regions and fusion can stream: its directory, or the loaded model (hub id)."""
+        src = self.spec.aligned_model
+        if Path(src).is_dir():
+            return Path(src)
+        if self._theta0 is None:
+            self._theta0 = load_model(src, self.spec)
+        return self._theta0
+
+    def region(self, name: str) -> Any:
+        from safe_cpift.regions import CoreRegion
+
+        return CoreRegion.load(self.stage_dir(name) / REGION_DIR)
+
+    # -------------------------------------------------------------- inputs
+    def check_inputs(self) -> None:
+        """Load every task's data and the safety data once, so bad data fails before any training."""
+        for task in self.spec.task_names:
+            self.task_data(task)
+        self.safety_data()
+
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from safe_cpift.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.spec.tokenizer_source, trust_remote_code=self.spec.trust_remote_code)
+        return self._tokenizer
+
+    def task_data(self, name: str) -> Any:
+        if name not in self._tasks:
+            ds = self.spec.load_task(name)
+            if len(ds) == 0:
+                raise ValueError(f"task `{name}` has no training rows")
+            self._tasks[name] = ds
+        return self._tasks[name]
+
+    def safety_data(self) -> Any:
+        if self._safety is None:
+            ds = self.spec.load_safety()
+            if len(ds) == 0:
+                raise ValueError("the safety dataset has no rows")
+            self._safety = ds
+        return self._safety
+
+
+def load_model(source: str | Path, spec: PipelineSpec | None = None) -> Any:
+    """Load a causal LM the way the run's spec says (dtype, remote code)."""
+    from safe_cpift.models import load_causal_lm
+
+    if spec is None:
+        return load_causal_lm(str(source))
+    return load_causal_lm(str(source), dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
+    """`save_pretrained` (safetensors) of the model and its tokenizer into `out_dir`."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def mix(ctx: RunContext, tasks: dict[str, int], safety: int, seed: int) -> tuple[Any, dict[str, int]]:
+    """A shuffled dataset with `tasks[name]` rows of each task and `safety` safety rows."""
+    from safe_cpift.data import mix_datasets
+
+    sources = {f"task:{t}": ctx.task_data(t) for t, n in tasks.items() if n}
+    counts = {f"task:{t}": n for t, n in tasks.items() if n}
+    if safety:
+        sources["safety"] = ctx.safety_data()
+        counts["safety"] = safety
+    ds = mix_datasets(sources, counts, seed=seed)
+    return ds, {k.removeprefix("task:"): v for k, v in counts.items()}
+
+
+def split_evenly(total: int, names: list[str]) -> dict[str, int]:
+    """`total` examples split over `names` as evenly as possible (earlier names get the remainder)."""
+    q, r = divmod(total, len(names))
+    return {n: q + (1 if i < r else 0) for i, n in enumerate(names)}
+
+
+def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, *, seed: int,
+                   freeze: Any | None = None, out_name: str = MODEL_DIR) -> dict[str, Any]:
+    """One SFT epoch over `dataset` from model `start`; saves the model to `tmp / out_name`.
+
+    Args:
+        ctx (`RunContext`).
+        start (`str` or `Path`): the model to start from (a directory).
+        dataset (`datasets.Dataset`): chat `messages`, exactly the examples to train on (one epoch).
+        tmp (`Path`): the stage's temporary directory.
+        seed (`int`): seed of data order and initialisation of the trainer.
+        freeze (`CoreRegion`, *optional*): entries kept at their start values (`CoreFreezeCallback`).
+
+    Returns:
+        `dict`: `train_seconds`, `examples_seen`, `steps`, `final_loss`, `frozen_entries`.
+    """
+    from safe_cpift.training import train_sft
+
+    spec = ctx.spec
+    model = load_model(start, spec)
+    tokenizer = ctx.tokenizer()
+    callbacks = []
+    if freeze is not None and freeze.num_selected:
+        from safe_cpift.freeze import CoreFreezeCallback
+
+        callbacks.append(CoreFreezeCallback(freeze))
+    overrides = dict(spec.train.overrides)
+    if spec.train.max_length is not None:
+        overrides.setdefault("max_length", spec.train.max_length)
+    work = Path(tmp) / "_trainer"
+    stats = train_sft(model, tokenizer, dataset, output_dir=str(work), num_train_epochs=1,
+                      learning_rate=spec.train.learning_rate, batch_size=spec.train.batch_size,
+                      callbacks=callbacks, seed=seed, num_threads=spec.num_threads, **overrides)
+    shutil.rmtree(work, ignore_errors=True)
+    save_model(model, tokenizer, Path(tmp) / out_name)
+    out = _stats_dict(stats)
+    # one epoch over exactly these rows: the examples seen are the rows (the trainer's
+    # steps x batch size over-counts a partial last batch)
+    out["examples_seen"] = len(dataset)
+    out["frozen_entries"] = int(freeze.num_selected) if freeze is not None else 0
+    out["start"] = str(start)
+    return out
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    if isinstance(stats, dict):
+        d = dict(stats)
+    else:
+        d = {k: getattr(stats, k) for k in ("train_seconds", "examples_seen", "steps", "final_loss")
+             if hasattr(stats, k)}
+    return {"train_seconds": float(d.get("train_seconds", 0.0)), "examples_seen": int(d.get("examples_seen", 0)),
+            "steps": int(d.get("steps", 0)),
+            "final_loss": None if d.get("final_loss") is None else float(d["final_loss"])}

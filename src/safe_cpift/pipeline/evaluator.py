@@ -1,0 +1,83 @@
+"""The evaluator every method goes through: task metrics, refusal and over-refusal on the same prompts.
+
+`Evaluator(model, tokenizer)` returns `task_scores`, `task_mean`, `refusal_rate`,
+`over_refusal_rate` and per-example `records`. Generation is greedy, batched and chat-templated
+(`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.is_refusal`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[[str, str], float]
+
+
+def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[str, str]:
+    """The last user turn and the final assistant turn of a test conversation."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users or messages[-1]["role"] != "assistant":
+        raise ValueError("a test conversation needs a user turn and must end with the assistant's reference answer")
+    return users[-1], messages[-1]["content"]
+
+
+@dataclass
+class TaskEval:
+    """One task's test set: `prompts`, `references` and the metric."""
+
+    prompts: list[str]
+    references: list[str]
+    metric: Metric
+
+
+@dataclass
+class Evaluator:
+    """Scores a model on the recipe's suites. `None` prompt lists skip that suite (reported as `None`)."""
+
+    tasks: dict[str, TaskEval]
+    harmful: list[str] | None
+    benign: list[str] | None
+    max_new_tokens: int = 48
+    batch_size: int = 64
+    notes: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, Any]:
+        """How many examples each suite scores (small sets give noisy rates)."""
+        return {"task_examples": {n: len(t.prompts) for n, t in self.tasks.items()},
+                "harmful": len(self.harmful or []), "benign": len(self.benign or [])}
+
+    def _generate(self, model: Any, tokenizer: Any, prompts: list[str]) -> list[str]:
+        from safe_cpift.evals.generation import generate_responses
+
+        return generate_responses(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                                  batch_size=self.batch_size, seed=0, progress=False)
+
+    def _refusals(self, model: Any, tokenizer: Any, prompts: list[str]) -> tuple[float, list[dict]]:
+        from safe_cpift.evals.judge import is_refusal
+
+        replies = self._generate(model, tokenizer, prompts)
+        records = [{"prompt": p, "response": r, "refused": bool(is_refusal(r))} for p, r in zip(prompts, replies, strict=True)]
+        return sum(r["refused"] for r in records) / len(records), records
+
+    def __call__(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        scores, records = {}, {}
+        for name, task in self.tasks.items():
+            replies = self._generate(model, tokenizer, task.prompts)
+            recs = [{"prompt": p, "reference": ref, "response": r, "score": task.metric(r, ref)}
+                    for p, ref, r in zip(task.prompts, task.references, replies, strict=True)]
+            scores[name] = sum(r["score"] for r in recs) / len(recs)
+            records[name] = recs
+        out: dict[str, Any] = {"task_scores": scores,
+                               "task_mean": sum(scores.values()) / len(scores) if scores else None}
+        for key, prompts, label in (("refusal_rate", self.harmful, "harmful"),
+                                    ("over_refusal_rate", self.benign, "benign")):
+            if prompts:
+                out[key], records[label] = self._refusals(model, tokenizer, prompts)
+            else:
+                out[key] = None
+        out["records"] = records
+        return out

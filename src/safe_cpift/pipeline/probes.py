@@ -1,0 +1,89 @@
+"""CPI-FT steps 1–2: per-task probe SFT, task cores, and clusters with a stage order.
+
+* `probe_<task>`: SFT on the task alone from θ0 (`probe_examples` rows, one epoch).
+* `task_cores`: each task's core = top-`top_p` of |θ_probe − θ0| (scope from the spec).
+* `clusters`: Jaccard matrix of the task cores and the safety core, groups = connected components of
+  Jaccard ≥ `tau` (`safe_cpift.cluster.cluster_tasks`, which also fixes the stage order), `overlap.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from safe_cpift.pipeline.common import REGION_DIR, RunContext, mix, train_and_save
+
+logger = logging.getLogger(__name__)
+
+TASK_CORES = "task_cores"
+CLUSTERS = "clusters"
+SAFETY_NAME = "safety"
+
+
+def probe_stage(task: str) -> str:
+    return f"probe_{task}"
+
+
+def run_probe(ctx: RunContext, tmp: Path, task: str) -> dict[str, Any]:
+    """Body of stage `probe_<task>`: SFT on `task` alone from θ0."""
+    spec = ctx.spec
+    seed = spec.stage_seed(probe_stage(task))
+    data, counts = mix(ctx, {task: spec.probe_examples}, 0, seed)
+    summary = {"task": task, "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed)}
+    summary["train"]["mix"] = counts
+    return summary
+
+
+def run_task_cores(ctx: RunContext, tmp: Path) -> dict[str, Any]:
+    """Body of stage `task_cores`: one region per task under `tmp/<task>/region`."""
+    from safe_cpift.regions import CoreRegion
+
+    spec = ctx.spec
+    out: dict[str, Any] = {"top_p": spec.top_p, "scope": spec.scope, "scorer": spec.task_scorer, "tasks": {}}
+    theta0 = ctx.theta0()
+    for task in spec.task_names:
+        if spec.task_scorer == "importance":
+            from safe_cpift.pipeline.common import load_model
+
+            model = load_model(spec.aligned_model, spec)
+            data, _ = mix(ctx, {task: spec.probe_examples}, 0, spec.stage_seed(probe_stage(task)))
+            region = CoreRegion.from_importance(model, data, top_p=spec.top_p, scope=spec.scope,
+                                                tokenizer=ctx.tokenizer(), progress=False)
+        else:
+            region = CoreRegion.from_update(theta0, ctx.model_dir(probe_stage(task)), top_p=spec.top_p,
+                                            scope=spec.scope, scorer="update", progress=False)
+        region.save(Path(tmp) / task / REGION_DIR)
+        out["tasks"][task] = {"entries": int(region.num_selected), "fraction": float(region.fraction)}
+    return out
+
+
+def task_regions(ctx: RunContext) -> dict[str, Any]:
+    """The task cores of a completed `task_cores` stage, in task order."""
+    from safe_cpift.regions import CoreRegion
+
+    root = ctx.stage_dir(TASK_CORES)
+    return {t: CoreRegion.load(root / t / REGION_DIR) for t in ctx.spec.task_names}
+
+
+def run_clusters(ctx: RunContext, tmp: Path) -> dict[str, Any]:
+    """Body of stage `clusters`: overlap matrices, groups in stage order, and `overlap.png`."""
+    from safe_cpift.cluster import cluster_tasks, overlap_matrix, plot_overlap
+
+    spec = ctx.spec
+    regions = task_regions(ctx)
+    safety = ctx.region("safety_core")
+    groups = [list(g) for g in cluster_tasks(regions, tau=spec.tau)]
+    summary: dict[str, Any] = {"tau": spec.tau, "groups": groups, "order": [t for g in groups for t in g]}
+    for metric in ("jaccard", "overlap"):
+        names, matrix = overlap_matrix(regions, metric=metric, protect=safety, protect_name=SAFETY_NAME)
+        summary[metric] = {"names": list(names), "matrix": [[round(float(v), 6) for v in row] for row in matrix]}
+    summary["safety_overlap"] = {t: float(regions[t].overlap(safety)) for t in spec.task_names}
+    try:
+        plot_overlap(regions, Path(tmp) / "overlap.png", protect=safety, protect_name=SAFETY_NAME)
+        summary["plot"] = "overlap.png"
+    except ImportError as err:  # matplotlib is an extra
+        logger.warning("overlap.png not drawn: %s", err)
+        summary["plot"] = None
+    logger.info("clusters (tau=%.3g): %s", spec.tau, groups)
+    return summary

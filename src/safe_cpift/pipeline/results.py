@@ -1,0 +1,147 @@
+"""Stage `report`: assemble results.json from the completed stages and check the safety core.
+
+Everything here is read back from disk (stage summaries, regions, the final model), so the results of
+a resumed run equal those of an uninterrupted one except the measured `*_seconds` fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from safe_cpift.pipeline.baselines import cost_stages
+from safe_cpift.pipeline.budget import baseline_examples, probe_examples, stage_cost
+from safe_cpift.pipeline.common import RunContext
+from safe_cpift.pipeline.evaluate_stage import eval_stage, final_model_stage
+from safe_cpift.pipeline.probes import CLUSTERS
+from safe_cpift.pipeline.safety_core import PROTECTED_FILE, verify_safety_core
+from safe_cpift.pipeline.safety_core import STAGE as SAFETY_CORE
+
+logger = logging.getLogger(__name__)
+
+REPORT = "report"
+FORMAT = "safe-cpift-results/1"
+
+
+def method_result(ctx: RunContext, method: str) -> dict[str, Any]:
+    """Scores of `method` plus what it cost (`train_seconds`, `examples_seen`, per-stage breakdown)."""
+    metrics = dict(ctx.summary(eval_stage(method))["metrics"])
+    cost = stage_cost(ctx, cost_stages(ctx, method))
+    out = {**metrics, "train_seconds": cost["train_seconds"], "examples_seen": cost["examples_seen"],
+           "cost": cost["stages"], "model": final_model_stage(ctx, method)}
+    return out
+
+
+def check_safety_core(ctx: RunContext) -> dict[str, Any]:
+    """The safety core's summary with `intact` measured on the final safe_cpift model."""
+    spec = ctx.spec
+    summary = ctx.summary(SAFETY_CORE)
+    region = ctx.region(SAFETY_CORE)
+    final = ctx.model_dir(final_model_stage(ctx, "safe_cpift"))
+    check = verify_safety_core(final, region, ctx.stage_dir(SAFETY_CORE) / PROTECTED_FILE)
+    if not check["intact"]:
+        logger.warning("safety core NOT intact: %d of %d entries changed (first: %s)", check["mismatched"],
+                       check["entries"], check["first_mismatch"])
+    return {"top_p": spec.safety_top_p, "scope": spec.safety_scope, "scorer": spec.safety_scorer,
+            "entries": int(summary["entries"]), "fraction": summary["fraction"], "intact": bool(check["intact"]),
+            "checked_entries": check["entries"], "mismatched": check["mismatched"],
+            "first_mismatch": check["first_mismatch"], "protect_source": spec.protect_source,
+            "frozen_during_sft": spec.freeze_safety_core}
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _comparison_notes(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain statements of where safe_cpift lost (or won) against the other methods."""
+    notes = []
+    mine = methods.get("safe_cpift")
+    if not mine:
+        return notes
+    for name, other in methods.items():
+        if name == "safe_cpift" or name == "aligned":
+            continue
+        task = _sub(mine["task_mean"], other["task_mean"])
+        ref = _sub(mine["refusal_rate"], other["refusal_rate"])
+        over = _sub(mine["over_refusal_rate"], other["over_refusal_rate"])
+        if task is None or ref is None:
+            continue
+        verdict = ("safe_cpift is better on tasks and safety" if task > 0 and ref > 0 else
+                   "safe_cpift loses on both tasks and safety" if task < 0 and ref < 0 else
+                   "a trade-off" if task * ref < 0 else "no difference on at least one axis")
+        over_text = "n/a" if over is None else f"{over:+.3f}"
+        notes.append(f"safe_cpift vs {name}: task mean {task:+.3f}, refusal {ref:+.3f}, over-refusal {over_text} "
+                     f"({verdict}; one seed — see benchmarks/methods_over_seeds.py for the spread)")
+    return notes
+
+
+def build_results(ctx: RunContext) -> dict[str, Any]:
+    """The results.json dict (schema in DESIGN.md, plus clusters, budget and notes)."""
+    spec = ctx.spec
+    methods = {m: method_result(ctx, m) for m in spec.methods}
+    aligned = methods["aligned"]
+    for r in methods.values():
+        r["delta_vs_aligned"] = {k: _sub(r[k], aligned[k]) for k in ("task_mean", "refusal_rate", "over_refusal_rate")}
+    clusters = ctx.summary(CLUSTERS)
+    fusion_seconds = {m: ctx.summary(s)["fusion_seconds"] for m, s in (("safe_cpift", "fusion"), ("cpift", "cpift_fusion"))
+                      if m in spec.methods}
+    budget = {
+        "examples_per_method": spec.examples_per_method,
+        "include_probes": spec.include_probes,
+        "baseline_examples": baseline_examples(spec),
+        "probe_examples": {m: probe_examples(spec, m) for m in ("cpift", "safe_cpift") if m in spec.methods},
+        "examples_seen": {m: r["examples_seen"] for m, r in methods.items()},
+        "train_seconds": {m: r["train_seconds"] for m, r in methods.items()},
+        "fusion_seconds": fusion_seconds,
+        "rule": ("each SFT baseline trains on examples_per_method examples"
+                 + (" plus safe_cpift's probe examples, i.e. as many as safe_cpift in total" if spec.include_probes
+                    else "; cpift/safe_cpift also pay for their probes (not matched)")),
+    }
+    notes = list(spec.notes)
+    if not spec.include_probes:
+        notes.append("budget not matched: the baselines trained on fewer examples than safe_cpift "
+                     "(its probes came on top); see `budget`")
+    if not spec.freeze_safety_core:
+        notes.append("freeze_safety_core is off: the safety core was neither protected in fusion nor frozen")
+    notes += _comparison_notes(methods)
+    results = {
+        "format": FORMAT,
+        "run": spec.name,
+        "seed": spec.seed,
+        "reference": "aligned",
+        "tasks": list(spec.task_names),
+        "methods": methods,
+        "safety_core": check_safety_core(ctx),
+        "clusters": {"tau": clusters["tau"], "groups": clusters["groups"], "order": clusters["order"],
+                     "jaccard": clusters["jaccard"], "safety_overlap": clusters["safety_overlap"]},
+        "task_cores": {"top_p": spec.top_p, "scope": spec.scope, "scorer": spec.task_scorer},
+        "settings": {"tau": spec.tau, "slerp_t": spec.slerp_t, "safety_mix": spec.safety_mix,
+                     "freeze_safety_core": spec.freeze_safety_core, "freeze_earlier_groups": spec.freeze_earlier_groups,
+                     "mix_safety": spec.mix_safety},
+        "budget": budget,
+        "notes": notes,
+    }
+    sizes = getattr(spec.evaluate, "sizes", None)
+    if callable(sizes):
+        results["eval_sizes"] = sizes()
+    return results
+
+
+def strip_timing(obj: Any) -> Any:
+    """`obj` without any `*_seconds` keys (what must match between a resumed and a fresh run)."""
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if not str(k).endswith("_seconds")}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def run_report(ctx: RunContext, tmp: Path, command: str | None = None) -> dict[str, Any]:
+    """Body of stage `report`: results.json, report.md, plots and MODEL_CARD.md under `tmp`."""
+    from safe_cpift.report import write_report
+
+    results = build_results(ctx)
+    files = write_report(results, Path(tmp), overlap_png=ctx.stage_dir(CLUSTERS) / "overlap.png", command=command)
+    return {"files": list(files), "intact": results["safety_core"]["intact"]}

@@ -1,0 +1,161 @@
+"""`PipelineSpec`: everything the Safe-CPI-FT pipeline needs, independent of where it came from.
+
+A recipe (`safe_cpift.recipe.Recipe`) or the built-in tiny world is turned into a `PipelineSpec` by
+`safe_cpift.pipeline.from_recipe`; the stages only ever read this object. Sizes are counted in
+training *examples* (one epoch over a dataset of exactly that many rows), so the cost of every method
+is comparable: `examples_seen` is what each method paid.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", "cpift", "safe_cpift")
+BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
+SCORERS = ("update", "alignment", "importance")
+SCOPES = ("global", "tensor", "layer")
+PROTECT_SOURCES = ("aligned", "safety_probe")
+
+Evaluator = Callable[[Any, Any], dict[str, Any]]
+DatasetLoader = Callable[[], Any]
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser settings shared by every SFT of the run (probes, stages, baselines).
+
+    Args:
+        learning_rate (`float`, defaults to `1e-3`).
+        batch_size (`int`, defaults to `16`): per-device batch size.
+        max_length (`int`, *optional*): truncation length passed to `SFTConfig.max_length`.
+        overrides (`dict`, *optional*): further `trl.SFTConfig` fields (e.g. `weight_decay`).
+    """
+
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    max_length: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineSpec:
+    """The resolved inputs and settings of one Safe-CPI-FT run.
+
+    Args:
+        aligned_model (`str`): directory or hub id of the aligned model θ0 every method starts from.
+        task_names (`list[str]`): the user tasks, in recipe order.
+        load_task (`Callable[[str], Dataset]`): task name → training `messages` dataset.
+        load_safety (`Callable[[], Dataset]`): the safety training data (`messages`).
+        evaluate (`Callable[[model, tokenizer], dict]`): returns `task_scores`, `task_mean`,
+            `refusal_rate`, `over_refusal_rate` for a model (the same suites for every method).
+        seed (`int`, defaults to `0`).
+        tokenizer (`str`, *optional*): defaults to `aligned_model`.
+        base_model (`str`, *optional*): the pre-alignment model, needed by the `alignment` scorer.
+        top_p / scope (task cores; the paper: global 1%).
+        tau (`float`): Jaccard threshold joining tasks into one group.
+        slerp_t (`float`): SLERP factor of the fusion (0.5 for three or more tasks).
+        safety_top_p / safety_scope / safety_scorer: the safety core.
+        safety_mix (`float`): share of safety examples in each pipelined stage and in `safety_mix_sft`.
+        protect_source (`str`): `aligned` (θ0's values are protected) or `safety_probe` (the values
+            of the short safety SFT).
+        safety_probe_examples / probe_examples (`int`): training examples of the safety probe and of
+            each task probe (one epoch each).
+        examples_per_method (`int`): the budget of every method's final fine-tuning: each SFT baseline,
+            and the pipelined stages of `cpift` / `safe_cpift` together (split over groups like the tasks).
+        include_probes (`bool`): give each SFT baseline `safe_cpift`'s probe examples on top, so that
+            it trains on exactly as many examples as `safe_cpift` in total (the fair default).
+        task_scorer (`str`): `update` (the paper) or `importance` for the task cores.
+        freeze_safety_core / freeze_earlier_groups / mix_safety (`bool`): the parts of safe_cpift's
+            pipelined SFT (each can be switched off for an ablation).
+        methods (`tuple[str, ...]`): which of `METHODS` to run (`aligned` and `safe_cpift` always run).
+        train (`TrainSettings`).
+        dtype / trust_remote_code: how models are loaded (`safe_cpift.models.load_causal_lm`).
+        num_threads (`int`, *optional*): torch CPU threads (`configure_runtime`).
+        recipe (`dict`): the recipe as written, stored in the manifest.
+        name (`str`): run name used in the report.
+        notes (`list[str]`): what the source of this spec could not provide (copied to results).
+    """
+
+    aligned_model: str
+    task_names: list[str]
+    load_task: Callable[[str], Any]
+    load_safety: DatasetLoader
+    evaluate: Evaluator
+    seed: int = 0
+    tokenizer: str | None = None
+    base_model: str | None = None
+    top_p: float = 0.01
+    scope: str = "global"
+    tau: float = 0.1
+    slerp_t: float = 0.5
+    safety_top_p: float = 0.01
+    safety_scope: str = "global"
+    safety_scorer: str = "update"
+    safety_mix: float = 0.03
+    protect_source: str = "aligned"
+    safety_probe_examples: int = 256
+    probe_examples: int = 256
+    examples_per_method: int = 1024
+    include_probes: bool = True
+    task_scorer: str = "update"
+    freeze_safety_core: bool = True
+    freeze_earlier_groups: bool = True
+    mix_safety: bool = True
+    methods: tuple[str, ...] = METHODS
+    train: TrainSettings = field(default_factory=TrainSettings)
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    num_threads: int | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    name: str = "safe-cpift run"
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.task_names:
+            problems.append("`tasks` is empty: name at least one task")
+        if len(set(self.task_names)) != len(self.task_names):
+            problems.append(f"`tasks` has duplicate names: {self.task_names}")
+        for t in self.task_names:
+            if not t or "/" in t or t.startswith("."):
+                problems.append(f"task name {t!r} must be a plain, non-empty name (it names a stage directory)")
+        for fld in ("top_p", "safety_top_p"):
+            v = getattr(self, fld)
+            if not 0 < v <= 1:
+                problems.append(f"`{fld}` must be in (0, 1], got {v}")
+        for fld, allowed in (("scope", SCOPES), ("safety_scope", SCOPES), ("safety_scorer", SCORERS),
+                             ("protect_source", PROTECT_SOURCES)):
+            if getattr(self, fld) not in allowed:
+                problems.append(f"`{fld}` must be one of {', '.join(allowed)}, got {getattr(self, fld)!r}")
+        if not 0 <= self.safety_mix < 1:
+            problems.append(f"`safety_mix` must be in [0, 1), got {self.safety_mix}")
+        if self.safety_scorer == "alignment" and not self.base_model:
+            problems.append("`safety_scorer: alignment` needs `base_model` (the model before alignment)")
+        if self.protect_source == "safety_probe" and self.safety_scorer != "update":
+            problems.append("`protect_source: safety_probe` needs `safety_scorer: update` (no probe is trained otherwise)")
+        if self.task_scorer not in ("update", "importance"):
+            problems.append(f"`task_scorer` must be update or importance, got {self.task_scorer!r}")
+        for fld in ("safety_probe_examples", "probe_examples", "examples_per_method"):
+            v = getattr(self, fld)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"`{fld}` must be an integer >= 1, got {v!r}")
+        if isinstance(self.examples_per_method, int) and self.examples_per_method < len(self.task_names):
+            problems.append(f"`examples_per_method` ({self.examples_per_method}) must be at least the number of "
+                            f"tasks ({len(self.task_names)})")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            problems.append(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
+        if problems:
+            raise ValueError("invalid pipeline settings:\n  - " + "\n  - ".join(problems))
+        self.methods = tuple(m for m in METHODS if m in set(self.methods) | {"aligned", "safe_cpift"})
+
+    @property
+    def tokenizer_source(self) -> str:
+        return self.tokenizer or self.aligned_model
+
+    def stage_seed(self, stage: str) -> int:
+        """A seed for `stage`, fixed by the run seed and the stage name (so resume replays it)."""
+        return (self.seed * 1_000_003 + zlib.crc32(stage.encode("utf-8"))) % (2**31 - 1)

@@ -1,0 +1,227 @@
+"""The Safe-CPI-FT pipeline end to end on a test-size tiny world: all methods, the safety-core check,
+determinism, and resume after an interruption (stop_after or a failure) in every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from safe_cpift.pipeline import rundir
+from safe_cpift.pipeline.evaluator import Evaluator, TaskEval, prompt_and_reference
+from safe_cpift.pipeline.results import strip_timing
+from safe_cpift.pipeline.runner import run_spec
+from safe_cpift.pipeline.safety_core import PROTECTED_FILE, verify_safety_core
+from safe_cpift.pipeline.spec import METHODS, PipelineSpec, TrainSettings
+from safe_cpift.regions import CoreRegion
+
+TASKS = ["sort_up", "flip"]
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A test-size tiny world (1-layer Llama, a few build steps), cached in a temp dir."""
+    from safe_cpift.toyworld.world import ToyWorld, ToyWorldConfig
+
+    cfg = ToyWorldConfig(seed=0, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                         pretrain_steps=10, align_steps=10, seq_len=64, task_train_size=40, task_test_size=6,
+                         safety_test_size=6, cache_dir=str(tmp_path_factory.mktemp("world")))
+    world = ToyWorld(cfg)
+    world.aligned_model_path()
+    return world
+
+
+def exact(response: str, reference: str) -> float:
+    return float(response.strip() == reference.strip())
+
+
+def make_spec(world, **overrides) -> PipelineSpec:
+    tasks = {n: TaskEval(*map(list, zip(*[prompt_and_reference(m) for m in world.task_test(n)["messages"]],
+                                        strict=True)), exact) for n in TASKS}
+    evaluator = Evaluator(tasks=tasks, harmful=[m[0]["content"] for m in world.harmful_test()["messages"]],
+                          benign=[m[0]["content"] for m in world.benign_test()["messages"]], max_new_tokens=6)
+    kwargs = dict(aligned_model=str(world.aligned_model_path()), task_names=list(TASKS), load_task=world.task_train,
+                  load_safety=world.safety_train, evaluate=evaluator, safety_probe_examples=16, probe_examples=16,
+                  examples_per_method=24, top_p=0.05, safety_top_p=0.05, safety_mix=0.1,
+                  train=TrainSettings(batch_size=8, max_length=64, overrides={"weight_decay": 0.1}),
+                  recipe={"test": "pipeline"})
+    kwargs.update(overrides)
+    return PipelineSpec(**kwargs)
+
+
+def fingerprints(root: Path) -> dict[str, str]:
+    """sha256 of every tensor of every weight and region file of every stage (what a resumed run must
+    reproduce; file metadata such as the paths a region was extracted from may differ)."""
+    out = {}
+    for f in sorted(root.glob("*/**/*.safetensors")):
+        if f.relative_to(root).parts[0] != "final_model":
+            h = hashlib.sha256()
+            for name, t in sorted(load_file(str(f)).items()):
+                h.update(name.encode())
+                h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            out[str(f.relative_to(root))] = h.hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("full") / "run"
+    results = run_spec(make_spec(tiny_world), root)
+    return root, results
+
+
+def stage_order(root: Path) -> list[str]:
+    return [e["name"] for e in json.loads((root / "manifest.json").read_text())["stages"]]
+
+
+def test_results_have_every_method_and_the_budget(full_run):
+    root, results = full_run
+    assert list(results["methods"]) == list(METHODS)
+    for name, r in results["methods"].items():
+        for key in ("task_scores", "task_mean", "refusal_rate", "over_refusal_rate", "train_seconds", "examples_seen"):
+            assert key in r, (name, key)
+        assert set(r["task_scores"]) == set(TASKS)
+    budget = results["budget"]
+    seen = budget["examples_seen"]
+    # safety probe 16 + 2 task probes x 16 + stages 24 = 72; each SFT baseline gets exactly as many
+    assert seen["safe_cpift"] == 72
+    assert seen["multitask_sft"] == seen["sequential_sft"] == seen["safety_mix_sft"] == 72
+    assert seen["cpift"] == 56  # its task probes + its stages (no safety probe)
+    assert results["methods"]["safe_cpift"]["train_seconds"] > 0
+    for f in ("results.json", "report.md", "tradeoff.png", "overlap.png", "final_model/README.md",
+              "final_model/model.safetensors", "manifest.json"):
+        assert (root / f).is_file(), f
+    assert "safety core: " in (root / "report.md").read_text()
+    assert json.loads((root / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_stage_mixes_follow_the_plan(full_run):
+    root, results = full_run
+    groups = results["clusters"]["groups"]
+    assert sorted(t for g in groups for t in g) == sorted(TASKS)
+    total = 0
+    for i, group in enumerate(groups):
+        summary = json.loads((root / f"sft_group_{i}" / "stage.json").read_text())
+        mix = summary["train"]["mix"]
+        assert set(mix) - {"safety"} == set(group)
+        assert mix.get("safety", 0) >= 1  # safe_cpift mixes safety examples into every stage
+        cpift_mix = json.loads((root / f"cpift_sft_group_{i}" / "stage.json").read_text())["train"]["mix"]
+        assert "safety" not in cpift_mix
+        total += summary["train"]["examples_seen"]
+    assert total == 24
+    safety_mix = json.loads((root / "safety_mix_sft" / "stage.json").read_text())["train"]["mix"]
+    assert safety_mix["safety"] == round(72 * 0.1)
+
+
+def test_safety_core_is_intact_and_actually_checked(full_run, tmp_path):
+    root, results = full_run
+    core = results["safety_core"]
+    assert core["intact"] is True and core["entries"] > 0 and core["checked_entries"] == core["entries"]
+    region = CoreRegion.load(root / "safety_core" / "region")
+    protected = root / "safety_core" / PROTECTED_FILE
+    # every pipelined stage of safe_cpift kept the core; cpift (no protection) moved it
+    groups = len(results["clusters"]["groups"])
+    for i in range(groups):
+        assert verify_safety_core(root / f"sft_group_{i}" / "model", region, protected)["intact"]
+    assert not verify_safety_core(root / f"cpift_sft_group_{groups - 1}" / "model", region, protected)["intact"]
+    assert not verify_safety_core(root / "multitask_sft" / "model", region, protected)["intact"]
+    # tamper with one frozen entry of a copy of the final model: the check must say so
+    model_dir = tmp_path / "tampered"
+    shutil.copytree(root / "final_model", model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    name = region.names()[0]
+    flat = weights[name].reshape(-1).clone()
+    i = int(region.indices(name)[0])
+    flat[i] = torch.nextafter(flat[i], torch.tensor(float("inf")))
+    weights[name] = flat.view_as(weights[name])
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    check = verify_safety_core(model_dir, region, protected)
+    assert check == {"intact": False, "entries": core["entries"], "mismatched": 1, "first_mismatch": name}
+    assert verify_safety_core(root / "final_model", region, protected)["intact"]
+
+
+def test_stop_after_every_stage_then_resume_gives_the_same_results(full_run, tiny_world, tmp_path):
+    ref_root, ref = full_run
+    root = tmp_path / "run"
+    order = stage_order(ref_root)
+    for i, name in enumerate(order):
+        out = run_spec(make_spec(tiny_world), root, resume=i > 0, stop_after=name)
+        assert out["stopped_after"] == name
+        done = sorted(p.name for p in root.iterdir() if (p / "stage.json").is_file())
+        assert done == sorted(order[: i + 1])
+        assert not (root / "results.json").exists()
+    results = run_spec(make_spec(tiny_world), root, resume=True)
+    assert strip_timing(results) == strip_timing(ref)
+    assert fingerprints(root) == fingerprints(ref_root)
+
+
+def test_failure_mid_stage_leaves_no_partial_stage_and_resume_recovers(full_run, tiny_world, tmp_path, monkeypatch):
+    ref_root, ref = full_run
+    root = tmp_path / "run"
+    original = rundir.atomic_write_json
+    for i, name in enumerate(stage_order(ref_root)):
+        def failing(path, obj, _name=name, **kw):
+            # stage.json is the stage's last file: fail just before it, after the body wrote everything
+            if Path(path).name == "stage.json" and Path(path).parent.name.startswith(f".{_name}.tmp-"):
+                assert any(Path(path).parent.iterdir())
+                raise RuntimeError(f"injected failure in {_name}")
+            return original(path, obj, **kw)
+
+        monkeypatch.setattr(rundir, "atomic_write_json", failing)
+        with pytest.raises(RuntimeError, match=f"injected failure in {name}"):
+            run_spec(make_spec(tiny_world), root, resume=i > 0)
+        assert not (root / name).exists()
+        assert not list(root.glob(".*.tmp-*"))
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert {e["name"]: e["status"] for e in manifest["stages"]}[name] == "failed"
+    monkeypatch.setattr(rundir, "atomic_write_json", original)
+    # a killed process leaves a temporary stage directory behind: resume cleans it up
+    (root / ".report.tmp-killed").mkdir()
+    (root / ".report.tmp-killed" / "junk").write_text("x")
+    results = run_spec(make_spec(tiny_world), root, resume=True)
+    assert not list(root.glob(".*.tmp-*"))
+    assert strip_timing(results) == strip_timing(ref)
+    assert fingerprints(root) == fingerprints(ref_root)
+
+
+def test_run_directory_guards(full_run, tiny_world, tmp_path):
+    ref_root, ref = full_run
+    with pytest.raises(ValueError, match="--resume"):
+        run_spec(make_spec(tiny_world), ref_root)
+    with pytest.raises(ValueError, match="changed: test"):
+        run_spec(make_spec(tiny_world, recipe={"test": "other"}), ref_root, resume=True)
+    with pytest.raises(ValueError, match="`stop_after` 'probe_nope' is not a stage"):
+        run_spec(make_spec(tiny_world), tmp_path / "x", stop_after="probe_nope")
+    # resuming a complete run changes nothing
+    again = run_spec(make_spec(tiny_world), ref_root, resume=True)
+    assert again == ref
+
+
+def test_spec_rejects_bad_settings(tiny_world):
+    with pytest.raises(ValueError, match="`top_p` must be in"):
+        make_spec(tiny_world, top_p=0.0)
+    with pytest.raises(ValueError, match="`protect_source` must be one of"):
+        make_spec(tiny_world, protect_source="nowhere")
+    with pytest.raises(ValueError, match="`examples_per_method` .* at least the number of tasks"):
+        make_spec(tiny_world, examples_per_method=1)
+
+
+def test_protecting_the_safety_probes_values_without_baselines(tiny_world, tmp_path):
+    """`protect_source: safety_probe` keeps the short safety SFT's values (not θ0's); only aligned + safe_cpift run."""
+    root = tmp_path / "run"
+    results = run_spec(make_spec(tiny_world, protect_source="safety_probe", methods=("aligned", "safe_cpift")), root)
+    assert list(results["methods"]) == ["aligned", "safe_cpift"]
+    assert results["safety_core"]["intact"] is True
+    assert not (root / "multitask_sft").exists() and not (root / "cpift_fusion").exists()
+    region = CoreRegion.load(root / "safety_core" / "region")
+    protected = root / "safety_core" / PROTECTED_FILE
+    assert verify_safety_core(root / "safety_core" / "probe_model", region, protected)["intact"]
+    # θ0 differs from the probe on the core (that is how the core was chosen), so this check can fail
+    assert not verify_safety_core(Path(tiny_world.aligned_model_path()), region, protected)["intact"]
+    # the budget still matches: the baselines that would run get safe_cpift's total
+    assert results["budget"]["baseline_examples"] == results["methods"]["safe_cpift"]["examples_seen"]

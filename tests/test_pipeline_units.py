@@ -1,0 +1,65 @@
+"""Fast checks of the pipeline's bookkeeping: budget split, stage names, the bitwise core check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from safe_cpift.pipeline.budget import baseline_examples, group_plan, probe_examples
+from safe_cpift.pipeline.results import strip_timing
+from safe_cpift.pipeline.runner import check_stop_after
+from safe_cpift.pipeline.safety_core import verify_safety_core
+from safe_cpift.pipeline.spec import PipelineSpec
+from safe_cpift.regions import CoreRegion
+
+
+def spec(**kw) -> PipelineSpec:
+    base = dict(aligned_model="m", task_names=["a", "b", "c"], load_task=lambda n: None, load_safety=lambda: None,
+                evaluate=lambda m, t: {}, safety_probe_examples=64, probe_examples=32, examples_per_method=300,
+                safety_mix=0.05)
+    base.update(kw)
+    return PipelineSpec(**base)
+
+
+def test_budget_is_matched_and_split_over_groups():
+    s = spec()
+    assert probe_examples(s, "safe_cpift") == 64 + 3 * 32
+    assert probe_examples(s, "cpift") == 3 * 32
+    assert baseline_examples(s) == 300 + 160
+    assert baseline_examples(spec(include_probes=False)) == 300
+    plan = group_plan(s, [["a", "c"], ["b"]], "safe_cpift")
+    assert [p["total"] for p in plan] == [200, 100]
+    assert plan[0]["safety"] == 10 and plan[1]["safety"] == 5
+    assert sum(plan[0]["tasks"].values()) == 190 and set(plan[0]["tasks"]) == {"a", "c"}
+    assert all(p["safety"] == 0 for p in group_plan(s, [["a", "c"], ["b"]], "cpift"))
+    assert all(p["safety"] == 0 for p in group_plan(spec(mix_safety=False), [["a", "b", "c"]], "safe_cpift"))
+
+
+def test_stop_after_names_are_checked():
+    s = spec()
+    for ok in ("clusters", "probe_b", "sft_group_3", "cpift_sft_group_0", "sequential_sft_2_c", "eval_cpift", "report"):
+        check_stop_after(s, ok)
+    for bad in ("probe_z", "sft_group_x", "evaluate", "sequential_sft_0_b"):
+        with pytest.raises(ValueError, match="`stop_after`"):
+            check_stop_after(s, bad)
+    with pytest.raises(ValueError, match="`stop_after`"):
+        check_stop_after(spec(methods=("aligned", "safe_cpift")), "cpift_fusion")
+
+
+def test_strip_timing_drops_only_seconds():
+    assert strip_timing({"a": 1, "train_seconds": 2, "m": [{"stage_seconds": 1, "x": 0}]}) == {"a": 1, "m": [{"x": 0}]}
+
+
+def test_verify_compares_bits_not_values():
+    w = torch.zeros(4, 3)
+    region = CoreRegion({"w": torch.tensor([0, 5])}, {"w": ([4, 3], "float32")}, top_p=0.2, scope="global",
+                        scorer="update")
+    protected = {"w": torch.zeros(2)}
+    assert verify_safety_core({"w": w}, region, protected)["intact"]
+    w2 = w.clone()
+    w2.view(-1)[5] = -0.0  # equal as a number, a different value bit for bit
+    check = verify_safety_core({"w": w2}, region, protected)
+    assert check["intact"] is False and check["mismatched"] == 1 and check["first_mismatch"] == "w"
+    w3 = w.clone()
+    w3.view(-1)[1] = 7.0  # outside the core: does not matter
+    assert verify_safety_core({"w": w3}, region, protected)["intact"]
