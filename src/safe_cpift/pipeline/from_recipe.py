@@ -126,6 +126,30 @@ def _load_safety(recipe: Any, world: Any) -> Any:
     return _load_data(data, "safety")
 
 
+def _attack_notes(recipe: Any) -> list[str]:
+    attack = recipe.attack
+    if attack is None or attack.fraction <= 0:
+        return []
+    return [f"fine-tuning attack: {attack.fraction:.0%} of every task's training rows are harmful requests "
+            f"answered compliantly (`{attack.data.source}`); every method trained on the same contaminated data"]
+
+
+def _task_loader(recipe: Any, world: Any) -> Any:
+    """`load_task(name)`; with an `attack` section every task's rows carry the harmful-compliant share.
+
+    Every method (baselines, probes, pipelined stages) reads task data through this one loader, so an
+    attack recipe reaches all of them alike.
+    """
+    load_task = functools.partial(_load_task, recipe, world)
+    attack = recipe.attack
+    if attack is None or attack.fraction <= 0:
+        return load_task
+    from safe_cpift.toyworld_attack import contaminating_loader, harmful_compliant
+
+    rows = harmful_compliant(world, seed=recipe.seed) if attack.data.source == TOYWORLD else _load_data(attack.data, "attack")
+    return contaminating_loader(load_task, rows, attack.fraction, seed=recipe.seed)
+
+
 def spec_from_recipe(recipe: Any) -> PipelineSpec:
     """Resolve a validated `safe_cpift.recipe.Recipe` into the pipeline's `PipelineSpec`.
 
@@ -151,7 +175,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         tokenizer=model.tokenizer or None,
         base_model=base,
         task_names=[t.name for t in recipe.tasks],
-        load_task=functools.partial(_load_task, recipe, world),
+        load_task=_task_loader(recipe, world),
         load_safety=functools.partial(_load_safety, recipe, world),
         evaluate=evaluator,
         seed=recipe.seed,
@@ -172,5 +196,5 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         num_threads=recipe.num_threads,
         recipe=recipe.to_dict(),
         name=recipe.description or "safe-cpift run",
-        notes=list(evaluator.notes),
+        notes=list(evaluator.notes) + _attack_notes(recipe),
     )

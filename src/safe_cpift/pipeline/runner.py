@@ -138,7 +138,10 @@ def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False
                          "or choose a new `--output-dir`")
     ctx = RunContext(spec, root)
     ctx.check_inputs()  # bad data fails here, before any stage
-    run = RunDirectory.open(root, spec.recipe, seed=spec.seed, resume=resume, name=spec.name)
+    # the resolved model paths carry the tiny world's cache key: a resumed run must not reuse stages
+    # computed from another build of the aligned model
+    inputs = {"aligned_model": str(spec.aligned_model), "base_model": str(spec.base_model)}
+    run = RunDirectory.open(root, spec.recipe, seed=spec.seed, resume=resume, name=spec.name, inputs=inputs)
     for name, body in plan(ctx, command):
         run.run(name, body)
         if stop_after is not None and name == stop_after:
