@@ -23,6 +23,8 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
+from safe_cpift.io import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -82,14 +84,10 @@ def _read_local(path: Path, label: str) -> Dataset:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            rows = []
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as err:
-                            raise _DataError(f"{label}: line {lineno} of {path} is not JSON: {err}") from None
+            try:
+                rows = read_jsonl(path, label=label)
+            except ValueError as err:
+                raise _DataError(str(err)) from None
             return _from_rows(rows, label, path)
         if suffix == ".json":
             with path.open(encoding="utf-8") as fh:

@@ -198,6 +198,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def iter_jsonl(path: str | os.PathLike, *, label: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(line_number, object)` for each non-blank line of a JSON Lines file.
+
+    Raises:
+        `ValueError`: naming the line number of a line that is not JSON or not a JSON object,
+            prefixed by `label` (e.g. the task name) when given.
+    """
+    p = Path(path)
+    where = f"{label}: " if label else ""
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}line {lineno} of {p} is not valid JSON ({err.msg} at column "
+                                 f"{err.colno}); fix or remove it") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}line {lineno} of {p} must be a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike, *, label: str | None = None) -> list[dict[str, Any]]:
+    """Read a JSON Lines file into a list of objects (blank lines skipped; errors as `iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path, label=label)]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -20,25 +20,18 @@ def read_pairs(path: str | Path, label_field: str | None = None) -> list[dict[st
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"input file not found: {p}")
+    from safe_cpift.io import iter_jsonl
+
     rows = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{p}: line {lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{p}: line {lineno} must be a JSON object with `prompt` and `response`")
-            for key in ("prompt", "response"):
-                if key not in row:
-                    raise ValueError(f"{p}: line {lineno} is missing the field `{key}`")
-                if not isinstance(row[key], str):
-                    raise ValueError(f"{p}: line {lineno}: `{key}` must be a string, got {type(row[key]).__name__}")
-            if label_field is not None and not isinstance(row.get(label_field), bool):
-                raise ValueError(f"{p}: line {lineno}: label field `{label_field}` must be true or false")
-            rows.append(row)
+    for lineno, row in iter_jsonl(p):
+        for key in ("prompt", "response"):
+            if key not in row:
+                raise ValueError(f"{p}: line {lineno} is missing the field `{key}`")
+            if not isinstance(row[key], str):
+                raise ValueError(f"{p}: line {lineno}: `{key}` must be a string, got {type(row[key]).__name__}")
+        if label_field is not None and not isinstance(row.get(label_field), bool):
+            raise ValueError(f"{p}: line {lineno}: label field `{label_field}` must be true or false")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{p}: no lines to judge")
     return rows

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safe_cpift.io import read_jsonl
 from safe_cpift.schema import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -94,19 +95,7 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"data file not found: {p}")
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with p.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{p}: line {lineno} is not valid JSON ({err.msg}); fix or remove it") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{p}: line {lineno} must be a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
+        return read_jsonl(p)
     if suffix == ".json":
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
