@@ -102,13 +102,24 @@ def _train(model, batches, steps: int, lr: float, desc: str, seed: int, num_thre
 
 
 def pretrain(model, rows: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
-             num_threads: int | None = None) -> float:
-    """Next-token pretraining on packed `rows`; returns the measured seconds."""
+             num_threads: int | None = None, extra_rows: torch.Tensor | None = None,
+             extra_batch_size: int = 0) -> float:
+    """Next-token pretraining on packed `rows`; returns the measured seconds.
+
+    With `extra_rows` (e.g. packed chat-formatted safety examples), `extra_batch_size` of each
+    step's `batch_size` rows are drawn from them instead of `rows`.
+    """
     gen = torch.Generator().manual_seed(seed)
+    if extra_rows is None or not extra_batch_size:
+        extra_rows, extra_batch_size = None, 0
+    elif not 0 < extra_batch_size < batch_size:
+        raise ValueError(f"`extra_batch_size` must be in [1, {batch_size - 1}], got {extra_batch_size}")
 
     def batches(_step):
-        idx = torch.randint(0, rows.shape[0], (batch_size,), generator=gen)
+        idx = torch.randint(0, rows.shape[0], (batch_size - extra_batch_size,), generator=gen)
         x = rows[idx]
+        if extra_rows is not None:
+            x = torch.cat([x, extra_rows[torch.randint(0, extra_rows.shape[0], (extra_batch_size,), generator=gen)]])
         return [(x, torch.ones_like(x), x)]
 
     return _train(model, batches, steps, lr, "pretraining", seed, num_threads)

@@ -74,3 +74,24 @@ def task_rows(name: str, inputs: list[list[str]]) -> list[dict]:
         raise ValueError(f"unknown task `{name}`; available: {', '.join(TASK_NAMES)}")
     task = TASKS[name]
     return [{"prompt": task.prompt(x), "response": task.answer(x), "task": name} for x in inputs]
+
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
+# Letter-list instructions that are NOT user tasks (used only by the opt-in `align_letter_rows`).
+AUXILIARY: dict[str, Callable[[list[str]], str]] = {
+    "first letter": lambda s: s[0],
+    "last letter": lambda s: s[-1],
+    "count": lambda s: NUMBER_WORDS[len(s)],
+    "has a": lambda s: "yes" if "a" in s else "no",
+}
+
+
+def auxiliary_rows(inputs: list[list[str]], n: int, seed: int) -> list[dict]:
+    """`n` rows `{"prompt", "response"}` of the auxiliary letter instructions on `inputs` (train inputs)."""
+    rng = random.Random(seed + 11)
+    out = []
+    for i in range(n):
+        name = sorted(AUXILIARY)[i % len(AUXILIARY)]
+        letters = rng.choice(inputs)
+        out.append({"prompt": f"{name}: {' '.join(letters)}", "response": AUXILIARY[name](letters)})
+    return out

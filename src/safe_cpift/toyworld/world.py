@@ -48,6 +48,19 @@ class ToyWorldConfig:
         task_test_size (`int`, defaults to `200`): test examples per task (quick: `quick_test_size`).
         safety_test_size (`int`, *optional*): cap on harmful/benign test prompts (all held-out
             template x action pairs when `None`; quick: `quick_test_size`).
+        pretrain_safety_fraction (`float`, defaults to `0.0`): opt-in share of each pretraining batch
+            taken from chat-formatted safety train examples (harmful -> refusal, benign look-alike ->
+            help), so refusal is learned during pretraining rather than only in the last SFT. `0.0`
+            reproduces the plain world bit for bit (*model*).
+        pretrain_chats (`str`, defaults to `"safety"`): which chats `pretrain_safety_fraction` mixes into
+            pretraining: `"safety"` (safety train rows) or `"alignment"` (every alignment row: QA,
+            safety and, with `align_letter_rows`, letter instructions) (*model*).
+        align_safety_repeats (`int`, defaults to `1`): opt-in number of times the safety train rows
+            appear in the alignment data (*model*).
+        align_letter_rows (`int`, defaults to `0`): opt-in number of auxiliary letter instructions
+            (first letter, last letter, count, contains) added to the alignment data, so the aligned
+            model already answers letter-list prompts in a prompt-conditional way (none of them is one
+            of the six user tasks) (*model*).
         cache_dir (`str`, *optional*): defaults to `$SAFE_CPIFT_CACHE` or `~/.cache/safe_cpift`.
         num_threads (`int`, *optional*): torch threads for the build loops (see `configure_runtime`).
     """
@@ -71,12 +84,21 @@ class ToyWorldConfig:
     task_test_size: int = 200
     safety_test_size: int | None = None
     quick_test_size: int = 100
+    pretrain_safety_fraction: float = 0.0
+    pretrain_chats: str = "safety"
+    align_safety_repeats: int = 1
+    align_letter_rows: int = 0
     cache_dir: str | None = None
     num_threads: int | None = None
     _MODEL_FIELDS = ("seed", "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                      "pretrain_steps", "pretrain_batch_size", "seq_len", "pretrain_lr", "align_steps",
                      "align_batch_size", "align_lr", "align_replay_batch_size")
     _PRETRAIN_FIELDS = _MODEL_FIELDS[:10]
+    # opt-in model fields: in the cache key only when they differ from their default, so the
+    # default world's key (and cache) is the same as before they existed
+    _OPT_IN_FIELDS = {"pretrain_safety_fraction": ("base", 0.0), "pretrain_chats": ("base", "safety"),
+                      "align_safety_repeats": ("aligned", 1),
+                      "align_letter_rows": ("aligned", 0)}
 
     def __post_init__(self) -> None:
         for name in self._MODEL_FIELDS[1:] + ("task_train_size", "task_test_size", "quick_test_size"):
@@ -85,12 +107,31 @@ class ToyWorldConfig:
                 raise ValueError(f"`{name}` must be a positive number, got {value!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
+        if not isinstance(self.pretrain_safety_fraction, (int, float)) or not 0 <= self.pretrain_safety_fraction < 1:
+            raise ValueError(f"`pretrain_safety_fraction` must be in [0, 1), got {self.pretrain_safety_fraction!r}")
+        if self.pretrain_chats not in ("safety", "alignment"):
+            raise ValueError(f"`pretrain_chats` must be 'safety' or 'alignment', got {self.pretrain_chats!r}")
+        if not isinstance(self.align_safety_repeats, int) or self.align_safety_repeats < 1:
+            raise ValueError(f"`align_safety_repeats` must be an integer >= 1, got {self.align_safety_repeats!r}")
+        if not isinstance(self.align_letter_rows, int) or self.align_letter_rows < 0:
+            raise ValueError(f"`align_letter_rows` must be an integer >= 0, got {self.align_letter_rows!r}")
+
+    def pretrain_safety_rows(self) -> int:
+        """Rows of each pretraining batch drawn from safety chats (`pretrain_safety_fraction` of the batch)."""
+        if not self.pretrain_safety_fraction:
+            return 0
+        return min(self.pretrain_batch_size - 1, max(1, round(self.pretrain_batch_size * self.pretrain_safety_fraction)))
 
     def model_key(self, data_digest: str = "", stage: str = "base") -> str:
         """Hash of the fields that determine a built stage (`base`: tokenizer + pretraining; `aligned`:
         also the alignment fields), the code version and `data_digest`."""
         names = self._MODEL_FIELDS if stage == "aligned" else self._PRETRAIN_FIELDS
         payload = {name: getattr(self, name) for name in names} | {"code": CODE_VERSION, "data": data_digest}
+        for name, (first_stage, default) in self._OPT_IN_FIELDS.items():
+            # pretraining on every alignment chat makes the base depend on the alignment data too
+            in_base = first_stage == "base" or (self.pretrain_chats == "alignment" and self.pretrain_safety_fraction)
+            if getattr(self, name) != default and (stage == "aligned" or in_base):
+                payload[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -245,8 +286,16 @@ class ToyWorld:
             rows = modeling.pack_documents(tok, corpus.corpus_documents(c.seed), c.seq_len)
             logger.info("pretraining the tiny world's base model (%d params, %d rows of %d tokens)",
                         model.num_parameters(), rows.shape[0], c.seq_len)
+            extra = {}
+            if c.pretrain_safety_rows():
+                harmful, benign = self.safety_rows("train")
+                source = harmful + benign if c.pretrain_chats == "safety" else self.alignment_rows()
+                chats = [tok.apply_chat_template(_messages(r), tokenize=False) for r in source]
+                random.Random(c.seed + 3).shuffle(chats)
+                extra = {"extra_rows": modeling.pack_documents(tok, chats, c.seq_len),
+                         "extra_batch_size": c.pretrain_safety_rows()}
             seconds = modeling.pretrain(model, rows, steps=c.pretrain_steps, batch_size=c.pretrain_batch_size,
-                                        lr=c.pretrain_lr, seed=c.seed, num_threads=c.num_threads)
+                                        lr=c.pretrain_lr, seed=c.seed, num_threads=c.num_threads, **extra)
             _save(model, tok, tmp, {"stage": "base", "train_seconds": seconds, "params": model.num_parameters(),
                                     "config": dataclasses.asdict(c)})
 
@@ -283,9 +332,13 @@ class ToyWorld:
         return (self.cache_dir / f"aligned-{self.config.model_key(self._digest, 'aligned')}").is_dir()
 
     def alignment_rows(self) -> list[dict]:
-        """The aligned model's SFT data: QA (repeated 3x) + safety train (harmful + benign)."""
+        """The aligned model's SFT data: QA (repeated 3x) + safety train (harmful + benign) x
+        `align_safety_repeats` (+ `align_letter_rows` auxiliary letter instructions)."""
         harmful, benign = self.safety_rows("train")
-        return self.instruction_rows() * 3 + harmful + benign
+        rows = self.instruction_rows() * 3 + (harmful + benign) * self.config.align_safety_repeats
+        if self.config.align_letter_rows:
+            rows += tasks.auxiliary_rows(self._inputs[0], self.config.align_letter_rows, self.config.seed)
+        return rows
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, model: Any, tokenizer: Any, *, tasks: list[str] | None = None, batch_size: int = 64,
