@@ -169,3 +169,11 @@ def test_no_refusal_at_all_is_called_out():
     assert "`safe_cpift` loses to `cpift` on over-refusal of benign prompts (0.300 vs 0.000)." in sentences
     assert any(s.startswith("`cpift` refuses almost nothing") for s in sentences)
     assert not any("refuses almost nothing" in s or "refuse almost nothing" in s for s in comparison_sentences(results()))
+
+
+def test_single_group_run_says_multi_stage_was_not_exercised():
+    r = results()
+    r["clusters"] = {"tau": 0.1, "groups": [["a", "b"]]}
+    assert any("one group" in x for x in limitations(r))
+    r["clusters"] = {"tau": 0.1, "groups": [["a"], ["b"]]}
+    assert not any("one group" in x for x in limitations(r))

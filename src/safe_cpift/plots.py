@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def plot_tradeoff(results: Mapping[str, Any], path: str | Path, *, method: str =
     ax.set_xlim(-0.03, 1.08)
     ax.set_ylim(-0.03, 1.05)
     ax.grid(alpha=0.3)
-    ax.set_title(str(results.get("run") or "task gain vs safety"), fontsize=10)
+    title = str(results.get("run") or "task gain vs safety")
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     out = Path(path)

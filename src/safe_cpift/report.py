@@ -197,6 +197,10 @@ def limitations(results: Mapping[str, Any]) -> list[str]:
         n = sizes.get(key)
         if n:
             out.append(f"The {label} rate is measured on {n} prompts: one prompt moves it by {1 / n:.3f}.")
+    groups = (results.get("clusters") or {}).get("groups") if isinstance(results.get("clusters"), Mapping) else None
+    if groups is not None and len(groups) == 1 and len(groups[0]) > 1:
+        out.append(f"All {len(groups[0])} tasks formed one group (task cores overlap above tau), so the "
+                   "pipelined SFT ran a single stage: this run does not exercise freezing earlier groups' cores.")
     seeds = results.get("seeds")
     if not seeds or len(seeds) < 2:
         out.append("One seed only: differences of a few points may be noise; rerun with other `seed` values "
