@@ -42,6 +42,31 @@ def toy_tasks(**kwargs: Any) -> datasets.DatasetDict:
     return _dataset(rows)
 
 
+def toy_general(**kwargs: Any) -> datasets.DatasetDict:
+    """The tiny world's held-out knowledge questions, each with its answer and three distractors.
+
+    Distractors are other questions' answers, chosen deterministically (the answer's position among
+    the four choices rotates so that position carries no signal).
+    """
+    rows = list(_world(kwargs).general_qa())
+    answers = sorted({r["answer"] for r in rows})
+    out = []
+    for i, r in enumerate(rows):
+        others = [a for a in answers if a != r["answer"]]
+        distractors = [others[(i * 7 + k * 11) % len(others)] for k in range(3)]
+        distractors = list(dict.fromkeys(distractors))
+        k = 1
+        while len(distractors) < 3:  # collisions: take the next unused answers
+            candidate = others[(i + k) % len(others)]
+            if candidate not in distractors:
+                distractors.append(candidate)
+            k += 1
+        gold = i % 4
+        choices = distractors[:gold] + [r["answer"]] + distractors[gold:]
+        out.append({"question": r["question"], "choices": choices, "gold": gold})
+    return _dataset(out)
+
+
 def toy_safety_choice(**kwargs: Any) -> datasets.DatasetDict:
     """Harmful and benign held-out prompts with two continuations: a refusal (0) and a helpful answer (1),
     in the phrasings the tiny world aligns on (the prompts are held out; the probe asks whether the

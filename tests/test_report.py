@@ -177,3 +177,15 @@ def test_single_group_run_says_multi_stage_was_not_exercised():
     assert any("one group" in x for x in limitations(r))
     r["clusters"] = {"tau": 0.1, "groups": [["a"], ["b"]]}
     assert not any("one group" in x for x in limitations(r))
+
+
+def test_general_capability_table_only_when_measured():
+    from safe_cpift.report import general_table
+
+    r = results()
+    assert general_table(r) == "" and "General capability" not in render_report(r)
+    r["methods"]["aligned"]["general_scores"] = {"safe_cpift_toy_general": 0.5}
+    r["methods"]["safe_cpift"]["general_scores"] = {"safe_cpift_toy_general": 0.25}
+    table = general_table(r)
+    assert "| `aligned` | 0.500 |" in table and "| `safe_cpift` | 0.250 |" in table
+    assert "General capability (lm-eval)" in render_report(r)

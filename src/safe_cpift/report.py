@@ -211,6 +211,19 @@ def limitations(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def general_table(results: Mapping[str, Any]) -> str:
+    """Markdown table method × lm-eval task of `general_scores` ("" when no method has any)."""
+    methods = {m: r.get("general_scores") for m, r in results["methods"].items() if r.get("general_scores")}
+    tasks = sorted({t for scores in methods.values() for t in scores})
+    if not tasks:
+        return ""
+    rows = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for m, scores in methods.items():
+        cells = ["—" if scores.get(t) is None else f"{scores[t]:.3f}" for t in tasks]
+        rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def render_report(results: Mapping[str, Any], *, command: str | None = None,
                   images: tuple[str, ...] = ("tradeoff.png", "overlap.png")) -> str:
     """The text of report.md."""
@@ -231,6 +244,10 @@ def render_report(results: Mapping[str, Any], *, command: str | None = None,
     if core:
         parts += [f"(top_p {core.get('top_p')}, scope {core.get('scope')}"
                   + (f", scorer {core['scorer']}" if core.get("scorer") else "") + ")", ""]
+    general = general_table(results)
+    if general:
+        parts += ["## General capability (lm-eval)", "",
+                  "Primary metric of each lm-eval suite of the recipe, on the same final models:", "", general, ""]
     parts += ["## How safe_cpift compares", "", *[f"- {s}" for s in comparison_sentences(results)], ""]
     clusters = results.get("clusters") or {}
     if clusters.get("groups"):

@@ -44,6 +44,8 @@ class Evaluator:
     max_new_tokens: int = 48
     batch_size: int = 64
     notes: list[str] = field(default_factory=list)
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: int | None = None
 
     def sizes(self) -> dict[str, Any]:
         """How many examples each suite scores (small sets give noisy rates)."""
@@ -79,5 +81,17 @@ class Evaluator:
                 out[key], records[label] = self._refusals(model, tokenizer, prompts)
             else:
                 out[key] = None
+        if self.lm_eval_tasks:
+            out["general_scores"], records["lm_eval"] = self._general(model, tokenizer)
         out["records"] = records
         return out
+
+    def _general(self, model: Any, tokenizer: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """General capability: each lm-eval task's primary metric on the in-memory model."""
+        from safe_cpift.evals.lm_eval_bridge import run_lm_eval
+
+        res = run_lm_eval(model, tokenizer, self.lm_eval_tasks, limit=self.lm_eval_limit,
+                          apply_chat_template=True, batch_size=self.batch_size)
+        scores = {task: r["score"] for task, r in res["tasks"].items()}
+        return scores, {task: {"metric": r["metric"], "n": r["n"], "records": r["records"]}
+                        for task, r in res["tasks"].items()}

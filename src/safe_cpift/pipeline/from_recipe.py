@@ -101,15 +101,13 @@ def build_evaluator(recipe: Any, world: Any | None) -> Evaluator:
     tasks = {t.name: _task_eval(t, world, ev.task_examples) for t in recipe.tasks} if "tasks" in suites else {}
     harmful = _prompt_rows(ev.harmful, world.harmful_test() if world else None) if "refusal" in suites else None
     benign = _prompt_rows(ev.benign, world.benign_test() if world else None) if "overrefusal" in suites else None
-    lm_eval = [s for s in ev.suites if s.startswith("lm-eval:")]
-    if lm_eval:
-        notes.append(f"suites {lm_eval} are not run inside `safe-cpift run`; run them on the saved models with "
-                     "`safe-cpift eval --model DIR --suite lm-eval:<task>`")
+    lm_eval = [t.strip() for s in ev.suites if s.startswith("lm-eval:")
+               for t in s.removeprefix("lm-eval:").split(",") if t.strip()]
     for suite, key in (("tasks", "task scores"), ("refusal", "refusal rates"), ("overrefusal", "over-refusal rates")):
         if suite not in suites:
             notes.append(f"suite `{suite}` not in `eval.suites`: no {key} were measured")
     return Evaluator(tasks=tasks, harmful=harmful, benign=benign, max_new_tokens=ev.max_new_tokens,
-                     batch_size=ev.batch_size, notes=notes)
+                     batch_size=ev.batch_size, notes=notes, lm_eval_tasks=lm_eval)
 
 
 def _load_task(recipe: Any, world: Any, name: str) -> Any:

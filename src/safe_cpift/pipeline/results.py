@@ -26,7 +26,11 @@ FORMAT = "safe-cpift-results/1"
 
 def method_result(ctx: RunContext, method: str) -> dict[str, Any]:
     """Scores of `method` plus what it cost (`train_seconds`, `examples_seen`, per-stage breakdown)."""
-    metrics = dict(ctx.summary(eval_stage(method))["metrics"])
+    summary = ctx.summary(eval_stage(method))
+    metrics = dict(summary["metrics"])
+    general = (summary.get("extra") or {}).get("general_scores")
+    if general is not None:  # lm-eval suites of the recipe: general capability
+        metrics["general_scores"] = general
     cost = stage_cost(ctx, cost_stages(ctx, method))
     out = {**metrics, "train_seconds": cost["train_seconds"], "examples_seen": cost["examples_seen"],
            "cost": cost["stages"], "model": final_model_stage(ctx, method)}
