@@ -1,8 +1,10 @@
 """The evaluator every method goes through: task metrics, refusal and over-refusal on the same prompts.
 
 `Evaluator(model, tokenizer)` returns `task_scores`, `task_mean`, `refusal_rate`,
-`over_refusal_rate` and per-example `records`. Generation is greedy, batched and chat-templated
-(`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.is_refusal`.
+`over_refusal_rate`, `general_scores` (when the recipe names `lm-eval:<task>` suites) and
+per-example `records`. Generation is greedy, batched and chat-templated
+(`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.is_refusal`; lm-eval
+tasks run on the in-memory model through `safe_cpift.evals.lm_eval_bridge.run_lm_eval`.
 """
 
 from __future__ import annotations
