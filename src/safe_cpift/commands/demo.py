@@ -121,37 +121,33 @@ def run_aligned_only(output_dir: str | Path, seed: int = 0, quick: bool = False,
 
 
 def summary(results: dict[str, Any]) -> str:
-    """A short human summary of `results`: one line per method."""
+    """A short human summary of aligned-only `results`: one line per method."""
     lines = []
     for name, m in results["methods"].items():
         tasks = ", ".join(f"{k} {v:.2f}" for k, v in m["task_scores"].items())
         lines.append(f"{name}: refusal {m['refusal_rate']:.3f}, over-refusal {m['over_refusal_rate']:.3f}, "
                      f"task mean {m['task_mean']:.3f} ({tasks}), train {m['train_seconds']:.0f}s")
-    core = results.get("safety_core")
-    if core:
-        state = "intact" if core.get("intact") else "NOT INTACT"
-        lines.append(f"safety core: {core.get('entries')} entries, {state}")
     return "\n".join(lines)
 
 
 def _main(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError(f"`--seed` must be >= 0, got {args.seed}")
-    if args.aligned_only:
-        results = run_aligned_only(args.output_dir, seed=args.seed, quick=args.quick)
-    else:
+    if not args.aligned_only:
+        from safe_cpift.commands.run import print_outcome
+
         # the Trainer prints its logs to stdout; keep stdout for the summary / --json output
         with contextlib.redirect_stdout(sys.stderr):
             results = run_demo(args.output_dir, seed=args.seed, quick=args.quick, resume=args.resume,
                                overrides=args.overrides)
+        print_outcome(results, args.output_dir, as_json=args.json)
+        return 0
+    results = run_aligned_only(args.output_dir, seed=args.seed, quick=args.quick)
     if args.json:
         print(json.dumps(results, indent=2))
-    elif "stopped_after" in results:
-        print(f"stopped after stage `{results['stopped_after']}`; continue with --resume")
     else:
         print(summary(results))
-        out = Path(args.output_dir)
-        print(f"results: {out / 'results.json'}" + ("" if args.aligned_only else f"\nreport: {out / 'report.md'}"))
+        print(f"results: {Path(args.output_dir) / 'results.json'}")
     return 0
 
 

@@ -37,7 +37,6 @@ def _recipe_path(name: str) -> str:
 def main(args: argparse.Namespace) -> int:
     from safe_cpift.pipeline.runner import run_pipeline
     from safe_cpift.recipe import load_recipe
-    from safe_cpift.report import integrity_line, methods_table
     from safe_cpift.runtime import configure_runtime
 
     recipe = load_recipe(_recipe_path(args.recipe), overrides=args.overrides)
@@ -49,7 +48,15 @@ def main(args: argparse.Namespace) -> int:
     # the Trainer prints its logs to stdout; keep stdout for our summary / --json output
     with contextlib.redirect_stdout(sys.stderr):
         results = run_pipeline(recipe, out, resume=args.resume, stop_after=args.stop_after, command=command)
-    if args.json:
+    print_outcome(results, out, as_json=args.json)
+    return 0
+
+
+def print_outcome(results: dict[str, Any], out: Any, *, as_json: bool = False) -> None:
+    """Print a pipeline run's results: JSON, the stop notice, or the methods table + integrity line."""
+    from safe_cpift.report import integrity_line, methods_table
+
+    if as_json:
         print(json.dumps(results, indent=2))
     elif "stopped_after" in results:
         print(f"stopped after stage `{results['stopped_after']}` in {out}; continue with --resume")
@@ -57,4 +64,3 @@ def main(args: argparse.Namespace) -> int:
         print(methods_table(results))
         print(integrity_line(results))
         print(f"report: {out}/report.md")
-    return 0

@@ -47,7 +47,6 @@ class Evaluator:
     batch_size: int = 64
     notes: list[str] = field(default_factory=list)
     lm_eval_tasks: list[str] = field(default_factory=list)
-    lm_eval_limit: int | None = None
 
     def sizes(self) -> dict[str, Any]:
         """How many examples each suite scores (small sets give noisy rates)."""
@@ -92,8 +91,8 @@ class Evaluator:
         """General capability: each lm-eval task's primary metric on the in-memory model."""
         from safe_cpift.evals.lm_eval_bridge import run_lm_eval
 
-        res = run_lm_eval(model, tokenizer, self.lm_eval_tasks, limit=self.lm_eval_limit,
-                          apply_chat_template=True, batch_size=self.batch_size)
+        res = run_lm_eval(model, tokenizer, self.lm_eval_tasks, apply_chat_template=True,
+                          batch_size=self.batch_size)
         scores = {task: r["score"] for task, r in res["tasks"].items()}
         return scores, {task: {"metric": r["metric"], "n": r["n"], "records": r["records"]}
                         for task, r in res["tasks"].items()}
