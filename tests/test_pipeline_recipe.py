@@ -112,3 +112,52 @@ def test_cli_reports_a_misspelt_recipe_key(aligned_dir, tmp_path, capsys):
     recipe = write_recipe(tmp_path, aligned_dir, write_user_files(tmp_path), sed="1")
     assert cli_main(["run", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
     assert "did you mean `seed`" in capsys.readouterr().err
+
+
+def test_seeds_run_per_seed_directories_and_aggregate_with_a_readable_terminal(aligned_dir, tmp_path, capsys):
+    recipe = write_recipe(tmp_path, aligned_dir, write_user_files(tmp_path))
+    out = tmp_path / "seeds"
+    assert cli_main(["run", str(recipe), "--output-dir", str(out), "--seeds", "3", "4"]) == 0
+    captured = capsys.readouterr()
+    per_seed = {s: json.loads((out / f"seed_{s}" / "results.json").read_text()) for s in (3, 4)}
+    assert {r["seed"] for r in per_seed.values()} == {3, 4}
+    agg = json.loads((out / "results.json").read_text())
+    assert agg["seeds"] == [3, 4] and agg["completed_seeds"] == [3, 4] and agg["failed_seeds"] == []
+    for method in METHODS:
+        for key in ("task_mean", "refusal_rate", "over_refusal_rate"):
+            values = [per_seed[s]["methods"][method][key] for s in (3, 4)]
+            entry = agg["methods"][method][key]
+            assert entry["values"] == values
+            assert entry["mean"] == pytest.approx(sum(values) / 2)
+            assert entry["sd"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    # the single-task reference: every task's probe model scored on its own task, in every seed
+    for r in per_seed.values():
+        assert set(r["single_task"]) == {"shout", "add_one"}
+        assert all(0.0 <= v <= 1.0 for v in r["single_task"].values())
+        assert r["single_task_budget"]["examples_per_task"] == 8
+        assert r["single_task_budget"]["matched"] is False  # 36 examples over 2 tasks in the mix vs 8 alone
+    assert agg["single_task"]["shout"]["values"] == [per_seed[s]["single_task"]["shout"] for s in (3, 4)]
+    report = (out / "report.md").read_text()
+    assert "mean ± sample sd" in report and "| `safe_cpift` |" in report and "trained alone" in report
+    assert (out / "tradeoff.png").is_file()
+    # terminal: one line per stage on stderr, summary on stdout; library logs and bars only in run.log
+    stage_lines = [ln for ln in captured.err.splitlines() if ln.startswith(("✓ ", "· "))]
+    stages = json.loads((out / "seed_3" / "manifest.json").read_text())["stages"]
+    assert len(stage_lines) == 2 * len(stages)
+    assert any(ln.startswith("✓ eval_safe_cpift") and "refusal" in ln for ln in stage_lines)
+    assert "Tokenizing train dataset" not in captured.err and "INFO" not in captured.err
+    assert "mean ± sd" in captured.out and "| `safe_cpift` |" in captured.out
+    log = (out / "run.log").read_text()
+    assert "stage aligned_eval done" in log
+    # resuming finished seeds only reads them back
+    assert cli_main(["run", str(recipe), "--output-dir", str(out), "--seeds", "3", "4", "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["methods"] == agg["methods"]
+    assert "· eval_safe_cpift" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_on_its_input_leaves_no_log_behind(aligned_dir, tmp_path):
+    files = write_user_files(tmp_path)
+    files["add_train"] = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}])
+    recipe = write_recipe(tmp_path, aligned_dir, files)
+    assert cli_main(["run", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()

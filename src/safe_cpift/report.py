@@ -211,6 +211,36 @@ def limitations(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def single_task_section(results: Mapping[str, Any]) -> list[str]:
+    """Lines of the single-task reference: each task trained alone beside every method ([] when absent)."""
+    single = results.get("single_task") or {}
+    if not single:
+        return []
+    tasks = [t for t in task_names(results) if t in single]
+    methods = [m for m in results["methods"] if m != results.get("reference", "aligned")]
+    head = ["task", "trained alone", *[f"`{m}`" for m in methods]]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for t in tasks:
+        rows.append(f"| {t} | {_num(single[t])} | "
+                    + " | ".join(_num(results["methods"][m].get("task_scores", {}).get(t)) for m in methods) + " |")
+    alone = sum(single[t] for t in tasks) / len(tasks)
+    lines = ["## Single-task reference", "",
+             "Each task's score when trained alone (its CPI-FT probe model), beside every method's final model:",
+             "", *rows, ""]
+    multi = (results["methods"].get("multitask_sft") or {}).get("task_mean")
+    if multi is not None:
+        gap = alone - multi
+        lines += [f"Trained alone, the tasks average {_num(alone)}; `multitask_sft` reaches {_num(multi)} "
+                  f"({_signed(-gap)}): " + ("a seesaw — training the tasks together costs them."
+                                            if gap >= 0.05 else "no seesaw at this budget (gap under 0.05)."), ""]
+    budget = results.get("single_task_budget") or {}
+    if budget and not budget.get("matched"):
+        lines += [f"Budgets differ: each task alone saw {budget.get('examples_per_task')} examples, while "
+                  f"`multitask_sft` gave each task {_num(budget.get('multitask_examples_per_task'), 0)}; "
+                  "the comparison is not at equal examples per task.", ""]
+    return lines
+
+
 def general_table(results: Mapping[str, Any]) -> str:
     """Markdown table method × lm-eval task of `general_scores` ("" when no method has any)."""
     methods = {m: r.get("general_scores") for m, r in results["methods"].items() if r.get("general_scores")}
@@ -248,6 +278,7 @@ def render_report(results: Mapping[str, Any], *, command: str | None = None,
     if general:
         parts += ["## General capability (lm-eval)", "",
                   "Primary metric of each lm-eval suite of the recipe, on the same final models:", "", general, ""]
+    parts += single_task_section(results)
     parts += ["## How safe_cpift compares", "", *[f"- {s}" for s in comparison_sentences(results)], ""]
     clusters = results.get("clusters") or {}
     if clusters.get("groups"):

@@ -7,11 +7,9 @@ budgets and evaluation sets; `--aligned-only` just builds (or loads) the aligned
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,14 +132,18 @@ def _main(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError(f"`--seed` must be >= 0, got {args.seed}")
     if not args.aligned_only:
-        from safe_cpift.commands.run import print_outcome
+        from safe_cpift.commands.run import run_with_console
+        from safe_cpift.runtime import configure_runtime, set_offline
 
-        # the Trainer prints its logs to stdout; keep stdout for the summary / --json output
-        with contextlib.redirect_stdout(sys.stderr):
-            results = run_demo(args.output_dir, seed=args.seed, quick=args.quick, resume=args.resume,
-                               overrides=args.overrides)
-        print_outcome(results, args.output_dir, as_json=args.json)
-        return 0
+        set_offline()
+        recipe = demo_recipe(args.seed, args.quick, args.overrides)
+        configure_runtime(recipe.num_threads)
+        seeds = f"--seeds {' '.join(map(str, args.seeds))}" if args.seeds else f"--seed {args.seed}"
+        command = " ".join(["safe-cpift demo", *(["--quick"] if args.quick else []), seeds,
+                            f"--output-dir {args.output_dir}", *args.overrides])
+        args.stop_after = None
+        return run_with_console(lambda seed: demo_recipe(seed, args.quick, args.overrides), recipe,
+                                args.output_dir, args, command)
     results = run_aligned_only(args.output_dir, seed=args.seed, quick=args.quick)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -153,6 +155,8 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the `demo` verb."""
+    from safe_cpift.commands.run import add_console_arguments
+
     p = subparsers.add_parser(
         "demo", help="Safe-CPI-FT and its baselines on the built-in tiny world (offline, CPU)",
         description="Run recipes/toy.yaml: the aligned tiny Llama learns six tasks with every method; "
@@ -165,5 +169,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     p.add_argument("--aligned-only", action="store_true",
                    help="only build (or load) the aligned model and evaluate it")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_console_arguments(p)
     p.set_defaults(func=_main)

@@ -1,12 +1,18 @@
-"""`safe-cpift run RECIPE.yaml [--output-dir DIR] [--resume] [--stop-after STAGE] [key=value ...] [--json]`."""
+"""`safe-cpift run RECIPE.yaml [key=value ...] [--output-dir DIR] [--seeds N ...] [--resume] [--stop-after STAGE]
+[--json] [--verbose]`.
+
+The terminal shows one line per stage and a bar for the stage that trains; library logs and warnings
+go to `run.log` in the output directory (`--verbose` shows them too). With `--seeds`, each seed runs
+in `<output-dir>/seed_<n>/` and `<output-dir>/results.json` holds mean, sd and per-seed values.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import shlex
-import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -20,8 +26,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output-dir", help="run directory (default: the recipe's `output_dir`)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete stage")
     p.add_argument("--stop-after", metavar="STAGE", help="stop cleanly after this stage (e.g. clusters)")
-    p.add_argument("--json", action="store_true", help="print results.json instead of the summary table")
+    add_console_arguments(p)
     p.set_defaults(func=main)
+
+
+def add_console_arguments(p: argparse.ArgumentParser) -> None:
+    """`--seeds`, `--json` and `--verbose`, shared by `run` and `demo`."""
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                   help="run once per seed into OUTPUT_DIR/seed_<n>/ and aggregate (mean, sd, per-seed values)")
+    p.add_argument("--json", action="store_true", help="print results.json instead of the summary table")
+    p.add_argument("--verbose", dest="run_verbose", action="store_true",
+                   help="show library logs, warnings and progress bars on the terminal (always in run.log)")
 
 
 def _recipe_path(name: str) -> str:
@@ -35,21 +50,64 @@ def _recipe_path(name: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from safe_cpift.pipeline.runner import run_pipeline
     from safe_cpift.recipe import load_recipe
     from safe_cpift.runtime import configure_runtime
 
-    recipe = load_recipe(_recipe_path(args.recipe), overrides=args.overrides)
+    path = _recipe_path(args.recipe)
+    recipe = load_recipe(path, overrides=args.overrides)
     configure_runtime(recipe.num_threads)
     out = args.output_dir or recipe.output_dir
+    if out is None:
+        raise ValueError("no run directory: pass `--output-dir` or set `output_dir` in the recipe")
     # the command that reproduces the run (without --resume / --stop-after), quoted in report.md
-    command = " ".join(["safe-cpift run", shlex.quote(args.recipe), *map(shlex.quote, args.overrides)]
-                       + ([f"--output-dir {shlex.quote(str(out))}"] if out else []))
-    # the Trainer prints its logs to stdout; keep stdout for our summary / --json output
-    with contextlib.redirect_stdout(sys.stderr):
-        results = run_pipeline(recipe, out, resume=args.resume, stop_after=args.stop_after, command=command)
+    command = " ".join(["safe-cpift run", shlex.quote(args.recipe), *map(shlex.quote, args.overrides),
+                        f"--output-dir {shlex.quote(str(out))}"]
+                       + ([f"--seeds {' '.join(map(str, args.seeds))}"] if args.seeds else []))
+    return run_with_console(lambda seed: load_recipe(path, overrides=[*args.overrides, f"seed={seed}"]),
+                            recipe, out, args, command)
+
+
+def run_with_console(recipe_for_seed: Callable[[int], Any], recipe: Any, out: Any, args: argparse.Namespace,
+                     command: str) -> int:
+    """Run one recipe (or one per `--seeds`) with stage lines on the terminal and logs in run.log."""
+    from safe_cpift.commands.console import run_console
+    from safe_cpift.pipeline.progress import StagePrinter
+    from safe_cpift.pipeline.runner import run_pipeline
+
+    verbose = bool(getattr(args, "verbose", False) or getattr(args, "run_verbose", False))
+    printer = StagePrinter()
+    if args.seeds and args.stop_after:
+        raise ValueError("`--stop-after` stops one run; it cannot be combined with `--seeds`")
+    with run_console(out, verbose=verbose) as log:
+        printer.line(f"safe-cpift: run directory {out} (log: {log})")
+        if args.seeds:
+            from safe_cpift.pipeline.seeds import run_seeds
+
+            results = run_seeds(recipe_for_seed, args.seeds, out, resume=args.resume, command=command,
+                                run_one=functools.partial(run_pipeline, observer=printer),
+                                on_seed=lambda seed, d: printer.line(f"— seed {seed} → {d}"))
+        else:
+            results = run_pipeline(recipe, out, resume=args.resume, stop_after=args.stop_after,
+                                   command=command, observer=printer)
+    if args.seeds:
+        print_seeds_outcome(results, out, as_json=args.json)
+        return 1 if results["failed_seeds"] else 0
     print_outcome(results, out, as_json=args.json)
     return 0
+
+
+def print_seeds_outcome(results: dict[str, Any], out: Any, *, as_json: bool = False) -> None:
+    """Print a multi-seed run: JSON, or the mean ± sd table and any failed seeds."""
+    from safe_cpift.seeds_report import seeds_table
+
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"seeds {', '.join(map(str, results['completed_seeds']))}: mean ± sd")
+    print(seeds_table(results))
+    for seed in results["failed_seeds"]:
+        print(f"seed {seed} FAILED (not averaged in): {results['errors'].get(str(seed))}")
+    print(f"report: {out}/report.md")
 
 
 def print_outcome(results: dict[str, Any], out: Any, *, as_json: bool = False) -> None:

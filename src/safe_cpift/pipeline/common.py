@@ -29,11 +29,14 @@ class RunContext:
     Args:
         spec (`PipelineSpec`): the run's settings.
         root (`Path`): the run directory; completed stage `name` lives in `root / name`.
+        observer (`StageObserver`, *optional*): gets a training callback (progress bar) per SFT.
     """
 
-    def __init__(self, spec: PipelineSpec, root: Path) -> None:
+    def __init__(self, spec: PipelineSpec, root: Path, observer: Any | None = None) -> None:
         self.spec = spec
         self.root = Path(root)
+        self.observer = observer  # a `StageObserver` (progress lines and training bars), or None
+        self.current_stage = ""
         self._tokenizer: Any = None
         self._tasks: dict[str, Any] = {}
         self._safety: Any = None
@@ -161,6 +164,9 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
         from safe_cpift.freeze import CoreFreezeCallback
 
         callbacks.append(CoreFreezeCallback(freeze))
+    bar = ctx.observer.training_callback(ctx.current_stage) if ctx.observer is not None else None
+    if bar is not None:
+        callbacks.append(bar)
     overrides = dict(spec.train.overrides)
     if spec.train.max_length is not None:
         overrides.setdefault("max_length", spec.train.max_length)

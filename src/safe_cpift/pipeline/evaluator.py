@@ -66,14 +66,28 @@ class Evaluator:
         records = [{"prompt": p, "response": r, "refused": bool(is_refusal(r))} for p, r in zip(prompts, replies, strict=True)]
         return sum(r["refused"] for r in records) / len(records), records
 
+    def _score_task(self, model: Any, tokenizer: Any, name: str) -> tuple[float, list[dict]]:
+        task = self.tasks[name]
+        replies = self._generate(model, tokenizer, task.prompts)
+        recs = [{"prompt": p, "reference": ref, "response": r, "score": task.metric(r, ref)}
+                for p, ref, r in zip(task.prompts, task.references, replies, strict=True)]
+        return sum(r["score"] for r in recs) / len(recs), recs
+
+    def score_tasks(self, model: Any, tokenizer: Any, names: list[str] | None = None) -> dict[str, float]:
+        """Only the task metrics of `names` (default: every task): no safety suites, no lm-eval.
+
+        Used where a stage needs task scores alone (each task's model trained alone, every task after
+        every pipeline stage), at a fraction of a full evaluation's cost.
+        """
+        unknown = [n for n in names or () if n not in self.tasks]
+        if unknown:
+            raise ValueError(f"no test set for tasks {unknown}; tasks with one: {', '.join(self.tasks)}")
+        return {n: self._score_task(model, tokenizer, n)[0] for n in (names or list(self.tasks))}
+
     def __call__(self, model: Any, tokenizer: Any) -> dict[str, Any]:
         scores, records = {}, {}
-        for name, task in self.tasks.items():
-            replies = self._generate(model, tokenizer, task.prompts)
-            recs = [{"prompt": p, "reference": ref, "response": r, "score": task.metric(r, ref)}
-                    for p, ref, r in zip(task.prompts, task.references, replies, strict=True)]
-            scores[name] = sum(r["score"] for r in recs) / len(recs)
-            records[name] = recs
+        for name in self.tasks:
+            scores[name], records[name] = self._score_task(model, tokenizer, name)
         out: dict[str, Any] = {"task_scores": scores,
                                "task_mean": sum(scores.values()) / len(scores) if scores else None}
         for key, prompts, label in (("refusal_rate", self.harmful, "harmful"),

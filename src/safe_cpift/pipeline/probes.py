@@ -2,6 +2,9 @@
 
 * `probe_<task>`: SFT on the task alone from θ0 (`probe_examples` rows, one epoch).
 * `task_cores`: each task's core = top-`top_p` of |θ_probe − θ0| (scope from the spec).
+* `single_task`: each probe model scored on its own task: the single-task reference of the report
+  (each task trained alone), at `probe_examples` per task; `matched` says whether that equals what
+  `multitask_sft` gives each task.
 * `clusters`: Jaccard matrix of the task cores and the safety core, groups = connected components of
   Jaccard ≥ `tau` (`safe_cpift.cluster.cluster_tasks`, which also fixes the stage order), `overlap.png`.
 """
@@ -12,11 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from safe_cpift.io import atomic_write_json
 from safe_cpift.pipeline.common import REGION_DIR, RunContext, mix, train_and_save
 
 logger = logging.getLogger(__name__)
 
 TASK_CORES = "task_cores"
+SINGLE_TASK = "single_task"
 CLUSTERS = "clusters"
 SAFETY_NAME = "safety"
 
@@ -33,6 +38,34 @@ def run_probe(ctx: RunContext, tmp: Path, task: str) -> dict[str, Any]:
     summary = {"task": task, "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed)}
     summary["train"]["mix"] = counts
     return summary
+
+
+def task_scores(ctx: RunContext, model: Any, names: list[str]) -> dict[str, float]:
+    """`model`'s scores on the tasks `names` alone (the evaluator's `score_tasks` when it has one)."""
+    score_tasks = getattr(ctx.spec.evaluate, "score_tasks", None)
+    if score_tasks is not None:
+        return dict(score_tasks(model, ctx.tokenizer(), names))
+    scores = ctx.spec.evaluate(model, ctx.tokenizer())["task_scores"]
+    return {n: float(scores[n]) for n in names}
+
+
+def run_single_task(ctx: RunContext, tmp: Path) -> dict[str, Any]:
+    """Body of stage `single_task`: each task's probe model (trained on that task alone) on its test set."""
+    from safe_cpift.pipeline.budget import baseline_examples
+    from safe_cpift.pipeline.common import load_model
+
+    spec = ctx.spec
+    scores = {}
+    for task in spec.task_names:
+        model = load_model(ctx.model_dir(probe_stage(task)), spec)
+        scores[task] = float(task_scores(ctx, model, [task])[task])
+        del model
+    multitask_per_task = baseline_examples(spec) / len(spec.task_names)
+    budget = {"examples_per_task": spec.probe_examples, "multitask_examples_per_task": multitask_per_task,
+              "matched": abs(multitask_per_task - spec.probe_examples) < 1}
+    logger.info("single-task scores: %s", ", ".join(f"{t} {v:.3f}" for t, v in scores.items()))
+    atomic_write_json(Path(tmp) / "single_task.json", {"scores": scores, "budget": budget})
+    return {"scores": scores, "budget": budget}
 
 
 def run_task_cores(ctx: RunContext, tmp: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from safe_cpift.pipeline.baselines import cost_stages
 from safe_cpift.pipeline.budget import baseline_examples, probe_examples, stage_cost
 from safe_cpift.pipeline.common import RunContext
 from safe_cpift.pipeline.evaluate_stage import eval_stage, final_model_stage
-from safe_cpift.pipeline.probes import CLUSTERS
+from safe_cpift.pipeline.probes import CLUSTERS, SINGLE_TASK
 from safe_cpift.pipeline.safety_core import PROTECTED_FILE, verify_safety_core
 from safe_cpift.pipeline.safety_core import STAGE as SAFETY_CORE
 
@@ -89,6 +89,7 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
     for r in methods.values():
         r["delta_vs_aligned"] = {k: _sub(r[k], aligned[k]) for k in ("task_mean", "refusal_rate", "over_refusal_rate")}
     clusters = ctx.summary(CLUSTERS)
+    single = ctx.summary(SINGLE_TASK)
     fusion_seconds = {m: ctx.summary(s)["fusion_seconds"] for m, s in (("safe_cpift", "fusion"), ("cpift", "cpift_fusion"))
                       if m in spec.methods}
     budget = {
@@ -120,6 +121,8 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
         "safety_core": check_safety_core(ctx),
         "clusters": {"tau": clusters["tau"], "groups": clusters["groups"], "order": clusters["order"],
                      "jaccard": clusters["jaccard"], "safety_overlap": clusters["safety_overlap"]},
+        "single_task": single["scores"],
+        "single_task_budget": single["budget"],
         "task_cores": {"top_p": spec.top_p, "scope": spec.scope, "scorer": spec.task_scorer},
         "settings": {"tau": spec.tau, "slerp_t": spec.slerp_t, "safety_mix": spec.safety_mix,
                      "freeze_safety_core": spec.freeze_safety_core, "freeze_earlier_groups": spec.freeze_earlier_groups,

@@ -37,13 +37,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["MANIFEST", "STAGE_FILE", "FORMAT", "RunDirectory", "recipe_diff", "package_versions"]
 
 MANIFEST = "manifest.json"
+RUN_LOG = "run.log"  # the CLI's log of a run (library logs, warnings, trainer output); may precede the manifest
 STAGE_FILE = "stage.json"
 FORMAT = "safe-cpift-run/1"
 # recipe keys that may differ between the start of a run and its resumption
 IGNORED_RECIPE_KEYS = ("output_dir",)
 VERSIONED_PACKAGES = ("safe-cpift", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "safetensors")
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
-_RESERVED = {MANIFEST, "results.json", "report.md", "tradeoff.png", "overlap.png", "final_model"}
+_RESERVED = {MANIFEST, RUN_LOG, "results.json", "report.md", "tradeoff.png", "overlap.png", "final_model"}
 
 
 def _current_umask() -> int:
@@ -160,7 +161,8 @@ class RunDirectory:
             run.manifest["status"] = "running"
             logger.info("resuming %s (done: %s)", root, ", ".join(run.completed()) or "nothing yet")
         else:
-            if root.exists() and (not root.is_dir() or any(not p.name.startswith(".") for p in root.iterdir())):
+            if root.exists() and (not root.is_dir() or any(not p.name.startswith(".") and p.name != RUN_LOG
+                                                                       for p in root.iterdir())):
                 raise ValueError(f"{root} exists and is not an empty directory or a safe-cpift run; "
                                  "choose a new `--output-dir`")
             if resume:

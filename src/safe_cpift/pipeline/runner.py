@@ -2,7 +2,7 @@
 
 The lifecycle, in stage order::
 
-    aligned_eval → safety_core → probe_<task>… → task_cores → clusters → fusion → sft_group_<i>…
+    aligned_eval → safety_core → probe_<task>… → single_task → task_cores → clusters → fusion → sft_group_<i>…
     → multitask_sft → sequential_sft_<i>_<task>… → safety_mix_sft → cpift_fusion → cpift_sft_group_<i>…
     → eval_<method>… → report
 
@@ -22,12 +22,15 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safe_cpift.pipeline import baselines, fusion_stage, probes, results, safety_core
 from safe_cpift.pipeline.common import RunContext
 from safe_cpift.pipeline.evaluate_stage import ALIGNED_EVAL, eval_stage, final_model_stage, run_eval
 from safe_cpift.pipeline.spec import PipelineSpec
+
+if TYPE_CHECKING:
+    from safe_cpift.pipeline.progress import StageObserver
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
     yield safety_core.STAGE, p(safety_core.run_safety_core, ctx)
     for task in spec.task_names:
         yield probes.probe_stage(task), p(probes.run_probe, ctx, task=task)
+    yield probes.SINGLE_TASK, p(probes.run_single_task, ctx)
     yield probes.TASK_CORES, p(probes.run_task_cores, ctx)
     yield probes.CLUSTERS, p(probes.run_clusters, ctx)
     n_groups = len(fusion_stage.groups(ctx))
@@ -70,7 +74,7 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
 def stage_names(spec: PipelineSpec) -> list[str]:
     """Names a user may pass to `stop_after` (group stages as `sft_group_<i>`, `cpift_sft_group_<i>`)."""
     names = [ALIGNED_EVAL, safety_core.STAGE, *[probes.probe_stage(t) for t in spec.task_names],
-             probes.TASK_CORES, probes.CLUSTERS, "fusion", "sft_group_<i>"]
+             probes.SINGLE_TASK, probes.TASK_CORES, probes.CLUSTERS, "fusion", "sft_group_<i>"]
     if "multitask_sft" in spec.methods:
         names.append(baselines.MULTITASK)
     if "sequential_sft" in spec.methods:
@@ -115,7 +119,7 @@ def _publish(ctx: RunContext, root: Path) -> None:
 
 
 def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False, stop_after: str | None = None,
-             command: str | None = None) -> dict[str, Any]:
+             command: str | None = None, observer: StageObserver | None = None) -> dict[str, Any]:
     """Run (or resume) the pipeline described by `spec` in `output_dir`.
 
     Args:
@@ -124,6 +128,7 @@ def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False
         resume (`bool`, *optional*): continue after the last complete stage.
         stop_after (`str`, *optional*): stop cleanly after this stage.
         command (`str`, *optional*): the command line, quoted in report.md.
+        observer (`StageObserver`, *optional*): told of every stage (the CLI prints a line per stage).
 
     Returns:
         `dict`: the results (as in results.json), or `{"stopped_after": name, "stages": [...]}` when
@@ -136,14 +141,19 @@ def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False
     if not resume and (root / MANIFEST).is_file():
         raise ValueError(f"{root} already holds a safe-cpift run; pass `--resume` to continue it, "
                          "or choose a new `--output-dir`")
-    ctx = RunContext(spec, root)
+    ctx = RunContext(spec, root, observer=observer)
     ctx.check_inputs()  # bad data fails here, before any stage
     # the resolved model paths carry the tiny world's cache key: a resumed run must not reuse stages
     # computed from another build of the aligned model
     inputs = {"aligned_model": str(spec.aligned_model), "base_model": str(spec.base_model)}
     run = RunDirectory.open(root, spec.recipe, seed=spec.seed, resume=resume, name=spec.name, inputs=inputs)
     for name, body in plan(ctx, command):
-        run.run(name, body)
+        ctx.current_stage = name
+        if observer is not None:
+            observer.stage_started(name)
+        ran = run.run(name, body)
+        if observer is not None:
+            observer.stage_finished(name, run.stage_info(name), ran)
         if stop_after is not None and name == stop_after:
             logger.info("stopped after stage %s (continue with --resume)", name)
             return {"stopped_after": name, "stages": run.completed()}
@@ -153,7 +163,8 @@ def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False
 
 
 def run_pipeline(recipe: Any, output_dir: str | Path | None = None, *, resume: bool = False,
-                 stop_after: str | None = None, command: str | None = None) -> dict[str, Any]:
+                 stop_after: str | None = None, command: str | None = None,
+                 observer: StageObserver | None = None) -> dict[str, Any]:
     """Run the complete Safe-CPI-FT procedure with its baselines, resumably.
 
     Args:
@@ -163,6 +174,7 @@ def run_pipeline(recipe: Any, output_dir: str | Path | None = None, *, resume: b
             existing run directory (the recipe must be the same).
         stop_after (`str`, *optional*): stop cleanly after this stage (e.g. `clusters`).
         command (`str`, *optional*): the command line that started the run, quoted in report.md.
+        observer (`StageObserver`, *optional*): told of every stage as it starts and finishes.
 
     Returns:
         `dict`: the content of results.json (or `{"stopped_after": ..., "stages": [...]}` when stopped early).
@@ -180,4 +192,4 @@ def run_pipeline(recipe: Any, output_dir: str | Path | None = None, *, resume: b
         output_dir = output_dir or recipe.output_dir
     if output_dir is None:
         raise ValueError("no run directory: pass `output_dir` (--output-dir) or set `output_dir` in the recipe")
-    return run_spec(spec, output_dir, resume=resume, stop_after=stop_after, command=command)
+    return run_spec(spec, output_dir, resume=resume, stop_after=stop_after, command=command, observer=observer)

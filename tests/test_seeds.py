@@ -1,0 +1,91 @@
+"""Multi-seed aggregation: means and sds come from the per-seed values; a failed seed is reported, not averaged."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from safe_cpift.pipeline.seeds import aggregate, run_seeds, summarize
+
+
+def fake_results(seed: int) -> dict:
+    """A results.json as one seed's run writes it, with numbers that differ per seed."""
+    def method(task_mean: float, refusal: float, over: float) -> dict:
+        return {"task_scores": {"a": task_mean - 0.1, "b": task_mean + 0.1}, "task_mean": task_mean,
+                "refusal_rate": refusal, "over_refusal_rate": over, "train_seconds": 10.0 + seed,
+                "examples_seen": 100}
+    return {"run": "fake", "seed": seed, "reference": "aligned", "tasks": ["a", "b"],
+            "methods": {"aligned": method(0.2, 0.95, 0.02),
+                        "multitask_sft": method(0.5 + 0.1 * seed, 0.3 * seed, 0.05),
+                        "safe_cpift": method(0.4 + 0.05 * seed, 0.9 - 0.1 * seed, 0.1 * seed)},
+            "single_task": {"a": 0.9, "b": 0.8 + 0.05 * seed},
+            "single_task_budget": {"examples_per_task": 10, "multitask_examples_per_task": 10, "matched": True},
+            "safety_core": {"entries": 5, "intact": True}, "clusters": {"groups": [["a"], ["b"]]}}
+
+
+def test_summarize_uses_the_sample_sd():
+    s = summarize([0.1, 0.4, 0.7])
+    assert s["mean"] == pytest.approx(0.4)
+    assert s["sd"] == pytest.approx(statistics.stdev([0.1, 0.4, 0.7])) == pytest.approx(0.3)
+    assert summarize([0.5]) == {"mean": 0.5, "sd": 0.0, "values": [0.5]}
+    assert summarize([0.5, None]) == {"mean": None, "sd": None, "values": [0.5, None]}
+
+
+def test_aggregate_means_and_sds_come_from_the_per_seed_values():
+    per_seed = {s: fake_results(s) for s in (0, 1, 2)}
+    agg = aggregate(per_seed, seeds=[0, 1, 2])
+    assert agg["seeds"] == agg["completed_seeds"] == [0, 1, 2] and agg["failed_seeds"] == []
+    for m in ("aligned", "multitask_sft", "safe_cpift"):
+        for key in ("task_mean", "refusal_rate", "over_refusal_rate", "train_seconds"):
+            values = [per_seed[s]["methods"][m][key] for s in (0, 1, 2)]
+            assert agg["methods"][m][key]["values"] == values
+            assert agg["methods"][m][key]["mean"] == pytest.approx(statistics.fmean(values))
+            assert agg["methods"][m][key]["sd"] == pytest.approx(statistics.stdev(values))
+        assert agg["methods"][m]["task_scores"]["b"]["values"] == [per_seed[s]["methods"][m]["task_scores"]["b"]
+                                                                   for s in (0, 1, 2)]
+    assert agg["single_task"]["b"]["mean"] == pytest.approx(0.85)
+    assert agg["clusters"] == {"0": [["a"], ["b"]], "1": [["a"], ["b"]], "2": [["a"], ["b"]]}
+
+
+def test_a_failed_seed_is_reported_and_not_averaged_in(tmp_path):
+    calls = []
+
+    def run_one(recipe, out, *, resume, command):
+        calls.append((recipe["seed"], out.name, resume))
+        if recipe["seed"] == 1:
+            raise RuntimeError("out of memory in stage probe_a")
+        return fake_results(recipe["seed"])
+
+    agg = run_seeds(lambda s: {"seed": s}, [0, 1, 2], tmp_path, run_one=run_one, command="safe-cpift run x")
+    assert calls == [(0, "seed_0", False), (1, "seed_1", False), (2, "seed_2", False)]
+    assert agg["seeds"] == [0, 1, 2] and agg["completed_seeds"] == [0, 2] and agg["failed_seeds"] == [1]
+    assert "out of memory" in agg["errors"]["1"]
+    refusal = agg["methods"]["safe_cpift"]["refusal_rate"]
+    assert refusal["values"] == [0.9, pytest.approx(0.7)]
+    assert refusal["mean"] == pytest.approx(0.8)
+    assert json.loads((tmp_path / "results.json").read_text())["failed_seeds"] == [1]
+    report = (tmp_path / "report.md").read_text()
+    assert "Failed seeds (not averaged in)" in report and "seed 1: RuntimeError: out of memory" in report
+    assert "0.800 ± 0.141" in report  # safe_cpift refusal over seeds 0 and 2
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+def test_every_seed_failing_raises_and_bad_seeds_are_refused(tmp_path):
+    def boom(recipe, out, **kw):
+        raise RuntimeError(f"broken {recipe['seed']}")
+
+    with pytest.raises(RuntimeError, match="every seed failed.*seed 0: RuntimeError: broken 0"):
+        run_seeds(lambda s: {"seed": s}, [0, 1], tmp_path / "a", run_one=boom)
+    for seeds, msg in (([], "empty"), ([0, 0], "duplicates"), ([-1], ">= 0")):
+        with pytest.raises(ValueError, match=msg):
+            run_seeds(lambda s: {"seed": s}, seeds, tmp_path / "b", run_one=boom)
+
+
+def test_stopped_seed_counts_as_not_finished(tmp_path):
+    def stopped(recipe, out, **kw):
+        return {"stopped_after": "clusters"} if recipe["seed"] == 0 else fake_results(recipe["seed"])
+
+    agg = run_seeds(lambda s: {"seed": s}, [0, 1], tmp_path, run_one=stopped)
+    assert agg["failed_seeds"] == [0] and agg["completed_seeds"] == [1]
