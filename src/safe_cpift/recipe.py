@@ -150,6 +150,11 @@ class CpiftConfig(RecipeSection):
     freeze_safety_core: bool = _f(True, help="safe_cpift: keep the safety core's entries frozen in every stage.")
     freeze_earlier_groups: bool = _f(True, help="Freeze cores of groups trained in earlier stages.")
     mix_safety: bool = _f(True, help="safe_cpift: add `safety.mix_fraction` safety examples to each stage's mix.")
+    replay_fraction: float = _f(0.0, help="Share of each later stage's task examples replayed from earlier groups' "
+                                "tasks (the paper's mixed-task stages); 0 trains each stage on its group alone.",
+                                min=0.0, max=1.0, max_exclusive=True)
+    track_stages: bool = _f(True, help="Score every task after fusion and after every pipelined stage (report: "
+                            "forgetting and undertraining per stage).")
 
 
 @dataclass(kw_only=True)

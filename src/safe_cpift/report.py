@@ -241,6 +241,31 @@ def single_task_section(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def stage_scores_section(results: Mapping[str, Any]) -> list[str]:
+    """Lines of the per-stage table: every task's score after fusion and each pipelined stage."""
+    per_method = results.get("stage_scores") or {}
+    if not per_method:
+        return []
+    tasks = task_names(results)
+    lines = ["## Task scores after every stage", "",
+             "What CPI-FT's pipeline kept and learned stage by stage (a task falling after its own stage was "
+             "forgotten; a task low after its own stage was undertrained). `examples` is what the stage "
+             "trained on (the mix per task; `replay` of them from earlier groups' tasks).", ""]
+    for method, rows in per_method.items():
+        head = ["stage", "group", *tasks, "examples"]
+        lines += [f"`{method}`:", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+        for r in rows:
+            group = ", ".join(r.get("group") or []) or "(fused)"
+            mix = r.get("mix") or {}
+            examples = ", ".join(f"{k} {v}" for k, v in mix.items()) or "–"
+            if r.get("replay"):
+                examples += f" (replay {r['replay']})"
+            lines.append(f"| {r['stage']} | {group} | "
+                         + " | ".join(_num(r["task_scores"].get(t)) for t in tasks) + f" | {examples} |")
+        lines.append("")
+    return lines
+
+
 def general_table(results: Mapping[str, Any]) -> str:
     """Markdown table method × lm-eval task of `general_scores` ("" when no method has any)."""
     methods = {m: r.get("general_scores") for m, r in results["methods"].items() if r.get("general_scores")}
@@ -279,6 +304,7 @@ def render_report(results: Mapping[str, Any], *, command: str | None = None,
         parts += ["## General capability (lm-eval)", "",
                   "Primary metric of each lm-eval suite of the recipe, on the same final models:", "", general, ""]
     parts += single_task_section(results)
+    parts += stage_scores_section(results)
     parts += ["## How safe_cpift compares", "", *[f"- {s}" for s in comparison_sentences(results)], ""]
     clusters = results.get("clusters") or {}
     if clusters.get("groups"):

@@ -42,14 +42,24 @@ def uses_safety(spec: PipelineSpec, method: str) -> bool:
 
 
 def group_plan(spec: PipelineSpec, groups: list[list[str]], method: str) -> list[dict[str, Any]]:
-    """Per group stage: `{"tasks": {task: n}, "safety": n, "total": n}` (totals sum to the stage budget)."""
+    """Per group stage: `{"tasks": {task: n}, "safety": n, "replay": n, "total": n}`.
+
+    Totals sum to the stage budget. From the second stage on, a `replay_fraction` share of a stage's
+    task examples come from the tasks of earlier groups (split evenly over them), so each stage trains
+    on mixed-task data; `tasks` then also counts those replayed tasks.
+    """
     per_task = split_evenly(stage_budget(spec, method), [t for g in groups for t in g])
     plan = []
-    for g in groups:
+    for i, g in enumerate(groups):
         total = sum(per_task[t] for t in g)
         safety = int(total * spec.safety_mix + 0.5) if uses_safety(spec, method) else 0
         safety = min(safety, total - len(g))
-        plan.append({"tasks": split_evenly(total - safety, g), "safety": safety, "total": total})
+        earlier = [t for prev in groups[:i] for t in prev]
+        replay = min(int((total - safety) * spec.replay_fraction + 0.5), total - safety - len(g)) if earlier else 0
+        tasks = split_evenly(total - safety - replay, g)
+        if replay > 0:
+            tasks.update({t: n for t, n in split_evenly(replay, earlier).items() if n})
+        plan.append({"tasks": tasks, "safety": safety, "replay": replay, "total": total})
     return plan
 
 

@@ -186,7 +186,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         examples_per_method=recipe.budget.examples_per_method,
         include_probes=recipe.budget.include_probes,
         freeze_safety_core=cp.freeze_safety_core, freeze_earlier_groups=cp.freeze_earlier_groups,
-        mix_safety=cp.mix_safety,
+        mix_safety=cp.mix_safety, replay_fraction=cp.replay_fraction, track_stages=cp.track_stages,
         methods=tuple(recipe.methods),
         train=TrainSettings(learning_rate=lr, batch_size=batch, max_length=max_length, overrides=training),
         dtype=model.dtype if model.dtype != "auto" else "float32",

@@ -6,8 +6,9 @@
 * pipelined SFT (`sft_group_<i>` / `cpift_sft_group_<i>`), one stage per group in stage order,
   starting from the fused model: a balanced mix of the group's tasks (sizes from
   `safe_cpift.pipeline.budget.group_plan`). For `safe_cpift` a `safety_mix` share of the mix are
-  safety examples, and the safety core plus the cores of
-  earlier groups are frozen with `CoreFreezeCallback` (restored after every optimiser step, which is
+  safety examples; from the second stage on a `replay_fraction` share of the task examples come
+  from earlier groups' tasks (mixed-task stages). The safety core plus the cores of earlier groups
+  are frozen with `CoreFreezeCallback` (restored after every optimiser step, which is
   exact under AdamW weight decay). `cpift` freezes only the earlier groups' cores and adds no safety.
 """
 
@@ -71,7 +72,18 @@ def run_fusion(ctx: RunContext, tmp: Path, method: str) -> dict[str, Any]:
     # the fused directory gets the tokenizer from θ0's side files; make sure it is there
     if not (Path(tmp) / MODEL_DIR / "tokenizer_config.json").exists():
         ctx.tokenizer().save_pretrained(Path(tmp) / MODEL_DIR)
+    track_tasks(ctx, Path(tmp) / MODEL_DIR, summary)
     return summary
+
+
+def track_tasks(ctx: RunContext, model_dir: Path, summary: dict[str, Any]) -> None:
+    """Add every task's score of the model in `model_dir` to `summary` (when `track_stages` is on)."""
+    if not ctx.spec.track_stages:
+        return
+    from safe_cpift.pipeline.common import load_model
+    from safe_cpift.pipeline.probes import task_scores
+
+    summary["task_scores"] = task_scores(ctx, load_model(model_dir, ctx.spec), list(ctx.spec.task_names))
 
 
 def freeze_region(ctx: RunContext, method: str, i: int) -> Any | None:
@@ -100,4 +112,6 @@ def run_group(ctx: RunContext, tmp: Path, method: str, i: int) -> dict[str, Any]
     summary = {"method": method, "group": group, "index": i,
                "train": train_and_save(ctx, start, data, tmp, seed=seed, freeze=region)}
     summary["train"]["mix"] = counts
+    summary["replay"] = plan["replay"]
+    track_tasks(ctx, Path(tmp) / MODEL_DIR, summary)
     return summary

@@ -54,6 +54,29 @@ def check_safety_core(ctx: RunContext) -> dict[str, Any]:
             "frozen_during_sft": spec.freeze_safety_core}
 
 
+def stage_scores(ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
+    """Every task's score after fusion and after each pipelined stage of `cpift` / `safe_cpift`, with the
+    examples each stage trained on (empty when `track_stages` is off)."""
+    from safe_cpift.pipeline.fusion_stage import fusion_stage, group_stages
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method in ("safe_cpift", "cpift"):
+        if method not in ctx.spec.methods:
+            continue
+        rows = []
+        for stage in [fusion_stage(method), *group_stages(ctx, method)]:
+            summary = ctx.summary(stage)
+            if "task_scores" not in summary:
+                continue
+            train = summary.get("train") or {}
+            rows.append({"stage": stage, "group": summary.get("group"), "task_scores": summary["task_scores"],
+                         "mix": train.get("mix"), "replay": summary.get("replay", 0),
+                         "examples": train.get("examples_seen", 0)})
+        if rows:
+            out[method] = rows
+    return out
+
+
 def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -121,10 +144,12 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
         "safety_core": check_safety_core(ctx),
         "clusters": {"tau": clusters["tau"], "groups": clusters["groups"], "order": clusters["order"],
                      "jaccard": clusters["jaccard"], "safety_overlap": clusters["safety_overlap"]},
+        "stage_scores": stage_scores(ctx),
         "single_task": single["scores"],
         "single_task_budget": single["budget"],
         "task_cores": {"top_p": spec.top_p, "scope": spec.scope, "scorer": spec.task_scorer},
         "settings": {"tau": spec.tau, "slerp_t": spec.slerp_t, "safety_mix": spec.safety_mix,
+                     "replay_fraction": spec.replay_fraction,
                      "freeze_safety_core": spec.freeze_safety_core, "freeze_earlier_groups": spec.freeze_earlier_groups,
                      "mix_safety": spec.mix_safety},
         "budget": budget,

@@ -70,6 +70,9 @@ class PipelineSpec:
         task_scorer (`str`): `update` (the paper) or `importance` for the task cores.
         freeze_safety_core / freeze_earlier_groups / mix_safety (`bool`): the parts of safe_cpift's
             pipelined SFT (each can be switched off for an ablation).
+        replay_fraction (`float`): share of each later stage's task examples drawn from the tasks of
+            earlier groups (mixed-task stages, as in the paper); 0 trains a stage on its group alone.
+        track_stages (`bool`): score every task after fusion and after every pipelined stage.
         methods (`tuple[str, ...]`): which of `METHODS` to run (`aligned` and `safe_cpift` always run).
         train (`TrainSettings`).
         dtype / trust_remote_code: how models are loaded (`safe_cpift.models.load_causal_lm`).
@@ -104,6 +107,8 @@ class PipelineSpec:
     freeze_safety_core: bool = True
     freeze_earlier_groups: bool = True
     mix_safety: bool = True
+    replay_fraction: float = 0.0
+    track_stages: bool = True
     methods: tuple[str, ...] = METHODS
     train: TrainSettings = field(default_factory=TrainSettings)
     dtype: str = "float32"
@@ -130,8 +135,9 @@ class PipelineSpec:
                              ("protect_source", PROTECT_SOURCES)):
             if getattr(self, fld) not in allowed:
                 problems.append(f"`{fld}` must be one of {', '.join(allowed)}, got {getattr(self, fld)!r}")
-        if not 0 <= self.safety_mix < 1:
-            problems.append(f"`safety_mix` must be in [0, 1), got {self.safety_mix}")
+        for fld in ("safety_mix", "replay_fraction"):
+            if not 0 <= getattr(self, fld) < 1:
+                problems.append(f"`{fld}` must be in [0, 1), got {getattr(self, fld)}")
         if self.safety_scorer == "alignment" and not self.base_model:
             problems.append("`safety_scorer: alignment` needs `base_model` (the model before alignment)")
         if self.protect_source == "safety_probe" and self.safety_scorer != "update":
