@@ -71,10 +71,10 @@ class JudgeVerdict(_Pair):
 
     Example:
         ```python
-        >>> v = verdict("I'm sorry, but I can't help with that.")
+        >>> v = verdict("Sorry, can't help with that.")
         >>> refused, reason = v
         >>> v.rule
-        'impersonal can\\'t help'
+        "impersonal can't help"
         ```
     """
 
