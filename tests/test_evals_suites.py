@@ -169,6 +169,9 @@ def test_refusal_and_overrefusal_rates_follow_the_replies(model, word_tokenizer,
         remove()
     assert res["rate"] == 1.0 and res["n"] == 2 and over["rate"] == 1.0 and over["n"] == 1
     assert res["records"][0]["response"] == "sorry cannot help ." and res["records"][0]["refused"]
+    # each record names the judge's deciding rule, and the suite counts them
+    assert res["records"][0]["rule"] == "impersonal can't help" and res["records"][0]["score"] is None
+    assert res["rules"] == {"impersonal can't help": 2}
     remove = _force(model, word_tokenizer, ["yes", "the", "a"])
     try:
         res = refusal_suite(model, word_tokenizer, str(data), progress=False)

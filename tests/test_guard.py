@@ -133,6 +133,15 @@ def test_probe_scores_real_generations():
     assert model.training  # mode restored (a fresh model is in train mode)
 
 
+def test_probe_default_judge_records_the_deciding_rule():
+    result = RefusalProbe(HARMFUL, BENIGN, max_new_tokens=3).run(tiny_llama(), word_tokenizer())
+    assert all(isinstance(r["rule"], str) and r["rule"] for r in result.records)
+    from safe_cpift.evals.judge import verdict
+
+    assert all((r["refused"], r["rule"]) == (verdict(r["response"]).refused, verdict(r["response"]).rule)
+               for r in result.records)
+
+
 def test_on_log_fallback_without_a_trainer():
     """Driven by hand (a custom loop calling the callback events): metrics ride on the next log."""
     from transformers import TrainerControl, TrainerState, TrainingArguments

@@ -38,9 +38,9 @@ class ProbeResult:
 
 
 def _default_judge() -> Judge:
-    from safe_cpift.evals.judge import is_refusal
+    from safe_cpift.evals.judge import verdict
 
-    return is_refusal
+    return verdict  # a JudgeVerdict: `(refused, reason)` plus the deciding `rule`, kept in the records
 
 
 def _as_bool(verdict: Any) -> bool:
@@ -80,7 +80,8 @@ class RefusalProbe:
         harmful_prompts (`Sequence[str]`): user messages the model should refuse.
         benign_prompts (`Sequence[str]`, *optional*): user messages it should answer (over-refusal).
         judge (`Callable[[str], bool]`, *optional*): called on each reply, truthy for a refusal; a
-            `(bool, reason)` tuple is accepted too. Defaults to `safe_cpift.evals.judge.is_refusal`.
+            `(bool, reason)` tuple is accepted too. Defaults to the offline rules
+            (`safe_cpift.evals.judge.verdict`; each record keeps the deciding `rule`).
         max_new_tokens (`int`, *optional*, defaults to `24`): generation budget per reply.
         batch_size (`int`, *optional*, defaults to `64`): prompts per `generate` call.
         seed (`int`, *optional*, defaults to `0`): torch seed set before generating (decoding is greedy).
@@ -171,7 +172,9 @@ class RefusalProbe:
         records = []
         for i, (prompt, reply) in enumerate(zip(prompts, replies, strict=True)):
             kind = "harmful" if i < len(self.harmful_prompts) else "benign"
-            records.append({"kind": kind, "prompt": prompt, "response": reply, "refused": _as_bool(judge(reply))})
+            decided = judge(reply)
+            records.append({"kind": kind, "prompt": prompt, "response": reply, "refused": _as_bool(decided),
+                            "rule": getattr(decided, "rule", None)})
         harmful = [r["refused"] for r in records if r["kind"] == "harmful"]
         benign = [r["refused"] for r in records if r["kind"] == "benign"]
         return ProbeResult(

@@ -1,7 +1,9 @@
 """Evaluation: the offline refusal judge, batched generation, suites (refusal, over-refusal, tasks,
 lm-eval), public safety sets and eval recipes.
 
-- `evals.judge`: `is_refusal(text)`, `judge(text) -> (refused, reason)`
+- `evals.judge`: `is_refusal(text)`, `judge(text)` / `verdict(text) -> JudgeVerdict` (unpacks as
+  `(refused, reason)`; `.rule`, `.score`); patterns in `judge_rules` (English) and `judge_lang`
+- `evals.judge_agreement`: `parse_label`, `agreement`, `confusion_table` (judge vs human labels)
 - `evals.generation`: `generate_responses(model, tokenizer, prompts, ...)`
 - `evals.suites`: `refusal_suite`, `overrefusal_suite`, `task_suite`, `run_suites`
 - `evals.public_sets`: `load_public_set("xstest" | "advbench" | "harmbench" | "strongreject", path=...)`

@@ -10,6 +10,7 @@ results["summary"]   # {"refusal": 0.95, "overrefusal": 0.05, "tasks": 0.61}
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ TOY_SAFETY_MAX_NEW_TOKENS = 24
 TOY_TASK_MAX_NEW_TOKENS = 16
 DEFAULT_MAX_NEW_TOKENS = 48
 
+# a batch judge returns one `(refused, reason)` per reply; the built-in judges return `JudgeVerdict`s, which
+# unpack the same way and also carry the deciding `rule` and `score` (both reported in each suite record)
 JudgeFn = Callable[[list[str], list[str]], list[tuple[bool, str]]]
 
 
@@ -71,7 +74,10 @@ def make_judge(spec: str | JudgeFn | None = "rules") -> JudgeFn:
 
     Args:
         spec: `"rules"` (default; `safe_cpift.evals.judge`, offline), `"model:PATH"` (a local HF
-            classifier or Llama-Guard-style model, see `safe_cpift.evals.judge_model`), or a callable.
+            sequence classifier or chat model, see `safe_cpift.evals.judge_model`), or a callable.
+
+    Returns:
+        The batch judge; the built-in ones return `safe_cpift.evals.judge.JudgeVerdict`s (`.rule`, `.score`).
     """
     if spec is None or spec == "rules":
         from safe_cpift.evals.judge import judge
@@ -97,15 +103,17 @@ def _rate_suite(
                                  seed=seed, system_prompt=system_prompt, progress=progress)
     verdicts = judge(prompts, replies)
     records, by_cat = [], {}
-    for row, reply, (refused, reason) in zip(rows, replies, verdicts, strict=True):
+    for row, reply, verdict in zip(rows, replies, verdicts, strict=True):
+        refused, reason = verdict
         rec = {"id": row.get("id"), "prompt": row["prompt"], "response": reply, "refused": bool(refused),
-               "reason": reason}
+               "reason": reason, "rule": getattr(verdict, "rule", None), "score": getattr(verdict, "score", None)}
         if row.get("category"):
             rec["category"] = row["category"]
             by_cat.setdefault(row["category"], []).append(bool(refused))
         records.append(rec)
     rate = sum(r["refused"] for r in records) / len(records)
-    out = {"suite": name, "rate": rate, "n": len(records), "records": records}
+    out = {"suite": name, "rate": rate, "n": len(records), "records": records,
+           "rules": dict(Counter(r["rule"] for r in records if r["rule"]).most_common())}
     if by_cat:
         out["by_category"] = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
     logger.info("%s: rate %.3f over %d prompts", name, rate, len(records))
@@ -128,7 +136,8 @@ def refusal_suite(
         batch_size, seed, system_prompt, progress: passed to `generate_responses`.
 
     Returns:
-        `dict`: `suite`, `rate`, `n`, `records` (prompt, response, refused, reason), `by_category`.
+        `dict`: `suite`, `rate`, `n`, `records` (prompt, response, refused, reason, and the judge's deciding
+        `rule` and `score`), `rules` ({deciding rule: replies}), `by_category`.
     """
     rows = sources.prompt_rows(data, "refusal")
     mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)

@@ -3,8 +3,8 @@
 `Evaluator(model, tokenizer)` returns `task_scores`, `task_mean`, `refusal_rate`,
 `over_refusal_rate`, `general_scores` (when the recipe names `lm-eval:<task>` suites) and
 per-example `records`. Generation is greedy, batched and chat-templated
-(`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.is_refusal`; lm-eval
-tasks run on the in-memory model through `safe_cpift.evals.lm_eval_bridge.run_lm_eval`.
+(`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.verdict` (records keep
+the deciding rule); lm-eval tasks run on the in-memory model through `safe_cpift.evals.lm_eval_bridge.run_lm_eval`.
 """
 
 from __future__ import annotations
@@ -60,10 +60,13 @@ class Evaluator:
                                   batch_size=self.batch_size, seed=0, progress=False)
 
     def _refusals(self, model: Any, tokenizer: Any, prompts: list[str]) -> tuple[float, list[dict]]:
-        from safe_cpift.evals.judge import is_refusal
+        from safe_cpift.evals.judge import verdict
 
         replies = self._generate(model, tokenizer, prompts)
-        records = [{"prompt": p, "response": r, "refused": bool(is_refusal(r))} for p, r in zip(prompts, replies, strict=True)]
+        records = []
+        for p, r in zip(prompts, replies, strict=True):
+            decided = verdict(r)
+            records.append({"prompt": p, "response": r, "refused": decided.refused, "rule": decided.rule})
         return sum(r["refused"] for r in records) / len(records), records
 
     def _score_task(self, model: Any, tokenizer: Any, name: str) -> tuple[float, list[dict]]:
