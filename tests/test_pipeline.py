@@ -118,6 +118,29 @@ def test_stage_mixes_follow_the_plan(full_run):
     assert safety_mix["safety"] == round(72 * 0.1)
 
 
+def test_every_task_is_scored_after_fusion_and_every_stage(full_run, tiny_world):
+    from safe_cpift.models import load_causal_lm, load_tokenizer
+
+    root, results = full_run
+    for method, prefix in (("safe_cpift", ""), ("cpift", "cpift_")):
+        rows = results["stage_scores"][method]
+        n_groups = len(results["clusters"]["groups"])
+        assert [r["stage"] for r in rows] == [f"{prefix}fusion"] + [f"{prefix}sft_group_{i}" for i in range(n_groups)]
+        assert all(set(r["task_scores"]) == set(TASKS) for r in rows)
+        assert rows[0]["examples"] == 0 and sum(r["examples"] for r in rows[1:]) == 24
+        # the last stage's scores are the method's final scores
+        assert rows[-1]["task_scores"] == results["methods"][method]["task_scores"]
+    # and they are real scores of that stage's model
+    spec = make_spec(tiny_world)
+    fused = load_causal_lm(root / "fusion" / "model")
+    assert spec.evaluate.score_tasks(fused, load_tokenizer(root / "fusion" / "model"), TASKS) == \
+        results["stage_scores"]["safe_cpift"][0]["task_scores"]
+    assert "## Task scores after every stage" in (root / "report.md").read_text()
+    single = results["single_task"]
+    assert set(single) == set(TASKS) and results["single_task_budget"]["examples_per_task"] == 16
+    assert "## Single-task reference" in (root / "report.md").read_text()
+
+
 def test_safety_core_is_intact_and_actually_checked(full_run, tmp_path):
     root, results = full_run
     core = results["safety_core"]

@@ -35,6 +35,22 @@ def test_budget_is_matched_and_split_over_groups():
     assert all(p["safety"] == 0 for p in group_plan(spec(mix_safety=False), [["a", "b", "c"]], "safe_cpift"))
 
 
+def test_replay_mixes_earlier_groups_into_later_stages_within_the_same_budget():
+    s = spec(replay_fraction=0.3)
+    plan = group_plan(s, [["a"], ["b"], ["c"]], "cpift")
+    assert [p["total"] for p in plan] == [100, 100, 100]  # the budget split does not change
+    assert plan[0] == {"tasks": {"a": 100}, "safety": 0, "replay": 0, "total": 100}  # nothing earlier to replay
+    assert plan[1]["replay"] == 30 and plan[1]["tasks"] == {"b": 70, "a": 30}
+    assert plan[2]["replay"] == 30 and plan[2]["tasks"] == {"c": 70, "a": 15, "b": 15}
+    safe = group_plan(s, [["a"], ["b", "c"]], "safe_cpift")[1]
+    # safety comes off the stage first, then replay off the task share
+    assert safe["safety"] == 10 and safe["replay"] == 57 and safe["tasks"] == {"b": 67, "c": 66, "a": 57}
+    assert sum(safe["tasks"].values()) + safe["safety"] == safe["total"] == 200
+    assert group_plan(spec(), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 150}  # off by default
+    with pytest.raises(ValueError, match="replay_fraction"):
+        spec(replay_fraction=1.0)
+
+
 def test_stop_after_names_are_checked():
     s = spec()
     for ok in ("clusters", "probe_b", "sft_group_3", "cpift_sft_group_0", "sequential_sft_2_c", "eval_cpift", "report"):
