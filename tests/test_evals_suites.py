@@ -63,8 +63,10 @@ def test_public_set_errors(tmp_path):
     bad.write_text("question,answer\nhi,there\n")
     with pytest.raises(ValueError, match=r"missing column `goal`.*bad\.csv|bad\.csv.*missing column `goal`"):
         load_public_set("advbench", path=bad)
+    with pytest.raises(ValueError, match="could not load `advbench` from the hub id `walledai/AdvBench`"):
+        load_public_set("advbench")  # offline in tests
     with pytest.raises(ValueError, match="could not load `xstest` from the hub id `Paul/XSTest`"):
-        load_public_set("xstest")  # offline in tests
+        load_public_set("xstest", hub_id="Paul/XSTest")  # an explicit hub id still goes to the hub
 
 
 def test_sources_errors_name_column_file_and_line(tmp_path):
