@@ -262,8 +262,8 @@ def test_cli_eval_errors(saved_model, tmp_path, capsys):
                  "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "missing column `prompt`" in err and "b.jsonl" in err
-    assert main(["eval", "--model", str(saved_model), "--suite", "refusal"]) == 2
-    assert "--out" in capsys.readouterr().err
+    assert main(["eval", "--model", str(saved_model), "--suite", "refusal", "--limit", "0"]) == 2
+    assert "`--limit` must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_eval_config_and_compare(saved_model, tmp_path, capsys):
