@@ -253,3 +253,31 @@ def test_run_without_eval_sets_scores_xstest_per_type(chat_model_dir, tmp_path, 
     report = (out / "report.md").read_text()
     assert "`xstest:safe`: XSTest v2's 250 safe prompts" in report and "no `eval.benign`" in report
     assert all(f"| {t} | 25 |" in report for t in SAFE_TYPES)
+
+
+def test_cli_compare_scores_both_models_on_the_sets_of_model_a(chat_model_dir, tmp_path, no_hub):
+    import shutil
+
+    toy_like = tmp_path / "toy_like"
+    shutil.copytree(chat_model_dir, toy_like)
+    (toy_like / "build_info.json").write_text(json.dumps({"stage": "aligned", "config": {"seed": 0}}))
+    out = tmp_path / "cmp.json"
+    assert main(["eval", "--suite", "overrefusal", "--limit", "3", "--max-new-tokens", "2", "--compare",
+                 str(toy_like), str(chat_model_dir), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["a"]["sets"]["overrefusal"]["source"] == res["b"]["sets"]["overrefusal"]["source"] == "toyworld"
+    assert [r["prompt"] for r in res["a"]["suites"]["overrefusal"]["records"]] == \
+        [r["prompt"] for r in res["b"]["suites"]["overrefusal"]["records"]]
+    # alone, the plain directory gets XSTest
+    assert main(["eval", "--model", str(chat_model_dir), "--suite", "overrefusal", "--limit", "3",
+                 "--max-new-tokens", "2", "--out", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["sets"]["overrefusal"]["source"] == "xstest:safe"
+
+
+def test_eval_recipe_limit_is_checked():
+    from safe_cpift.evals.eval_recipe import load_eval_recipe
+    from safe_cpift.schema import ConfigError
+
+    assert load_eval_recipe({"model": "m", "suites": ["refusal"], "limit": 5}).limit == 5
+    with pytest.raises(ConfigError, match="`limit` must be a positive integer"):
+        load_eval_recipe({"model": "m", "suites": ["refusal"], "limit": 0})
