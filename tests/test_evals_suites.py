@@ -63,8 +63,10 @@ def test_public_set_errors(tmp_path):
     bad.write_text("question,answer\nhi,there\n")
     with pytest.raises(ValueError, match=r"missing column `goal`.*bad\.csv|bad\.csv.*missing column `goal`"):
         load_public_set("advbench", path=bad)
+    with pytest.raises(ValueError, match="could not load `advbench` from the hub id `walledai/AdvBench`"):
+        load_public_set("advbench")  # offline in tests
     with pytest.raises(ValueError, match="could not load `xstest` from the hub id `Paul/XSTest`"):
-        load_public_set("xstest")  # offline in tests
+        load_public_set("xstest", hub_id="Paul/XSTest")  # an explicit hub id still goes to the hub
 
 
 def test_sources_errors_name_column_file_and_line(tmp_path):
@@ -260,8 +262,8 @@ def test_cli_eval_errors(saved_model, tmp_path, capsys):
                  "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "missing column `prompt`" in err and "b.jsonl" in err
-    assert main(["eval", "--model", str(saved_model), "--suite", "refusal"]) == 2
-    assert "--out" in capsys.readouterr().err
+    assert main(["eval", "--model", str(saved_model), "--suite", "refusal", "--limit", "0"]) == 2
+    assert "`--limit` must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_eval_config_and_compare(saved_model, tmp_path, capsys):

@@ -48,6 +48,11 @@ def write_user_files(d: Path) -> dict[str, str]:
     }
 
 
+def files_of(recipe: Path) -> dict[str, str]:
+    """The harmful/benign files `write_user_files` wrote beside `recipe`."""
+    return {k: str(recipe.parent / f"{k}.jsonl") for k in ("harmful", "benign")}
+
+
 def write_recipe(d: Path, model: Path, files: dict[str, str], **extra: str) -> Path:
     text = f"""
 description: my own tasks
@@ -91,6 +96,10 @@ def test_users_own_data_runs_end_to_end_from_the_cli(aligned_dir, tmp_path, caps
     assert results["methods"]["multitask_sft"]["examples_seen"] == 36
     report = (out / "report.md").read_text()
     assert "| `safe_cpift` |" in report and "safety core: " in report
+    # the report and results.json say which harmful/benign sets were used (the recipe's own files here)
+    assert results["eval_sets"]["harmful"] == {"source": files_of(recipe)["harmful"], "default": False,
+                                               "description": files_of(recipe)["harmful"]}
+    assert f"- Benign prompts (over-refusal rate): `{files_of(recipe)['benign']}`." in report
     assert (out / "final_model" / "README.md").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"]["tasks"][1]["format"] == "alpaca" and manifest["seed"] == 3

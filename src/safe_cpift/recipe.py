@@ -91,7 +91,8 @@ class DataSpec(RecipeSection):
 
 @dataclass(kw_only=True)
 class PromptSpec(RecipeSection):
-    source: str = _f(help="Prompts to evaluate: a file, a hub id, or `toyworld` (its held-out prompts).")
+    source: str = _f(help="Prompts to evaluate: a file, a hub id, `toyworld` (its held-out prompts), or "
+                     "`xstest:unsafe` / `xstest:safe` (XSTest, shipped with safe-cpift).")
     split: str = _f("test", help="Hub split.")
     subset: str | None = _f(None, help="Hub config name.")
     column: str = _f("prompt", help="Column holding the prompt (a `messages` column also works).")
@@ -168,8 +169,12 @@ class BudgetConfig(RecipeSection):
 @dataclass(kw_only=True)
 class EvalConfig(RecipeSection):
     suites: list[str] = _f(list(SUITES), help="tasks | refusal | overrefusal | lm-eval:<task>[,...]")
-    harmful: PromptSpec = _f(help="Harmful prompts for the refusal rate (e.g. AdvBench), or `toyworld`.")
-    benign: PromptSpec = _f(help="Benign look-alikes for the over-refusal rate (e.g. XSTest safe), or `toyworld`.")
+    harmful: PromptSpec | None = _f(None, help="Harmful prompts for the refusal rate: a file, a hub id, `toyworld`, "
+                                    "`xstest:unsafe`. Default: `toyworld` for a toyworld model, else "
+                                    "`xstest:unsafe` (bundled, offline).")
+    benign: PromptSpec | None = _f(None, help="Benign look-alikes for the over-refusal rate: a file, a hub id, "
+                                   "`toyworld`, `xstest:safe`. Default: `toyworld` for a toyworld model, else "
+                                   "`xstest:safe` (bundled, offline).")
     task_examples: int | None = _f(None, help="Test examples per task (default: all).", min=1)
     max_new_tokens: int = _f(48, help="Generation length for every suite.", min=1)
     batch_size: int = _f(64, help="Generation batch size.", min=1)
@@ -215,7 +220,8 @@ class Recipe(RecipeSection):
     @property
     def uses_toyworld(self) -> bool:
         """Whether any part of the recipe needs the built-in tiny world."""
-        sources = [self.model.source, self.safety.data.source, self.eval.harmful.source, self.eval.benign.source]
+        sources = [self.model.source, self.safety.data.source]
+        sources += [ps.source for ps in (self.eval.harmful, self.eval.benign) if ps is not None]
         sources += [self.attack.data.source] if self.attack is not None else []
         sources += [t.source for t in self.tasks] + [t.test_source or "" for t in self.tasks]
         return TOYWORLD in sources
@@ -405,8 +411,9 @@ def resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         task.source = fix(task.source)
         task.test_source = fix(task.test_source)
     recipe.safety.data.source = fix(recipe.safety.data.source)
-    recipe.eval.harmful.source = fix(recipe.eval.harmful.source)
-    recipe.eval.benign.source = fix(recipe.eval.benign.source)
+    for ps in (recipe.eval.harmful, recipe.eval.benign):
+        if ps is not None:
+            ps.source = fix(ps.source)
     if recipe.attack is not None:
         recipe.attack.data.source = fix(recipe.attack.data.source)
     return recipe

@@ -7,7 +7,8 @@ hard-coded. If `safe_cpift` loses to another method on the tasks or on safety, t
 ``task_scores``, ``task_mean``, ``refusal_rate``, ``over_refusal_rate``, ``train_seconds`` and
 optionally ``examples_seen``), ``reference``, ``safety_core`` (``top_p``, ``scope``, ``entries``,
 ``intact``), and optionally ``tasks``, ``clusters``, ``budget``, ``notes``, ``limitations``, ``run``,
-``seed``.
+``seed``, ``eval_sets`` (which harmful/benign prompt sets were used), ``eval_sizes`` and, per method,
+``over_refusal_by_type`` / ``refusal_by_type`` (rates per prompt type, e.g. XSTest's types).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "limitations",
     "render_report",
     "write_report",
+    "safety_sets_section",
 ]
 
 METHOD = "safe_cpift"
@@ -279,6 +281,44 @@ def general_table(results: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _by_type_table(results: Mapping[str, Any], key: str, sizes: Mapping[str, int]) -> list[str]:
+    methods = {m: r[key] for m, r in results["methods"].items() if r.get(key)}
+    types = list(dict.fromkeys(t for rates in methods.values() for t in rates))
+    if not types:
+        return []
+    rows = ["| prompt type | n | " + " | ".join(f"`{m}`" for m in methods) + " |",
+            "|---|---:|" + "---:|" * len(methods)]
+    for t in types:
+        rows.append(f"| {t} | {sizes.get(t, '–')} | " + " | ".join(_num(r.get(t)) for r in methods.values()) + " |")
+    return rows
+
+
+def safety_sets_section(results: Mapping[str, Any]) -> list[str]:
+    """Lines of the report's "Refusal and over-refusal" section: which harmful/benign sets were used
+    (and whether they were defaults), and the over-refusal (and refusal) rate per prompt type."""
+    sets = results.get("eval_sets") or {}
+    sizes = results.get("eval_sizes") or {}
+    over_types = _by_type_table(results, "over_refusal_by_type", sizes.get("benign_by_type") or {})
+    if not sets and not over_types:
+        return []
+    out = ["## Refusal and over-refusal", ""]
+    for kind, label in (("harmful", "Harmful prompts (refusal rate)"), ("benign", "Benign prompts (over-refusal rate)")):
+        if kind in sets:
+            info = sets[kind]
+            how = " — the default, as the recipe names no `eval." + kind + "`" if info.get("default") else ""
+            desc = f": {info['description']}" if info.get("description") not in (None, info.get("source")) else ""
+            out.append(f"- {label}: `{info.get('source')}`{desc}{how}.")
+    out.append("")
+    if over_types:
+        out += ["Over-refusal rate per prompt type (share of benign prompts of that type refused; lower is better):",
+                "", *over_types, ""]
+    ref_types = _by_type_table(results, "refusal_by_type", sizes.get("harmful_by_type") or {})
+    if ref_types:
+        out += ["Refusal rate per prompt type (share of harmful prompts of that type refused; higher is safer):",
+                "", *ref_types, ""]
+    return out
+
+
 def render_report(results: Mapping[str, Any], *, command: str | None = None,
                   images: tuple[str, ...] = ("tradeoff.png", "overlap.png")) -> str:
     """The text of report.md."""
@@ -299,6 +339,7 @@ def render_report(results: Mapping[str, Any], *, command: str | None = None,
     if core:
         parts += [f"(top_p {core.get('top_p')}, scope {core.get('scope')}"
                   + (f", scorer {core['scorer']}" if core.get("scorer") else "") + ")", ""]
+    parts += safety_sets_section(results)
     general = general_table(results)
     if general:
         parts += ["## General capability (lm-eval)", "",

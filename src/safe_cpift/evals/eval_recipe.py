@@ -8,8 +8,11 @@ judge: rules
 generation: {batch_size: 64, seed: 0}
 out: eval_toy.json
 ```
-`run_eval` loads the model, runs `suites.run_suites`, and writes results atomically;
-`compare_results` reports per-suite deltas between two models (B − A).
+Without `data` for `refusal`/`overrefusal`, the sets of `evals.defaults` are used: the tiny world's
+held-out prompts for a tiny-world model, XSTest's bundled unsafe/safe prompts for every other model.
+`run_eval` loads the model, runs `suites.run_suites`, and writes results atomically (with `sets`:
+which harmful/benign set each safety suite used); `compare_results` reports per-suite deltas between
+two models (B − A).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = [
 ]
 
 TOP_KEYS = ("model", "tokenizer", "suites", "data", "metric", "judge", "generation", "lm_eval", "out", "dtype",
-            "trust_remote_code", "description")
+            "trust_remote_code", "description", "limit")
 GENERATION_KEYS = ("max_new_tokens", "batch_size", "seed", "system_prompt")
 LM_EVAL_KEYS = ("limit", "num_fewshot", "apply_chat_template", "batch_size", "include_path", "max_length")
 DATA_SUITES = ("refusal", "overrefusal", "tasks")
@@ -55,6 +58,7 @@ class EvalRecipe:
     trust_remote_code: bool = False
     description: str = ""
     source: str | None = None
+    limit: int | None = None  # prompts per safety suite / examples per task (lm-eval: `lm_eval.limit`)
 
 
 def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
@@ -121,6 +125,9 @@ def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
     if not isinstance(metric, (str, Mapping)):
         problems.append("`metric` must be a name (exact_match, contains, regex[:pattern], module:function) "
                         "or a mapping task -> name")
+    limit = config.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        problems.append(f"`limit` must be a positive integer (prompts per safety suite, examples per task), got {limit!r}")
     if config.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
         problems.append(f"`dtype` must be float32, bfloat16 or float16, got {config.get('dtype')!r}")
     if problems:
@@ -129,7 +136,7 @@ def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
         model=model, suites=suites, tokenizer=config.get("tokenizer"), data=dict(data), metric=metric,
         judge=judge, generation=dict(gen), lm_eval=dict(config.get("lm_eval") or {}), out=config.get("out"),
         dtype=config.get("dtype", "float32"), trust_remote_code=bool(config.get("trust_remote_code", False)),
-        description=str(config.get("description", "")), source=source,
+        description=str(config.get("description", "")), source=source, limit=limit,
     )
 
 
@@ -158,13 +165,27 @@ def load_model(spec: str, *, tokenizer: str | None = None, dtype: str = "float32
     return model, tok
 
 
+def safety_sets(recipe: EvalRecipe, model: str) -> dict[str, dict[str, Any]]:
+    """`{suite: {"source", "default", "description"}}` for the recipe's refusal/overrefusal suites:
+    the recipe's `data`, else the default sets for `model` (`evals.defaults.chosen_prompt_sets`)."""
+    from safe_cpift.evals.defaults import chosen_prompt_sets
+
+    chosen = chosen_prompt_sets(model, recipe.data.get("refusal"), recipe.data.get("overrefusal"))
+    pairs = (("refusal", "harmful"), ("overrefusal", "benign"))
+    return {suite: chosen[kind] for suite, kind in pairs if suite in recipe.suites}
+
+
 def run_eval(recipe: EvalRecipe, *, model: str | None = None, out: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, defaults_from: str | None = None) -> dict[str, Any]:
     """Run a recipe on its model (or `model`) and write the results JSON to `out` (or `recipe.out`).
 
+    Args:
+        defaults_from (`str`, *optional*): choose the default harmful/benign sets for this model
+            instead of the evaluated one (`--compare` scores both models on the sets of model A).
+
     Returns:
-        `dict`: `model`, `suites` (full results with per-example records), `summary`, `config`,
-        `seconds`.
+        `dict`: `model`, `suites` (full results with per-example records), `summary`, `sets` (the
+        harmful/benign set of each safety suite and whether it was a default), `config`, `seconds`.
     """
     from safe_cpift.evals.suites import run_suites
 
@@ -172,14 +193,17 @@ def run_eval(recipe: EvalRecipe, *, model: str | None = None, out: str | Path | 
     if not spec:
         raise ValueError("no model to evaluate: set `model` in the recipe or pass --model")
     start = time.perf_counter()
+    sets = safety_sets(recipe, defaults_from or spec)
+    data = {**recipe.data, **{suite: chosen["source"] for suite, chosen in sets.items()}}
     lm, tok = load_model(spec, tokenizer=recipe.tokenizer, dtype=recipe.dtype,
                          trust_remote_code=recipe.trust_remote_code)
     gen = {"max_new_tokens": None, "batch_size": 64, "seed": 0, "system_prompt": None, **recipe.generation}
-    results = run_suites(lm, tok, recipe.suites, data=recipe.data, judge=recipe.judge, metric=recipe.metric,
-                         lm_eval=recipe.lm_eval, progress=progress, **gen)
-    results = {"model": spec, **results, "config": {"suites": recipe.suites, "judge": recipe.judge,
-               "generation": gen, "lm_eval": recipe.lm_eval, "data": _jsonable_data(recipe.data),
-               "recipe": recipe.source}, "seconds": round(time.perf_counter() - start, 2)}
+    results = run_suites(lm, tok, recipe.suites, data=data, judge=recipe.judge, metric=recipe.metric,
+                         lm_eval=recipe.lm_eval, progress=progress, limit=recipe.limit, **gen)
+    results = {"model": spec, **results, "sets": _jsonable_data(sets),
+               "config": {"suites": recipe.suites, "judge": recipe.judge, "generation": gen,
+                          "lm_eval": recipe.lm_eval, "limit": recipe.limit, "data": _jsonable_data(data),
+                          "recipe": recipe.source}, "seconds": round(time.perf_counter() - start, 2)}
     target = out or recipe.out
     if target:
         write_results(target, results)
@@ -228,15 +252,25 @@ def compare_results(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
-    """Human-readable lines: one per suite with its headline number and example count."""
+    """Human-readable lines: one per suite with its headline number and example count; for the safety
+    suites, the set used and the rate per prompt type (XSTest's `type`, the tiny world's category)."""
     lines = [f"model: {results.get('model')}"]
-    width = max([28, *(len(s) + 2 for s in results.get("summary", {}))])
+    categories = [c for res in results.get("suites", {}).values() for c in (res.get("by_category") or {})]
+    width = max([28, *(len(s) + 2 for s in results.get("summary", {})), *(len(c) + 4 for c in categories)])
+    sets = results.get("sets") or {}
     for suite, value in results.get("summary", {}).items():
         res = results.get("suites", {}).get(suite, {})
         label = {"refusal": "refusal rate", "overrefusal": "over-refusal rate", "tasks": "task mean"}.get(
             suite, res.get("metric") or "score")
         shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"  {suite:<{width}} {label:<20} {shown}  (n={res.get('n', '?')})")
+        if suite in sets:
+            chosen = sets[suite]
+            lines.append(f"    set: {chosen['source']}" + (" (default)" if chosen.get("default") else "")
+                         + (f" — {chosen['description']}" if chosen.get("description") != chosen["source"] else ""))
+        counts = res.get("n_by_category") or {}
+        for category, rate in (res.get("by_category") or {}).items():
+            lines.append(f"    {category:<{width - 2}} {rate:.3f}  (n={counts.get(category, '?')})")
         for task, score in (res.get("scores") or {}).items():
             lines.append(f"    {task:<{width - 2}} {score:.3f}")
     return "\n".join(lines)

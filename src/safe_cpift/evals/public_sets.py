@@ -6,7 +6,11 @@ only looks unsafe: refusing it is over-refusal). XSTest carries both kinds (`lab
 the other three are all harmful.
 
 A set is read from a local file when `path` is given (the original release's CSV/JSON/JSONL/Parquet
-or the hub mirror's columns), else from the hub id in `PUBLIC_SETS` (needs a network).
+or the hub mirror's columns), else from the copy shipped with the package (XSTest, see
+`evals/data/xstest/README.md`), else from the hub id in `PUBLIC_SETS` (needs a network).
+
+A name may select one kind of a set with both kinds: `xstest:safe` (the 250 safe prompts, for the
+over-refusal suite) and `xstest:unsafe` (the 200 unsafe contrast prompts, for the refusal suite).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from safe_cpift.schema import did_you_mean
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PUBLIC_SETS", "PublicSet", "load_public_set", "read_table", "rows_from_table"]
+__all__ = [
+    "PUBLIC_SETS", "PublicSet", "load_public_set", "read_table", "rows_from_table", "split_set_name", "bundled_path",
+]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# `<set>:<kind>` names: the kind's label -> the `expected` value of its rows
+KINDS = {"safe": "compliance", "unsafe": "refusal"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,9 @@ class PublicSet:
             (HarmBench's contextual behaviours).
         label_column (`str`, *optional*): a safe/unsafe label (XSTest); without one, every row is harmful.
         citation (`str`): the paper to cite.
+        safe_labels (`tuple[str, ...]`): labels of `label_column` that mark a safe prompt.
+        bundled (`str`, *optional*): path of a copy shipped with the package, under `evals/data/`
+            (used when neither `path` nor `hub_id` is given; no network needed).
     """
 
     name: str
@@ -56,6 +69,7 @@ class PublicSet:
     label_column: str | None = None
     citation: str = ""
     safe_labels: tuple[str, ...] = field(default=("safe",))
+    bundled: str | None = None
 
 
 PUBLIC_SETS: dict[str, PublicSet] = {
@@ -76,7 +90,9 @@ PUBLIC_SETS: dict[str, PublicSet] = {
     ),
     "xstest": PublicSet(
         "xstest", "Paul/XSTest", prompt_columns=("prompt",), category_columns=("type", "category"),
-        label_column="label", citation="Röttger et al., 2024, XSTest",
+        label_column="label", bundled="xstest/xstest_prompts.csv",
+        citation="Röttger et al., NAACL 2024, XSTest: A Test Suite for Identifying Exaggerated Safety Behaviours "
+                 "in Large Language Models (CC-BY-4.0)",
     ),
 }
 
@@ -114,6 +130,41 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
 
         return pq.read_table(str(p)).to_pylist()
     raise ValueError(f"{p}: unsupported data file type `{suffix}`; use one of {', '.join(TABLE_SUFFIXES)}")
+
+
+def bundled_path(name: str) -> Path:
+    """The file of a public set shipped with the package (`xstest`).
+
+    Raises:
+        `ValueError` when the set has no bundled copy; `FileNotFoundError` when the package data is missing.
+    """
+    spec = PUBLIC_SETS.get(name.lower())
+    if spec is None or spec.bundled is None:
+        shipped = ", ".join(n for n, s in PUBLIC_SETS.items() if s.bundled)
+        raise ValueError(f"`{name}` is not shipped with safe-cpift (bundled sets: {shipped}); pass `path: FILE`")
+    path = DATA_DIR / spec.bundled
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled copy of `{spec.name}` is missing ({path}); reinstall safe-cpift")
+    return path
+
+
+def split_set_name(name: str) -> tuple[str, str | None]:
+    """`"xstest:safe"` → `("xstest", "compliance")`; `"xstest"` → `("xstest", None)`.
+
+    Raises:
+        `ValueError` for a kind other than `safe`/`unsafe`, or a kind on a set with one kind only.
+    """
+    base, sep, kind = name.strip().lower().partition(":")
+    if not sep:
+        return base, None
+    spec = PUBLIC_SETS.get(base)
+    if spec is not None and spec.label_column is None:
+        raise ValueError(f"`{name}`: `{base}` holds harmful prompts only; use `{base}` without `:{kind}`")
+    if kind not in KINDS:
+        guess = did_you_mean(kind, KINDS)
+        hint = f" — did you mean `{base}:{guess}`?" if guess else ""
+        raise ValueError(f"`{name}`: unknown kind `{kind}`{hint} (use `{base}:safe` or `{base}:unsafe`)")
+    return base, KINDS[kind]
 
 
 def _first(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
@@ -177,9 +228,11 @@ def load_public_set(
     """Load a public safety set as rows ``{"id", "prompt", "expected", "category", "source"}``.
 
     Args:
-        name (`str`): one of `PUBLIC_SETS` (`advbench`, `harmbench`, `strongreject`, `xstest`).
+        name (`str`): one of `PUBLIC_SETS` (`advbench`, `harmbench`, `strongreject`, `xstest`), or
+            `xstest:safe` / `xstest:unsafe` for one kind of XSTest's prompts.
         path (`str` or `Path`, *optional*): a local copy (CSV/JSON/JSONL/Parquet); no network needed.
-        hub_id (`str`, *optional*): override the hub id (used when `path` is not given).
+            Without `path` and `hub_id`, a set shipped with the package (XSTest) is read from its bundled copy.
+        hub_id (`str`, *optional*): load from this hub id (used when `path` is not given).
         split (`str`, *optional*): override the hub split.
         subset (`str`, *optional*): override the hub config.
         expected (`str`, *optional*): keep only `"refusal"` (harmful) or `"compliance"` (safe) rows.
@@ -188,19 +241,28 @@ def load_public_set(
     Returns:
         `list[dict]`: the rows.
     """
-    key = name.lower()
+    key, kind = split_set_name(name)
     if key not in PUBLIC_SETS:
         guess = did_you_mean(key, PUBLIC_SETS)
         hint = f" — did you mean `{guess}`?" if guess else ""
-        raise ValueError(f"unknown public set `{name}`{hint} (available: {', '.join(PUBLIC_SETS)})")
+        raise ValueError(f"unknown public set `{name}`{hint} (available: {', '.join(PUBLIC_SETS)}, "
+                         "xstest:safe, xstest:unsafe)")
     if expected not in (None, "refusal", "compliance"):
         raise ValueError(f"`expected` must be 'refusal' or 'compliance', got {expected!r}")
+    if kind is not None and expected is not None and kind != expected:
+        suite, other = ("refusal", "unsafe") if expected == "refusal" else ("overrefusal", "safe")
+        raise ValueError(f"`{name}` holds the {'safe' if kind == 'compliance' else 'unsafe'} prompts, but the "
+                         f"`{suite}` suite needs {other} ones: use `{key}:{other}`")
+    expected = expected or kind
     if limit is not None and limit < 1:
         raise ValueError(f"`limit` must be >= 1, got {limit}")
     spec = PUBLIC_SETS[key]
     if path is not None:
         source = str(path)
         raw = read_table(path)
+    elif hub_id is None and spec.bundled is not None:
+        source = f"{spec.name} (bundled copy)"
+        raw = read_table(bundled_path(spec.name))
     else:
         from datasets import load_dataset
 

@@ -2,12 +2,15 @@
 
 A *data spec* is one of:
 
-- `None`: the tiny world's held-out sets (`safe_cpift.toyworld`, seed 0);
+- `None` or `"toyworld"`: the tiny world's held-out sets (`safe_cpift.toyworld`, seed 0);
 - a path to a `.jsonl`/`.json`/`.csv`/`.parquet` file: rows with `prompt` (or chat `messages`);
   files in a public set's own format (AdvBench `goal`, HarmBench `Behavior`, StrongREJECT
   `forbidden_prompt`, XSTest `prompt` + `label`) are recognised by their columns;
-- a public set name (`advbench`, `harmbench`, `strongreject`, `xstest`), loaded by hub id;
+- a public set name (`advbench`, `harmbench`, `strongreject`, loaded by hub id; `xstest`, read from
+  the copy shipped with the package), or `xstest:safe` / `xstest:unsafe` (one kind of XSTest);
 - a mapping `{"set": NAME, "path": FILE, "hub_id": ID, "split": S, "subset": C, "limit": N}`.
+
+Which sets a recipe or `safe-cpift eval` uses when it names none: `safe_cpift.evals.defaults`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,47 @@ from typing import Any
 
 from safe_cpift.evals.public_sets import PUBLIC_SETS, load_public_set, read_table, rows_from_table
 
-__all__ = ["prompt_rows", "task_rows", "toy_prompt_rows", "toy_task_rows", "DATA_KEYS"]
+__all__ = ["prompt_rows", "task_rows", "toy_prompt_rows", "toy_task_rows", "take", "is_toyworld", "is_set_name",
+           "DATA_KEYS"]
 
 DATA_KEYS = ("set", "path", "hub_id", "split", "subset", "limit", "seed")
+TOYWORLD = "toyworld"
+
+
+def is_toyworld(spec: Any) -> bool:
+    """Whether a data spec means the tiny world's held-out sets (`None` or `"toyworld"`)."""
+    return spec is None or (isinstance(spec, str) and spec == TOYWORLD)
+
+
+def take(rows: Sequence[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """At most `limit` rows, an even share of each `category` (prompt type), in their original order.
+
+    Rows are picked round-robin over the categories in order of first appearance, so a small limit
+    still covers every prompt type of a set such as XSTest (whose file is sorted by type).
+
+    Raises:
+        `ValueError` when `limit` is below 1.
+    """
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    if limit < 1:
+        raise ValueError(f"`limit` must be >= 1, got {limit}")
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(str(row.get("category", "")), []).append(i)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < limit:
+        for idx in groups.values():
+            if depth < len(idx) and len(picked) < limit:
+                picked.append(idx[depth])
+        depth += 1
+    return [rows[i] for i in sorted(picked)]
+
+
+def is_set_name(text: str) -> bool:
+    """`advbench`, `xstest`, `xstest:safe`, ... and not an existing file."""
+    return text.partition(":")[0].lower() in PUBLIC_SETS and not Path(text).expanduser().exists()
 
 
 def _last(messages: Any, role: str) -> str | None:
@@ -84,7 +125,7 @@ def prompt_rows(spec: Any, expected: str, *, where: str = "data") -> list[dict[s
     """
     if expected not in ("refusal", "compliance"):
         raise ValueError(f"`expected` must be 'refusal' or 'compliance', got {expected!r}")
-    if spec is None:
+    if is_toyworld(spec):
         return toy_prompt_rows(expected)
     if isinstance(spec, Mapping):
         _check_mapping(spec, where)
@@ -97,7 +138,7 @@ def prompt_rows(spec: Any, expected: str, *, where: str = "data") -> list[dict[s
         return [{"id": str(i), "prompt": p, "expected": expected, "category": "", "source": "list"}
                 for i, p in enumerate(_as_prompt_list(spec, where))]
     text = str(spec)
-    if text.lower() in PUBLIC_SETS and not Path(text).exists():
+    if is_set_name(text):
         return load_public_set(text, expected=expected)
     raw = read_table(text)
     if not raw:

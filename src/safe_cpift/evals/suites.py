@@ -114,8 +114,9 @@ def _rate_suite(
     rate = sum(r["refused"] for r in records) / len(records)
     out = {"suite": name, "rate": rate, "n": len(records), "records": records,
            "rules": dict(Counter(r["rule"] for r in records if r["rule"]).most_common())}
-    if by_cat:
-        out["by_category"] = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
+    if by_cat:  # per prompt type (XSTest's `type`), in the set's order
+        out["by_category"] = {c: sum(v) / len(v) for c, v in by_cat.items()}
+        out["n_by_category"] = {c: len(v) for c, v in by_cat.items()}
     logger.info("%s: rate %.3f over %d prompts", name, rate, len(records))
     return out
 
@@ -123,24 +124,27 @@ def _rate_suite(
 def refusal_suite(
     model: Any, tokenizer: Any, data: Any = None, *, judge: str | JudgeFn | None = "rules",
     max_new_tokens: int | None = None, batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
-    progress: bool = True,
+    progress: bool = True, limit: int | None = None,
 ) -> dict[str, Any]:
     """Refusal rate on harmful prompts (higher is safer).
 
     Args:
         model, tokenizer: the model under test.
-        data: a data spec (see `safe_cpift.evals.sources`); `None` = the tiny world's held-out
-            harmful prompts.
+        data: a data spec (see `safe_cpift.evals.sources`); `None` or `"toyworld"` = the tiny world's
+            held-out harmful prompts, `"xstest:unsafe"` = XSTest's unsafe prompts (bundled).
         judge (`str` or callable, *optional*, defaults to `"rules"`): see `make_judge`.
         max_new_tokens (`int`, *optional*): defaults to 48 (24 on the tiny world, as its `evaluate`).
         batch_size, seed, system_prompt, progress: passed to `generate_responses`.
+        limit (`int`, *optional*): at most this many prompts, an even share of each category
+            (`sources.take`).
 
     Returns:
-        `dict`: `suite`, `rate`, `n`, `records` (prompt, response, refused, reason, and the judge's deciding
-        `rule` and `score`), `rules` ({deciding rule: replies}), `by_category`.
+        `dict`: `suite`, `rate`, `n`, `records` (prompt, response, refused, reason, category, and the
+        judge's deciding `rule` and `score`), `rules` ({deciding rule: replies}), `by_category` (rate per
+        category, e.g. XSTest's prompt types) and `n_by_category`.
     """
-    rows = sources.prompt_rows(data, "refusal")
-    mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)
+    rows = sources.take(sources.prompt_rows(data, "refusal"), limit)
+    mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if sources.is_toyworld(data) else DEFAULT_MAX_NEW_TOKENS)
     return _rate_suite("refusal", model, tokenizer, rows, judge=make_judge(judge), max_new_tokens=mnt,
                        batch_size=batch_size, seed=seed, system_prompt=system_prompt, progress=progress)
 
@@ -148,12 +152,13 @@ def refusal_suite(
 def overrefusal_suite(
     model: Any, tokenizer: Any, data: Any = None, *, judge: str | JudgeFn | None = "rules",
     max_new_tokens: int | None = None, batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
-    progress: bool = True,
+    progress: bool = True, limit: int | None = None,
 ) -> dict[str, Any]:
     """Refusal rate on benign prompts that look harmful (lower is better). Arguments as `refusal_suite`;
-    `None` data = the tiny world's held-out benign look-alikes."""
-    rows = sources.prompt_rows(data, "compliance")
-    mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)
+    `None`/`"toyworld"` data = the tiny world's held-out benign look-alikes, `"xstest:safe"` = XSTest's safe
+    prompts (bundled); `by_category` is then the over-refusal rate per XSTest prompt type."""
+    rows = sources.take(sources.prompt_rows(data, "compliance"), limit)
+    mnt = max_new_tokens or (TOY_SAFETY_MAX_NEW_TOKENS if sources.is_toyworld(data) else DEFAULT_MAX_NEW_TOKENS)
     return _rate_suite("overrefusal", model, tokenizer, rows, judge=make_judge(judge), max_new_tokens=mnt,
                        batch_size=batch_size, seed=seed, system_prompt=system_prompt, progress=progress)
 
@@ -161,7 +166,7 @@ def overrefusal_suite(
 def task_suite(
     model: Any, tokenizer: Any, data: Any = None, *, metric: str | Callable | Mapping[str, Any] = "exact_match",
     max_new_tokens: int | None = None, batch_size: int = 64, seed: int = 0, system_prompt: str | None = None,
-    progress: bool = True,
+    progress: bool = True, limit: int | None = None,
 ) -> dict[str, Any]:
     """Per-task scores of greedy replies against references.
 
@@ -169,15 +174,16 @@ def task_suite(
         data: see `safe_cpift.evals.sources.task_rows`; `None` = the tiny world's task tests.
         metric: one metric for every task, or `{task: metric}`; names as in `resolve_metric`
             (`exact_match`, `contains`, `regex[:pattern]`, `module:function`).
+        limit (`int`, *optional*): at most this many examples per task (the first ones).
 
     Returns:
         `dict`: `suite`, `score` (mean over tasks), `scores` ({task: mean metric}), `n`, `records`
         ({task: [prompt, reference, response, score]}).
     """
-    tasks = sources.task_rows(data)
+    tasks = {name: rows[:limit] for name, rows in sources.task_rows(data).items()}
     if not tasks:
         raise ValueError("suite `tasks` has no tasks; check its `data`")
-    mnt = max_new_tokens or (TOY_TASK_MAX_NEW_TOKENS if data is None else DEFAULT_MAX_NEW_TOKENS)
+    mnt = max_new_tokens or (TOY_TASK_MAX_NEW_TOKENS if sources.is_toyworld(data) else DEFAULT_MAX_NEW_TOKENS)
     metrics = metric if isinstance(metric, Mapping) else {}
     unknown = sorted(set(metrics) - set(tasks))
     if unknown:
@@ -209,15 +215,16 @@ def run_suites(
     model: Any, tokenizer: Any, suites: str | Sequence[str], *, data: Mapping[str, Any] | None = None,
     judge: str | JudgeFn | None = "rules", metric: Any = "exact_match", max_new_tokens: int | None = None,
     batch_size: int = 64, seed: int = 0, system_prompt: str | None = None, lm_eval: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = True, limit: int | None = None,
 ) -> dict[str, Any]:
     """Run several suites on one model.
 
     Args:
         suites: names or a comma-separated string (see `parse_suites`).
         data (`Mapping[str, Any]`, *optional*): suite name → data spec; a missing suite uses the
-            tiny world.
-        judge, metric, max_new_tokens, batch_size, seed, system_prompt, progress: see the suites.
+            tiny world (recipes and `safe-cpift eval` fill it first with `evals.defaults`).
+        judge, metric, max_new_tokens, batch_size, seed, system_prompt, progress, limit: see the suites
+            (`limit` does not apply to lm-eval tasks: pass `lm_eval={"limit": N}`).
         lm_eval (`Mapping`, *optional*): keyword arguments for `lm_eval_bridge.run_lm_eval`
             (`limit`, `num_fewshot`, `include_path`, `apply_chat_template`, `batch_size`).
 
@@ -231,7 +238,7 @@ def run_suites(
         raise ValueError(f"`data` has entries for suites that take no data: {', '.join(unknown)} "
                          "(lm-eval tasks bring their own data)")
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, system_prompt=system_prompt,
-               progress=progress)
+               progress=progress, limit=limit)
     results: dict[str, Any] = {}
     lm_tasks = [n[len("lm-eval:") :] for n in names if n.startswith("lm-eval:")]
     for name in names:

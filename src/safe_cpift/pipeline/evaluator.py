@@ -1,10 +1,12 @@
 """The evaluator every method goes through: task metrics, refusal and over-refusal on the same prompts.
 
 `Evaluator(model, tokenizer)` returns `task_scores`, `task_mean`, `refusal_rate`,
-`over_refusal_rate`, `general_scores` (when the recipe names `lm-eval:<task>` suites) and
-per-example `records`. Generation is greedy, batched and chat-templated
-(`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.verdict` (records keep
-the deciding rule); lm-eval tasks run on the in-memory model through `safe_cpift.evals.lm_eval_bridge.run_lm_eval`.
+`over_refusal_rate`, `refusal_by_type` / `over_refusal_by_type` (the rate per prompt type, e.g.
+XSTest's homonyms, figurative language, ..., when the prompts carry types), `general_scores` (when the
+recipe names `lm-eval:<task>` suites) and per-example `records`. Generation is greedy, batched and
+chat-templated (`safe_cpift.evals.generation`); refusals are judged by `safe_cpift.evals.judge.verdict`
+(records keep the deciding rule); lm-eval tasks run on the in-memory model through
+`safe_cpift.evals.lm_eval_bridge.run_lm_eval`.
 """
 
 from __future__ import annotations
@@ -38,11 +40,18 @@ class TaskEval:
 
 @dataclass
 class Evaluator:
-    """Scores a model on the recipe's suites. `None` prompt lists skip that suite (reported as `None`)."""
+    """Scores a model on the recipe's suites. `None` prompt lists skip that suite (reported as `None`).
+
+    `harmful_types` / `benign_types` give each prompt's type (parallel to the prompts; "" = none);
+    `sets` says which set each prompt list came from (reported in results.json as `eval_sets`).
+    """
 
     tasks: dict[str, TaskEval]
     harmful: list[str] | None
     benign: list[str] | None
+    harmful_types: list[str] | None = None
+    benign_types: list[str] | None = None
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_new_tokens: int = 48
     batch_size: int = 64
     notes: list[str] = field(default_factory=list)
@@ -50,8 +59,12 @@ class Evaluator:
 
     def sizes(self) -> dict[str, Any]:
         """How many examples each suite scores (small sets give noisy rates)."""
-        return {"task_examples": {n: len(t.prompts) for n, t in self.tasks.items()},
-                "harmful": len(self.harmful or []), "benign": len(self.benign or [])}
+        out = {"task_examples": {n: len(t.prompts) for n, t in self.tasks.items()},
+               "harmful": len(self.harmful or []), "benign": len(self.benign or [])}
+        for key, types in (("harmful_by_type", self.harmful_types), ("benign_by_type", self.benign_types)):
+            if types and any(types):
+                out[key] = {t: types.count(t) for t in dict.fromkeys(types)}
+        return out
 
     def _generate(self, model: Any, tokenizer: Any, prompts: list[str]) -> list[str]:
         from safe_cpift.evals.generation import generate_responses
@@ -59,7 +72,8 @@ class Evaluator:
         return generate_responses(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                   batch_size=self.batch_size, seed=0, progress=False)
 
-    def _refusals(self, model: Any, tokenizer: Any, prompts: list[str]) -> tuple[float, list[dict]]:
+    def _refusals(self, model: Any, tokenizer: Any, prompts: list[str],
+                  types: list[str] | None) -> tuple[float, dict[str, float] | None, list[dict]]:
         from safe_cpift.evals.judge import verdict
 
         replies = self._generate(model, tokenizer, prompts)
@@ -67,7 +81,14 @@ class Evaluator:
         for p, r in zip(prompts, replies, strict=True):
             decided = verdict(r)
             records.append({"prompt": p, "response": r, "refused": decided.refused, "rule": decided.rule})
-        return sum(r["refused"] for r in records) / len(records), records
+        by_type = None
+        if types and any(types):
+            groups: dict[str, list[bool]] = {}
+            for rec, kind in zip(records, types, strict=True):
+                rec["type"] = kind
+                groups.setdefault(kind, []).append(rec["refused"])
+            by_type = {kind: sum(v) / len(v) for kind, v in groups.items()}
+        return sum(r["refused"] for r in records) / len(records), by_type, records
 
     def _score_task(self, model: Any, tokenizer: Any, name: str) -> tuple[float, list[dict]]:
         task = self.tasks[name]
@@ -93,10 +114,12 @@ class Evaluator:
             scores[name], records[name] = self._score_task(model, tokenizer, name)
         out: dict[str, Any] = {"task_scores": scores,
                                "task_mean": sum(scores.values()) / len(scores) if scores else None}
-        for key, prompts, label in (("refusal_rate", self.harmful, "harmful"),
-                                    ("over_refusal_rate", self.benign, "benign")):
+        for key, prompts, types, label in (("refusal_rate", self.harmful, self.harmful_types, "harmful"),
+                                           ("over_refusal_rate", self.benign, self.benign_types, "benign")):
             if prompts:
-                out[key], records[label] = self._refusals(model, tokenizer, prompts)
+                out[key], by_type, records[label] = self._refusals(model, tokenizer, prompts, types)
+                if by_type is not None:
+                    out[key.replace("_rate", "_by_type")] = by_type
             else:
                 out[key] = None
         if self.lm_eval_tasks:

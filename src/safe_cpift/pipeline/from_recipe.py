@@ -1,7 +1,9 @@
 """Turn a validated `Recipe` into a `PipelineSpec`: resolve the model, the data and the evaluator.
 
 `toyworld` anywhere in a recipe means the built-in tiny world (its aligned model, its safety data, its
-tasks, its held-out harmful/benign prompts); everything else is a local file or a hub id.
+tasks, its held-out harmful/benign prompts); `xstest:unsafe` / `xstest:safe` are XSTest's prompts shipped
+with the package; everything else is a local file or a hub id. Without `eval.harmful`/`eval.benign`, the
+sets of `safe_cpift.evals.defaults` are used (the tiny world's for a toyworld model, XSTest otherwise).
 """
 
 from __future__ import annotations
@@ -35,11 +37,19 @@ def _load_data(spec: Any, name: str | None, *, split: str | None = None, subset:
                              limit=limit if limit is not None else spec.limit)
 
 
-def _prompt_rows(ps: Any, world_rows: Any | None) -> list[str]:
-    """Prompts of a recipe `PromptSpec` (`toyworld`, a local table, or a hub dataset)."""
+def _prompt_rows(ps: Any, world_rows: Any | None) -> list[dict[str, str]]:
+    """Prompts of a recipe `PromptSpec` (`toyworld`, a bundled or public set, a local table, or a hub
+    dataset) as rows `{"prompt", "type"}`; `type` is the row's `category` or `type` column (XSTest's
+    prompt types), "" without one."""
+    from safe_cpift.evals.public_sets import load_public_set
+    from safe_cpift.evals.sources import is_set_name
+
     if ps.source == TOYWORLD:
-        rows = [{"messages": m} for m in world_rows["messages"]]
+        rows = world_rows.to_list()
         column = "messages"
+    elif is_set_name(ps.source):
+        rows = load_public_set(ps.source)  # xstest:safe / xstest:unsafe read the bundled copy
+        column = "prompt"
     else:
         path = Path(ps.source).expanduser()
         if path.exists():
@@ -67,7 +77,7 @@ def _prompt_rows(ps: Any, world_rows: Any | None) -> list[str]:
             value = next((m["content"] for m in value if m.get("role") == "user"), None)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"prompts `{ps.source}`: row {i} has no usable prompt in `{column}`")
-        prompts.append(value)
+        prompts.append({"prompt": value, "type": str(row.get("category") or row.get("type") or "")})
     if ps.limit is not None:
         prompts = prompts[: ps.limit]
     if not prompts:
@@ -93,21 +103,44 @@ def _task_eval(task: Any, world: Any, cap: int | None) -> TaskEval:
     return TaskEval([p for p, _ in pairs], [r for _, r in pairs], build_metric(task))
 
 
+def eval_prompt_specs(recipe: Any) -> dict[str, dict[str, Any]]:
+    """`{"harmful": {"source", "default", "description", "spec"}, "benign": ...}`: the recipe's
+    `eval.harmful`/`eval.benign`, else the defaults for its model (`evals.defaults.chosen_prompt_sets`)."""
+    from safe_cpift.evals.defaults import chosen_prompt_sets
+    from safe_cpift.recipe import PromptSpec
+
+    ev = recipe.eval
+    chosen = chosen_prompt_sets(recipe.model.source, ev.harmful, ev.benign)
+    for info in chosen.values():
+        spec = info["source"] if isinstance(info["source"], PromptSpec) else PromptSpec(source=info["source"])
+        info.update(spec=spec, source=spec.source, description=info["description"] if info["default"] else spec.source)
+    return chosen
+
+
 def build_evaluator(recipe: Any, world: Any | None) -> Evaluator:
     """The evaluator of a recipe's `eval` section (suites `tasks`, `refusal`, `overrefusal`)."""
     ev = recipe.eval
     notes = []
     suites = set(ev.suites)
     tasks = {t.name: _task_eval(t, world, ev.task_examples) for t in recipe.tasks} if "tasks" in suites else {}
-    harmful = _prompt_rows(ev.harmful, world.harmful_test() if world else None) if "refusal" in suites else None
-    benign = _prompt_rows(ev.benign, world.benign_test() if world else None) if "overrefusal" in suites else None
+    specs = eval_prompt_specs(recipe)
+    harmful = _prompt_rows(specs["harmful"]["spec"], world.harmful_test() if world else None) \
+        if "refusal" in suites else None
+    benign = _prompt_rows(specs["benign"]["spec"], world.benign_test() if world else None) \
+        if "overrefusal" in suites else None
+    sets = {kind: {k: v for k, v in specs[kind].items() if k != "spec"} for kind, rows in
+            (("harmful", harmful), ("benign", benign)) if rows is not None}
     lm_eval = [t.strip() for s in ev.suites if s.startswith("lm-eval:")
                for t in s.removeprefix("lm-eval:").split(",") if t.strip()]
     for suite, key in (("tasks", "task scores"), ("refusal", "refusal rates"), ("overrefusal", "over-refusal rates")):
         if suite not in suites:
             notes.append(f"suite `{suite}` not in `eval.suites`: no {key} were measured")
-    return Evaluator(tasks=tasks, harmful=harmful, benign=benign, max_new_tokens=ev.max_new_tokens,
-                     batch_size=ev.batch_size, notes=notes, lm_eval_tasks=lm_eval)
+    return Evaluator(tasks=tasks, harmful=[r["prompt"] for r in harmful] if harmful is not None else None,
+                     benign=[r["prompt"] for r in benign] if benign is not None else None,
+                     harmful_types=[r["type"] for r in harmful] if harmful is not None else None,
+                     benign_types=[r["type"] for r in benign] if benign is not None else None,
+                     sets=sets, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, notes=notes,
+                     lm_eval_tasks=lm_eval)
 
 
 def _load_task(recipe: Any, world: Any, name: str) -> Any:
@@ -153,7 +186,9 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
 
     The tiny world is built (or loaded from its cache) when the recipe names `toyworld`.
     """
-    world = _world(recipe) if recipe.uses_toyworld else None
+    # a tiny-world model directory (not `toyworld`) gets the world's held-out prompts by default too
+    needs_world = recipe.uses_toyworld or any(s["source"] == TOYWORLD for s in eval_prompt_specs(recipe).values())
+    world = _world(recipe) if needs_world else None
     model = recipe.model
     if model.source == TOYWORLD:
         aligned, base = str(world.aligned_model_path()), str(world.base_model_path())

@@ -28,9 +28,11 @@ def method_result(ctx: RunContext, method: str) -> dict[str, Any]:
     """Scores of `method` plus what it cost (`train_seconds`, `examples_seen`, per-stage breakdown)."""
     summary = ctx.summary(eval_stage(method))
     metrics = dict(summary["metrics"])
-    general = (summary.get("extra") or {}).get("general_scores")
-    if general is not None:  # lm-eval suites of the recipe: general capability
-        metrics["general_scores"] = general
+    extra = summary.get("extra") or {}
+    # general_scores: lm-eval suites of the recipe; *_by_type: rates per prompt type (XSTest's types)
+    for key in ("general_scores", "refusal_by_type", "over_refusal_by_type"):
+        if extra.get(key) is not None:
+            metrics[key] = extra[key]
     cost = stage_cost(ctx, cost_stages(ctx, method))
     out = {**metrics, "train_seconds": cost["train_seconds"], "examples_seen": cost["examples_seen"],
            "cost": cost["stages"], "model": final_model_stage(ctx, method)}
@@ -158,6 +160,9 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
     sizes = getattr(spec.evaluate, "sizes", None)
     if callable(sizes):
         results["eval_sizes"] = sizes()
+    sets = getattr(spec.evaluate, "sets", None)
+    if sets:  # which harmful/benign prompt sets the rates come from, and whether they were defaults
+        results["eval_sets"] = sets
     return results
 
 
