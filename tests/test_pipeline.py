@@ -248,3 +248,43 @@ def test_protecting_the_safety_probes_values_without_baselines(tiny_world, tmp_p
     assert not verify_safety_core(Path(tiny_world.aligned_model_path()), region, protected)["intact"]
     # the budget still matches: the baselines that would run get safe_cpift's total
     assert results["budget"]["baseline_examples"] == results["methods"]["safe_cpift"]["examples_seen"]
+
+
+def test_protections_compose_into_safe_cpift_and_peer_baselines_run(tiny_world, tmp_path):
+    from safe_cpift.models import load_causal_lm
+    from safe_cpift.regions import CoreRegion
+
+    spec = make_spec(tiny_world, base_model=str(tiny_world.base_model_path()), methods=("sppft", "resta"),
+                     protections=("freeze", "safety_mix", "direction", "projection", "token_kl", "repair"),
+                     protect_settings={"projection_every": 2, "token_kl_first_k": 2, "repair_scales": [0.0, 0.5],
+                                       "sppft_top_p": 0.4})
+    root = tmp_path / "run"
+    results = run_spec(spec, root)
+    assert list(results["methods"]) == ["aligned", "multitask_sft", "sppft", "resta", "safe_cpift"]
+    assert results["methods"]["safe_cpift"]["model"] == "repair"
+    # repair re-adds the safety vector but the frozen safety core keeps its protected values exactly
+    assert results["safety_core"]["intact"] is True
+    repair = json.loads((root / "repair" / "stage.json").read_text())
+    assert repair["scale"] in (0.0, 0.5) and set(repair["tried"]) <= {"0.0", "0.5"}
+    assert repair["probe"]["harmful"] > 0 and repair["probe"]["benign"] > 0
+    # every pipelined stage of safe_cpift ran the three gradient protections
+    log = (root / "sft_group_0" / "stage.json").read_text()
+    assert json.loads(log)["train"]["examples_seen"] > 0
+    # sppft: whole layers frozen, bit-identical to the aligned model; trained the rest
+    layers = CoreRegion.load(root / "sppft" / "region")
+    aligned = load_causal_lm(tiny_world.aligned_model_path()).state_dict()
+    tuned = load_causal_lm(root / "sppft" / "model").state_dict()
+    frozen = [n for n in layers.names() if ".layers." in n]
+    assert frozen and all(layers.indices(n).numel() == aligned[n].numel() for n in frozen)
+    assert all(torch.equal(tuned[n], aligned[n]) for n in frozen)
+    assert any(not torch.equal(tuned[n], aligned[n]) for n in tuned if n not in frozen)
+    # resta pays for multitask_sft's training only, and starts from its model
+    assert results["methods"]["resta"]["examples_seen"] == results["methods"]["multitask_sft"]["examples_seen"]
+    assert json.loads((root / "resta" / "stage.json").read_text())["source"].endswith("multitask_sft/model")
+
+
+def test_protections_needing_the_base_model_say_so(tiny_world):
+    with pytest.raises(ValueError, match="direction, repair need `base_model`"):
+        make_spec(tiny_world, protections=("freeze", "direction", "repair"))
+    with pytest.raises(ValueError, match="unknown protections"):
+        make_spec(tiny_world, protections=("freez",))

@@ -42,7 +42,10 @@ __all__ = [
 
 TOYWORLD = "toyworld"
 BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
+PEER_BASELINES = ("sppft", "resta")  # opt-in: name them in `baselines`
 METHODS = ("aligned", *BASELINES, "safe_cpift")
+ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
+PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
 SUITES = ("tasks", "refusal", "overrefusal")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 SCOPES = ("global", "tensor", "layer")
@@ -159,6 +162,23 @@ class CpiftConfig(RecipeSection):
 
 
 @dataclass(kw_only=True)
+class ProtectConfig(RecipeSection):
+    safe_cpift: list[str] = _f(["freeze", "safety_mix"], help="safe_cpift's composition of protections: freeze, "
+                               "safety_mix, direction, projection, token_kl, repair (docs/efficacy.md).")
+    direction_strength: float = _f(1.0, help="`direction`: λ of the AsFT-style penalty on updates orthogonal to "
+                                   "θ_aligned − θ_base.", min=0.0)
+    projection_every: int = _f(4, help="`projection`: recompute the safety gradient every N steps.", min=1)
+    token_kl_strength: float = _f(1.0, help="`token_kl`: β of the KL to the aligned model.", min=0.0)
+    token_kl_first_k: int = _f(5, help="`token_kl`: response tokens kept close to the aligned model.", min=1)
+    repair_scales: list[float] = _f([0.0, 0.25, 0.5, 1.0], help="`repair` / `resta`: safety-vector scales tried "
+                                    "on the probe (the smallest that restores the aligned refusal is kept).")
+    repair_margin: float = _f(0.05, help="`repair` / `resta`: refusal may end this far below the aligned "
+                              "model's on the probe, over-refusal this far above.", min=0.0, max=1.0)
+    sppft_top_p: float = _f(0.25, help="`sppft` baseline: share of parameters in the frozen safety layers.",
+                            min=0.0, max=1.0, min_exclusive=True)
+
+
+@dataclass(kw_only=True)
 class BudgetConfig(RecipeSection):
     examples_per_method: int = _f(512, help="Training examples of the final fine-tuning of every method "
                                   "(equal budget); split across tasks, stages or groups by each method.", min=1)
@@ -202,7 +222,9 @@ class Recipe(RecipeSection):
     cpift: CpiftConfig = _f(help="CPI-FT settings.")
     training: dict[str, Any] = _f({}, help="Keyword arguments for trl.SFTConfig (learning_rate, "
                                   "per_device_train_batch_size, max_length, weight_decay, ...).")
-    baselines: list[str] = _f(list(BASELINES), help="Baselines run beside safe_cpift.")
+    baselines: list[str] = _f(list(BASELINES), help="Baselines run beside safe_cpift; peer baselines "
+                              "`sppft` and `resta` run when named.")
+    protect: ProtectConfig = _f(help="safe_cpift's protections and their settings.")
     eval: EvalConfig = _f(help="Evaluation suites and sizes.")
     budget: BudgetConfig = _f(help="Equal-budget comparison.")
     toyworld: ToyWorldSettings = _f(help="Settings of the built-in tiny world, when used.")
@@ -229,7 +251,7 @@ class Recipe(RecipeSection):
     @property
     def methods(self) -> list[str]:
         """Methods of this run in report order: aligned, the chosen baselines, safe_cpift."""
-        return ["aligned", *[b for b in BASELINES if b in self.baselines], "safe_cpift"]
+        return [m for m in ALL_METHODS if m in {"aligned", "safe_cpift", *self.baselines}]
 
 
 # sections given as a bare string mean `{source: <string>}`
@@ -340,10 +362,15 @@ def recipe_from_dict(raw: Any, source: str | None = None) -> Recipe:
         if suite not in SUITES and not suite.startswith("lm-eval:"):
             problems.append(f"`eval.suites[{i}]` must be one of {', '.join(SUITES)} or lm-eval:<task>, got {suite!r}"
                             + (f" — did you mean `{g}`?" if (g := did_you_mean(suite, SUITES)) else ""))
+    allowed = BASELINES + PEER_BASELINES
     for i, name in enumerate(recipe.baselines):
-        if name not in BASELINES:
-            problems.append(f"`baselines[{i}]` must be one of {', '.join(BASELINES)}, got {name!r}"
-                            + (f" — did you mean `{g}`?" if (g := did_you_mean(name, BASELINES)) else ""))
+        if name not in allowed:
+            problems.append(f"`baselines[{i}]` must be one of {', '.join(allowed)}, got {name!r}"
+                            + (f" — did you mean `{g}`?" if (g := did_you_mean(name, allowed)) else ""))
+    for i, name in enumerate(recipe.protect.safe_cpift if recipe.protect is not None else []):
+        if name not in PROTECTIONS:
+            problems.append(f"`protect.safe_cpift[{i}]` must be one of {', '.join(PROTECTIONS)}, got {name!r}"
+                            + (f" — did you mean `{g}`?" if (g := did_you_mean(name, PROTECTIONS)) else ""))
     if recipe.safety.core.scorer == "alignment" and recipe.model.base is None and recipe.model.source != TOYWORLD:
         problems.append("`model.base` is required with `safety.core.scorer: alignment` (the model before alignment)")
     if recipe.safety.core.protect_source == "safety_probe" and recipe.safety.core.scorer != "update":

@@ -46,7 +46,9 @@ DESCRIPTIONS = {
     "sequential_sft": "SFT on one task after another",
     "safety_mix_sft": "multi-task SFT with a few % safety examples mixed in",
     "cpift": "CPI-FT as in the paper, safety not treated specially",
-    "safe_cpift": "CPI-FT with the safety core protected and frozen, safety examples in each stage",
+    "safe_cpift": "CPI-FT with safety as the protected task (its composition of protections is under Settings)",
+    "sppft": "peer baseline SPPFT (Li et al. 2024): multi-task SFT with whole safety layers frozen",
+    "resta": "peer baseline RESTA (Bhardwaj et al. 2024): multitask_sft plus the re-added safety vector",
 }
 METRICS = (  # key, label, higher is better
     ("task_mean", "task mean", True),

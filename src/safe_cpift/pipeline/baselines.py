@@ -32,8 +32,10 @@ def cost_stages(ctx: RunContext, method: str) -> list[str]:
     from safe_cpift.pipeline.fusion_stage import group_stages
     from safe_cpift.pipeline.probes import probe_stage
 
-    if method in (MULTITASK, SAFETY_MIX):
+    if method in (MULTITASK, SAFETY_MIX, "sppft"):
         return [method]
+    if method == "resta":  # multitask_sft's training; the repair itself trains nothing
+        return [MULTITASK]
     if method == "sequential_sft":
         return sequential_stages(ctx)
     probes = [probe_stage(t) for t in ctx.spec.task_names]

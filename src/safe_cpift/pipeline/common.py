@@ -140,7 +140,8 @@ def split_evenly(total: int, names: list[str]) -> dict[str, int]:
 
 
 def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, *, seed: int,
-                   freeze: Any | None = None, out_name: str = MODEL_DIR) -> dict[str, Any]:
+                   freeze: Any | None = None, out_name: str = MODEL_DIR,
+                   callbacks: list[Any] | None = None) -> dict[str, Any]:
     """One SFT epoch over `dataset` from model `start`; saves the model to `tmp / out_name`.
 
     Args:
@@ -150,6 +151,7 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
         tmp (`Path`): the stage's temporary directory.
         seed (`int`): seed of data order and initialisation of the trainer.
         freeze (`CoreRegion`, *optional*): entries kept at their start values (`CoreFreezeCallback`).
+        callbacks (`list[TrainerCallback]`, *optional*): more callbacks (protections), before the freeze.
 
     Returns:
         `dict`: `train_seconds`, `examples_seen`, `steps`, `final_loss`, `frozen_entries`.
@@ -159,7 +161,7 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     spec = ctx.spec
     model = load_model(start, spec)
     tokenizer = ctx.tokenizer()
-    callbacks = []
+    callbacks = list(callbacks or [])
     if freeze is not None and freeze.num_selected:
         from safe_cpift.freeze import CoreFreezeCallback
 

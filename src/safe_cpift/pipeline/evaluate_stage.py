@@ -31,6 +31,10 @@ def final_model_stage(ctx: RunContext, method: str) -> str:
         return method
     if method == "sequential_sft":
         return sequential_stages(ctx)[-1]
+    if method in ("sppft", "resta"):
+        return method
+    if method == "safe_cpift" and "repair" in ctx.spec.protections:
+        return "repair"
     if method in ("cpift", "safe_cpift"):
         return group_stages(ctx, method)[-1]
     raise ValueError(f"unknown method `{method}`")

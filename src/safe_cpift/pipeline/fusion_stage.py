@@ -21,6 +21,7 @@ from typing import Any
 from safe_cpift.pipeline.budget import group_plan
 from safe_cpift.pipeline.common import MODEL_DIR, RunContext, mix, train_and_save
 from safe_cpift.pipeline.probes import CLUSTERS, probe_stage, task_regions
+from safe_cpift.pipeline.protections import stage_callbacks
 from safe_cpift.pipeline.safety_core import STAGE as SAFETY_CORE
 from safe_cpift.pipeline.safety_core import protect_source_dir
 
@@ -110,7 +111,8 @@ def run_group(ctx: RunContext, tmp: Path, method: str, i: int) -> dict[str, Any]
     data, counts = mix(ctx, plan["tasks"], plan["safety"], seed)
     region = freeze_region(ctx, method, i)
     summary = {"method": method, "group": group, "index": i,
-               "train": train_and_save(ctx, start, data, tmp, seed=seed, freeze=region)}
+               "train": train_and_save(ctx, start, data, tmp, seed=seed, freeze=region,
+                                       callbacks=stage_callbacks(ctx, method))}
     summary["train"]["mix"] = counts
     summary["replay"] = plan["replay"]
     track_tasks(ctx, Path(tmp) / MODEL_DIR, summary)

@@ -151,7 +151,7 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
         "single_task_budget": single["budget"],
         "task_cores": {"top_p": spec.top_p, "scope": spec.scope, "scorer": spec.task_scorer},
         "settings": {"tau": spec.tau, "slerp_t": spec.slerp_t, "safety_mix": spec.safety_mix,
-                     "replay_fraction": spec.replay_fraction,
+                     "replay_fraction": spec.replay_fraction, "protections": list(spec.protections),
                      "freeze_safety_core": spec.freeze_safety_core, "freeze_earlier_groups": spec.freeze_earlier_groups,
                      "mix_safety": spec.mix_safety},
         "budget": budget,

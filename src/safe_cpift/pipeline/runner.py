@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safe_cpift.pipeline import baselines, fusion_stage, probes, results, safety_core
+from safe_cpift.pipeline import baselines, fusion_stage, probes, protections, results, safety_core
 from safe_cpift.pipeline.common import RunContext
 from safe_cpift.pipeline.evaluate_stage import ALIGNED_EVAL, eval_stage, final_model_stage, run_eval
 from safe_cpift.pipeline.spec import PipelineSpec
@@ -54,6 +54,8 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
     yield fusion_stage.fusion_stage("safe_cpift"), p(fusion_stage.run_fusion, ctx, method="safe_cpift")
     for i in range(n_groups):
         yield fusion_stage.group_stage("safe_cpift", i), p(fusion_stage.run_group, ctx, method="safe_cpift", i=i)
+    if "repair" in spec.protections:
+        yield protections.REPAIR, p(protections.run_repair, ctx)
     if "multitask_sft" in spec.methods:
         yield baselines.MULTITASK, p(baselines.run_multitask, ctx, safety=False)
     if "sequential_sft" in spec.methods:
@@ -61,6 +63,10 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
             yield name, p(baselines.run_sequential, ctx, i=i)
     if "safety_mix_sft" in spec.methods:
         yield baselines.SAFETY_MIX, p(baselines.run_multitask, ctx, safety=True)
+    if protections.SPPFT in spec.methods:
+        yield protections.SPPFT, p(protections.run_sppft, ctx)
+    if protections.RESTA in spec.methods:
+        yield protections.RESTA, p(protections.run_resta, ctx)
     if "cpift" in spec.methods:
         yield fusion_stage.fusion_stage("cpift"), p(fusion_stage.run_fusion, ctx, method="cpift")
         for i in range(n_groups):
@@ -75,12 +81,15 @@ def stage_names(spec: PipelineSpec) -> list[str]:
     """Names a user may pass to `stop_after` (group stages as `sft_group_<i>`, `cpift_sft_group_<i>`)."""
     names = [ALIGNED_EVAL, safety_core.STAGE, *[probes.probe_stage(t) for t in spec.task_names],
              probes.SINGLE_TASK, probes.TASK_CORES, probes.CLUSTERS, "fusion", "sft_group_<i>"]
+    if "repair" in spec.protections:
+        names.append(protections.REPAIR)
     if "multitask_sft" in spec.methods:
         names.append(baselines.MULTITASK)
     if "sequential_sft" in spec.methods:
         names += [f"sequential_sft_{i}_{t}" for i, t in enumerate(spec.task_names)]
     if "safety_mix_sft" in spec.methods:
         names.append(baselines.SAFETY_MIX)
+    names += [m for m in (protections.SPPFT, protections.RESTA) if m in spec.methods]
     if "cpift" in spec.methods:
         names += ["cpift_fusion", "cpift_sft_group_<i>"]
     names += [eval_stage(m) for m in spec.methods if m != "aligned"] + [results.REPORT]

@@ -15,6 +15,12 @@ from typing import Any
 
 METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", "cpift", "safe_cpift")
 BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
+# peer baselines from the safety literature, run when asked for (`sppft`: frozen safety layers; `resta`:
+# multitask_sft + the safety vector re-added); in report order among all methods
+PEER_BASELINES = ("sppft", "resta")
+ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
+PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
+DEFAULT_PROTECTIONS = ("freeze", "safety_mix")
 SCORERS = ("update", "alignment", "importance")
 SCOPES = ("global", "tensor", "layer")
 PROTECT_SOURCES = ("aligned", "safety_probe")
@@ -73,7 +79,12 @@ class PipelineSpec:
         replay_fraction (`float`): share of each later stage's task examples drawn from the tasks of
             earlier groups (mixed-task stages, as in the paper); 0 trains a stage on its group alone.
         track_stages (`bool`): score every task after fusion and after every pipelined stage.
-        methods (`tuple[str, ...]`): which of `METHODS` to run (`aligned` and `safe_cpift` always run).
+        protections (`tuple[str, ...]`): `safe_cpift`'s composition of `PROTECTIONS` (`freeze` and
+            `safety_mix` are `freeze_safety_core` and `mix_safety`; see `safe_cpift.pipeline.protections`).
+        protect_settings (`dict`): strengths and settings of the protections (`direction_strength`,
+            `projection_every`, `token_kl_strength`, `token_kl_first_k`, `repair_scales`, `repair_margin`,
+            `sppft_top_p`).
+        methods (`tuple[str, ...]`): which of `ALL_METHODS` to run (`aligned` and `safe_cpift` always run).
         train (`TrainSettings`).
         dtype / trust_remote_code: how models are loaded (`safe_cpift.models.load_causal_lm`).
         num_threads (`int`, *optional*): torch CPU threads (`configure_runtime`).
@@ -109,6 +120,8 @@ class PipelineSpec:
     mix_safety: bool = True
     replay_fraction: float = 0.0
     track_stages: bool = True
+    protections: tuple[str, ...] = DEFAULT_PROTECTIONS
+    protect_settings: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = METHODS
     train: TrainSettings = field(default_factory=TrainSettings)
     dtype: str = "float32"
@@ -151,12 +164,24 @@ class PipelineSpec:
         if isinstance(self.examples_per_method, int) and self.examples_per_method < len(self.task_names):
             problems.append(f"`examples_per_method` ({self.examples_per_method}) must be at least the number of "
                             f"tasks ({len(self.task_names)})")
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
-            problems.append(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
+            problems.append(f"unknown methods {unknown}; available: {', '.join(ALL_METHODS)}")
+        unknown = [m for m in self.protections if m not in PROTECTIONS]
+        if unknown:
+            problems.append(f"unknown protections {unknown}; available: {', '.join(PROTECTIONS)}")
+        needs_base = sorted(({"direction", "repair"} & set(self.protections)) | ({"resta"} & set(self.methods)))
+        if needs_base and not self.base_model:
+            problems.append(f"{', '.join(needs_base)} need `base_model` (the model before alignment): "
+                            "θ_aligned − θ_base is their safety direction")
         if problems:
             raise ValueError("invalid pipeline settings:\n  - " + "\n  - ".join(problems))
-        self.methods = tuple(m for m in METHODS if m in set(self.methods) | {"aligned", "safe_cpift"})
+        self.methods = tuple(m for m in ALL_METHODS if m in set(self.methods) | {"aligned", "safe_cpift"})
+        if "resta" in self.methods and "multitask_sft" not in self.methods:
+            self.methods = tuple(m for m in ALL_METHODS if m in set(self.methods) | {"multitask_sft"})
+        # the composition and the older switches say the same thing
+        self.freeze_safety_core = self.freeze_safety_core and "freeze" in self.protections
+        self.mix_safety = self.mix_safety and "safety_mix" in self.protections
 
     @property
     def tokenizer_source(self) -> str:
