@@ -139,6 +139,13 @@ def test_every_task_is_scored_after_fusion_and_every_stage(full_run, tiny_world)
     single = results["single_task"]
     assert set(single) == set(TASKS) and results["single_task_budget"]["examples_per_task"] == 16
     assert "## Single-task reference" in (root / "report.md").read_text()
+    ew = results["early_warning"]
+    assert set(ew["refusal_drop"]) == set(TASKS) and set(ew["safety_overlap"]) == set(TASKS)
+    aligned = results["methods"]["aligned"]["refusal_rate"]
+    probe = load_causal_lm(root / "probe_flip" / "model")
+    assert ew["refusal_drop"]["flip"] == pytest.approx(aligned - spec.evaluate.refusal_rate(
+        probe, load_tokenizer(root / "probe_flip" / "model")))
+    assert ew["pearson"] is None  # two tasks: no correlation is claimed
 
 
 def test_safety_core_is_intact_and_actually_checked(full_run, tmp_path):

@@ -22,7 +22,9 @@ def fake_results(seed: int) -> dict:
                         "safe_cpift": method(0.4 + 0.05 * seed, 0.9 - 0.1 * seed, 0.1 * seed)},
             "single_task": {"a": 0.9, "b": 0.8 + 0.05 * seed},
             "single_task_budget": {"examples_per_task": 10, "multitask_examples_per_task": 10, "matched": True},
-            "safety_core": {"entries": 5, "intact": True}, "clusters": {"groups": [["a"], ["b"]]}}
+            "safety_core": {"entries": 5, "intact": True}, "clusters": {"groups": [["a"], ["b"]]},
+            "early_warning": {"safety_overlap": {"a": 0.1, "b": 0.3}, "refusal_drop": {"a": 0.2, "b": 0.2 + 0.1 * seed},
+                              "pearson": None}}
 
 
 def test_summarize_uses_the_sample_sd():
@@ -47,6 +49,11 @@ def test_aggregate_means_and_sds_come_from_the_per_seed_values():
                                                                    for s in (0, 1, 2)]
     assert agg["single_task"]["b"]["mean"] == pytest.approx(0.85)
     assert agg["clusters"] == {"0": [["a"], ["b"]], "1": [["a"], ["b"]], "2": [["a"], ["b"]]}
+    # early warning pooled over (task, seed) pairs: overlap 0.1 -> drop 0.2; overlap 0.3 -> drops 0.2, 0.3, 0.4
+    ew = agg["early_warning"]
+    assert ew["pairs"] == 6
+    xs, ys = [0.1, 0.3] * 3, [0.2, 0.2, 0.2, 0.3, 0.2, 0.4]
+    assert ew["pearson"] == pytest.approx(statistics.correlation(xs, ys))
 
 
 def test_a_failed_seed_is_reported_and_not_averaged_in(tmp_path):

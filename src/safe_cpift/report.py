@@ -270,6 +270,25 @@ def stage_scores_section(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def early_warning_section(results: Mapping[str, Any]) -> list[str]:
+    """Lines of the early-warning section: safety-core overlap of each task core vs the refusal it eroded."""
+    ew = results.get("early_warning")
+    if not ew:
+        return []
+    rows = ["| task | overlap with the safety core | refusal lost when trained alone |", "|---|---:|---:|"]
+    rows += [f"| {t} | {_num(ew['safety_overlap'][t])} | {_signed(ew['refusal_drop'][t])} |" for t in ew["refusal_drop"]]
+    r = ew.get("pearson")
+    verdict = ("too few tasks (or no spread) for a correlation" if r is None else
+               f"Pearson r = {r:+.2f} over {len(ew['refusal_drop'])} tasks — "
+               + ("the overlap ranks the tasks by the safety they erode: a warning before the expensive training "
+                  "is possible on this setup" if r >= 0.5 else
+                  "the overlap does not predict the erosion here; no early warning is drawn from it"))
+    return ["## Early warning: does core overlap predict erosion?", "",
+            "Each task's core overlap with the safety core is known after its cheap probe run; the refusal the "
+            "probe model (that task alone) lost against the aligned model is what the overlap would have to "
+            "predict.", "", *rows, "", verdict + ".", ""]
+
+
 def general_table(results: Mapping[str, Any]) -> str:
     """Markdown table method × lm-eval task of `general_scores` ("" when no method has any)."""
     methods = {m: r.get("general_scores") for m, r in results["methods"].items() if r.get("general_scores")}
@@ -348,6 +367,7 @@ def render_report(results: Mapping[str, Any], *, command: str | None = None,
                   "Primary metric of each lm-eval suite of the recipe, on the same final models:", "", general, ""]
     parts += single_task_section(results)
     parts += stage_scores_section(results)
+    parts += early_warning_section(results)
     parts += ["## How safe_cpift compares", "", *[f"- {s}" for s in comparison_sentences(results)], ""]
     clusters = results.get("clusters") or {}
     if clusters.get("groups"):

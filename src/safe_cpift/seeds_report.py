@@ -94,6 +94,13 @@ def render_seeds_report(agg: Mapping[str, Any], *, command: str | None = None,
     if budget and not budget.get("matched"):
         parts += [f"Single-task budgets differ from `multitask_sft`'s: {budget.get('examples_per_task')} examples "
                   f"per task alone vs {budget.get('multitask_examples_per_task', 0):.0f} per task in the mix.", ""]
+    ew = agg.get("early_warning")
+    if ew:
+        r = ew.get("pearson")
+        parts += ["## Early warning", "", "Core overlap with the safety core vs refusal lost by each task trained "
+                  f"alone, over {ew['pairs']} (task, seed) pairs: Pearson r = "
+                  + ("–" if r is None else f"{r:+.2f}") + " (per seed: "
+                  + ", ".join(f"{s} {'–' if v is None else f'{v:+.2f}'}" for s, v in ew["per_seed"].items()) + ").", ""]
     cores = agg.get("safety_core") or {}
     if cores:
         parts += ["## Safety core", "", *[f"- seed {s}: {c.get('entries')} entries, "

@@ -108,6 +108,12 @@ class Evaluator:
             raise ValueError(f"no test set for tasks {unknown}; tasks with one: {', '.join(self.tasks)}")
         return {n: self._score_task(model, tokenizer, n)[0] for n in (names or list(self.tasks))}
 
+    def refusal_rate(self, model: Any, tokenizer: Any) -> float | None:
+        """Only the refusal rate on the harmful prompts (`None` without a harmful set)."""
+        if not self.harmful:
+            return None
+        return self._refusals(model, tokenizer, self.harmful, self.harmful_types)[0]
+
     def __call__(self, model: Any, tokenizer: Any) -> dict[str, Any]:
         scores, records = {}, {}
         for name in self.tasks:

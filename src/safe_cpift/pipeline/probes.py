@@ -4,7 +4,8 @@
 * `task_cores`: each task's core = top-`top_p` of |θ_probe − θ0| (scope from the spec).
 * `single_task`: each probe model scored on its own task: the single-task reference of the report
   (each task trained alone), at `probe_examples` per task; `matched` says whether that equals what
-  `multitask_sft` gives each task.
+  `multitask_sft` gives each task. Also each probe model's refusal rate: how much training on that
+  task alone eroded refusal (compared with the task core's overlap with the safety core in the report).
 * `clusters`: Jaccard matrix of the task cores and the safety core, groups = connected components of
   Jaccard ≥ `tau` (`safe_cpift.cluster.cluster_tasks`, which also fixes the stage order), `overlap.png`.
 """
@@ -55,17 +56,21 @@ def run_single_task(ctx: RunContext, tmp: Path) -> dict[str, Any]:
     from safe_cpift.pipeline.common import load_model
 
     spec = ctx.spec
-    scores = {}
+    scores, refusal = {}, {}
+    refusal_of = getattr(spec.evaluate, "refusal_rate", None)
     for task in spec.task_names:
         model = load_model(ctx.model_dir(probe_stage(task)), spec)
         scores[task] = float(task_scores(ctx, model, [task])[task])
+        if refusal_of is not None:  # how much training on this task alone eroded refusal (early warning)
+            refusal[task] = refusal_of(model, ctx.tokenizer())
         del model
     multitask_per_task = baseline_examples(spec) / len(spec.task_names)
     budget = {"examples_per_task": spec.probe_examples, "multitask_examples_per_task": multitask_per_task,
               "matched": abs(multitask_per_task - spec.probe_examples) < 1}
     logger.info("single-task scores: %s", ", ".join(f"{t} {v:.3f}" for t, v in scores.items()))
-    atomic_write_json(Path(tmp) / "single_task.json", {"scores": scores, "budget": budget})
-    return {"scores": scores, "budget": budget}
+    out = {"scores": scores, "budget": budget, "refusal_after_probe": refusal or None}
+    atomic_write_json(Path(tmp) / "single_task.json", out)
+    return out
 
 
 def run_task_cores(ctx: RunContext, tmp: Path) -> dict[str, Any]:

@@ -79,6 +79,29 @@ def stage_scores(ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def early_warning(refusal_after: dict[str, float] | None, overlap: dict[str, float] | None,
+                  aligned_refusal: float | None) -> dict[str, Any] | None:
+    """Per task: its core's overlap with the safety core (known after the cheap probe) beside the refusal
+    it lost when trained alone, and their correlation over tasks (`None` without refusal numbers)."""
+    if not refusal_after or not overlap or aligned_refusal is None:
+        return None
+    tasks = [t for t in refusal_after if t in overlap and refusal_after[t] is not None]
+    drop = {t: aligned_refusal - refusal_after[t] for t in tasks}
+    return {"safety_overlap": {t: overlap[t] for t in tasks}, "refusal_drop": drop,
+            "pearson": pearson([overlap[t] for t in tasks], [drop[t] for t in tasks])}
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation (`None` with fewer than three points or no spread)."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
+
+
 def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -149,6 +172,8 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
         "stage_scores": stage_scores(ctx),
         "single_task": single["scores"],
         "single_task_budget": single["budget"],
+        "early_warning": early_warning(single.get("refusal_after_probe"), clusters.get("safety_overlap"),
+                                      methods["aligned"]["refusal_rate"]),
         "task_cores": {"top_p": spec.top_p, "scope": spec.scope, "scorer": spec.task_scorer},
         "settings": {"tau": spec.tau, "slerp_t": spec.slerp_t, "safety_mix": spec.safety_mix,
                      "replay_fraction": spec.replay_fraction, "protections": list(spec.protections),

@@ -82,6 +82,7 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]], failed: Mapping[int, st
         out_methods[m] = entry
     first = results[0] if results else {}
     return {
+        "early_warning": pooled_early_warning({s: per_seed[s].get("early_warning") for s in done}),
         "format": FORMAT,
         "run": first.get("run"),
         "reference": first.get("reference", "aligned"),
@@ -96,6 +97,26 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]], failed: Mapping[int, st
         "safety_core": {str(s): per_seed[s].get("safety_core") for s in done},
         "clusters": {str(s): (per_seed[s].get("clusters") or {}).get("groups") for s in done},
     }
+
+
+def pooled_early_warning(per_seed: Mapping[int, Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """Does a task core's overlap with the safety core predict the refusal its task alone erodes?
+
+    Pearson correlation over every (task, seed) pair, beside each seed's own correlation.
+    """
+    from safe_cpift.pipeline.results import pearson
+
+    xs, ys, per = [], [], {}
+    for seed, ew in per_seed.items():
+        if not ew:
+            continue
+        for task, drop in ew["refusal_drop"].items():
+            xs.append(ew["safety_overlap"][task])
+            ys.append(drop)
+        per[str(seed)] = ew.get("pearson")
+    if not xs:
+        return None
+    return {"pairs": len(xs), "pearson": pearson(xs, ys), "per_seed": per}
 
 
 def run_seeds(
