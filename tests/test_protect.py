@@ -178,3 +178,27 @@ def test_registry_names_and_did_you_mean():
         assert hasattr(__import__(module, fromlist=[attr]), attr), entry.target
     with pytest.raises(ValueError, match="did you mean `token_kl`"):
         get_protection("token_k")
+
+
+def test_safe_lora_projection_replaces_only_dissimilar_updates():
+    from safe_cpift.protect.repair import safe_lora_projection
+
+    base, aligned = tiny_llama(seed=1), tiny_llama(seed=2)
+    a_sd, b_sd = aligned.state_dict(), base.state_dict()
+    tuned = copy.deepcopy(aligned)
+    names = [n for n, w in a_sd.items() if w.dim() == 2]
+    along, across = names[0], names[1]
+    with torch.no_grad():
+        tuned.state_dict()[along].add_(0.1 * (a_sd[along] - b_sd[along]))  # along the alignment direction
+        tuned.state_dict()[across].add_(torch.randn(a_sd[across].shape, generator=torch.Generator().manual_seed(0)))
+    before = {n: w.clone() for n, w in tuned.state_dict().items()}
+    cos = safe_lora_projection(copy.deepcopy(tuned), aligned, base, threshold=-2.0)["cosine"]  # measure only
+    assert set(cos) == {along, across}  # untouched weights have no update to judge
+    assert cos[along] > cos[across]
+    out = safe_lora_projection(tuned, aligned, base, threshold=(cos[along] + cos[across]) / 2)
+    assert out["projected"] == [across]
+    assert torch.equal(tuned.state_dict()[along], before[along])
+    v = a_sd[across] - b_sd[across]
+    delta = before[across] - a_sd[across]
+    expected = a_sd[across] + v @ (v.T @ delta) / torch.linalg.matrix_norm(v.double()).float()
+    assert torch.allclose(tuned.state_dict()[across], expected, atol=1e-5)
