@@ -69,8 +69,11 @@ class ModelJudge:
             raise ValueError("`judge` model:PATH needs a path, e.g. `model:./my-refusal-classifier`")
         if mode not in ("auto", "classifier", "generative"):
             raise ValueError(f"`mode` must be auto, classifier or generative, got {mode!r}")
+        from safe_cpift.models import check_model_dir, from_hub_or_dir
+
+        path = check_model_dir(path)
         self.path, self.batch_size, self.threshold, self.device = path, batch_size, threshold, device
-        config = AutoConfig.from_pretrained(path)
+        config = from_hub_or_dir(AutoConfig, path)
         if mode == "auto":
             archs = config.architectures or []
             mode = "classifier" if any(a.endswith("ForSequenceClassification") for a in archs) else "generative"
