@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from safe_cpift.errors import CheckpointError, MissingInputError, MissingWeightsError
+from safe_cpift.errors import CheckpointError, MissingInputError, MissingWeightsError, UserError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -270,22 +270,27 @@ def iter_jsonl(path: str | os.PathLike, *, label: str | None = None) -> Iterator
     """Yield `(line_number, object)` for each non-blank line of a JSON Lines file.
 
     Raises:
-        `ValueError`: naming the line number of a line that is not JSON or not a JSON object,
-            prefixed by `label` (e.g. the task name) when given.
+        `UserError` (a `ValueError`): naming the line number of a line that is not UTF-8, not JSON or
+            not a JSON object, prefixed by `label` (e.g. the task name) when given.
     """
     p = Path(path)
     where = f"{label}: " if label else ""
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{where}line {lineno} of {p} is not UTF-8 text ({err.reason} at byte {err.start + 1} "
+                                "of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}line {lineno} of {p} is not valid JSON ({err.msg} at column "
+                raise UserError(f"{where}line {lineno} of {p} is not valid JSON ({err.msg} at column "
                                  f"{err.colno}); fix or remove it") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}line {lineno} of {p} must be a JSON object, got {type(row).__name__}")
+                raise UserError(f"{where}line {lineno} of {p} must be a JSON object, got {type(row).__name__}")
             yield lineno, row
 
 

@@ -36,10 +36,15 @@ def _check_source(source: ModelSource) -> str:
     return text
 
 
-def check_model_dir(source: ModelSource) -> str:
+def check_model_dir(source: ModelSource, *, weights: bool = True) -> str:
     """Check a model before transformers loads it: a local directory must hold all its safetensors weights.
 
     Hub ids pass through unchecked (transformers resolves them). Returns the source as a string.
+
+    Args:
+        source (`str` or `os.PathLike`): local directory or hub id.
+        weights (`bool`, *optional*, defaults to `True`): also check the weights (`False` for a
+            tokenizer directory).
 
     Raises:
         `MissingInputError`: no such directory, or no config.json in it.
@@ -48,7 +53,7 @@ def check_model_dir(source: ModelSource) -> str:
         `CheckpointError`: a weight file that is not readable safetensors.
     """
     resolved = _check_source(source)
-    if Path(resolved).is_dir():
+    if weights and Path(resolved).is_dir():
         open_checkpoint(resolved)  # resolves every shard and reads each header; nothing is loaded
     return resolved
 

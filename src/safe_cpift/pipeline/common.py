@@ -79,8 +79,10 @@ class RunContext:
         from safe_cpift.models import check_model_dir
 
         for source in (self.spec.aligned_model, self.spec.base_model):
-            if source is not None and Path(source).exists():
+            if source is not None:
                 check_model_dir(source)
+        if self.spec.tokenizer:
+            check_model_dir(self.spec.tokenizer, weights=False)
         for task in self.spec.task_names:
             self.task_data(task)
         self.safety_data()
