@@ -10,6 +10,7 @@ output, no half-written run directory). Then the boundary itself: unexpected err
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from test_pipeline_recipe import write_recipe, write_user_files
 
 import safe_cpift
 from safe_cpift.cli import main
-from safe_cpift.errors import MissingWeightsError, UserError, is_user_error
+from safe_cpift.errors import MissingWeightsError, UserError, describe, is_user_error
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,15 @@ def inputs(tmp_path_factory) -> Path:
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
     save("noconfig", make_tiny_llama(1))
     (root / "noconfig" / "config.json").unlink()
+    save("badconfig", make_tiny_llama(1))
+    (root / "badconfig" / "config.json").write_text('{"model_type": ')
+    config = json.loads((root / "base" / "config.json").read_text())
+    save("unknown_arch", make_tiny_llama(1))
+    (root / "unknown_arch" / "config.json").write_text(json.dumps({**config, "model_type": "frobnicator"}))
+    save("remote_code", make_tiny_llama(1))
+    (root / "remote_code" / "config.json").write_text(json.dumps(
+        {**config, "model_type": "xmodel", "auto_map": {"AutoConfig": "configuration_x.XConfig",
+                                                        "AutoModelForCausalLM": "modeling_x.XForCausalLM"}}))
 
     from safe_cpift.regions import CoreRegion
 
@@ -171,9 +181,16 @@ GOOD = "--suite refusal --data {E}/jsonl/good.jsonl --out {O}/e.json"
          ("only pickle weights (pytorch_model.bin)", "never loads pickle", "{E}/pickle-safetensors")),
     Case("missing_shard", f"eval --model {{E}}/sharded {GOOD}", ("names shard `{SHARD}`, which is not there",)),
     Case("corrupt_weights", f"eval --model {{E}}/corrupt {GOOD}", ("model.safetensors is not a readable safetensors",)),
+    Case("config_not_json", f"eval --model {{E}}/badconfig {GOOD}",
+         ("cannot load `{E}/badconfig`", "config.json' is not a valid JSON file")),
+    Case("unknown_architecture", f"eval --model {{E}}/unknown_arch {GOOD}", ("model type `frobnicator`",)),
+    Case("needs_remote_code", f"eval --model {{E}}/remote_code {GOOD}",
+         ("contains custom code", "set `trust_remote_code: true`")),
     Case("unreachable_hub_id", f"eval --model nosuchorg/nosuchmodel {GOOD}",
          ("cannot load `nosuchorg/nosuchmodel` from the Hugging Face Hub",)),
     Case("toy_name", "eval --model toy:big --suite refusal --out {O}/e.json", ("use toy:aligned or toy:base",)),
+    Case("out_under_a_file", "eval --model {E}/base --suite refusal --data {E}/jsonl/good.jsonl --out {E}/a_file/e.json",
+         ("a_file is a file, not a directory",)),
     Case("no_out", "eval --model {E}/base --suite refusal --data {E}/jsonl/good.jsonl", ("pass `--out FILE.json`",)),
     Case("config_not_recipe", "eval --config {E}/jsonl/good.jsonl", ("unknown key `prompt`",)),
     Case("model_and_compare", "eval --model {E}/base --compare {E}/base {E}/tuned --suite refusal", ("not both",)),
@@ -201,6 +218,11 @@ def test_eval_rejects_malformed_input(case, inputs, tmp_path, capsys):
     Case("pickle_judge", "judge {E}/jsonl/good.jsonl --judge model:{E}/pickle --out {O}/j.jsonl",
          ("only pickle weights", "convert it once")),
     Case("sharded_judge", "judge {E}/jsonl/good.jsonl --judge model:{E}/sharded --out {O}/j.jsonl", ("`{SHARD}`",)),
+    Case("out_is_a_directory", "judge {E}/jsonl/good.jsonl --out {E}/jsonl", ("cannot write {E}/jsonl: it is a directory",)),
+    Case("out_under_a_file", "judge {E}/jsonl/good.jsonl --out {E}/a_file/j.jsonl",
+         ("{E}/a_file is a file, not a directory",)),
+    Case("judge_config_not_json", "judge {E}/jsonl/good.jsonl --judge model:{E}/badconfig --out {O}/j.jsonl",
+         ("config.json' is not a valid JSON file",)),
     Case("corrupt_judge", "judge {E}/jsonl/good.jsonl --judge model:{E}/corrupt --out {O}/j.jsonl",
          ("not a readable safetensors file",)),
 )
@@ -223,6 +245,7 @@ EXTRACT = "region extract --base {E}/base"
     Case("missing_shard", f"{EXTRACT} --tuned {{E}}/sharded --out {{O}}/r", ("`{SHARD}`",)),
     Case("corrupt_weights", f"{EXTRACT} --tuned {{E}}/corrupt --out {{O}}/r", ("not a readable safetensors file",)),
     Case("out_exists", f"{EXTRACT} --tuned {{E}}/tuned --out {{E}}/core", ("core already exists",)),
+    Case("out_under_a_file", f"{EXTRACT} --tuned {{E}}/tuned --out {{E}}/a_file/r", ("a_file is a file, not a directory",)),
     Case("compare_one", "region compare {E}/core", ("needs at least two regions",)),
     Case("compare_missing", "region compare {E}/core {E}/nope", ("no core region at {E}/nope",)),
     Case("compare_other_models", "region compare {E}/core {E}/core_wide", ("belong to different models",)),
@@ -321,7 +344,9 @@ def test_which_errors_count_as_user_errors(tmp_path):
         raise AssertionError("no error")
 
     assert is_user_error(caught(lambda: check_top_p(5)))  # our own check: `raise ValueError(...)` in safe_cpift
-    assert is_user_error(caught(lambda: open(tmp_path / "missing")))  # a path the user named
+    missing = caught(lambda: open(tmp_path / "missing"))
+    assert is_user_error(missing)  # a path the user named
+    assert describe(missing) == f"No such file or directory: {tmp_path / 'missing'}; check the path"
     assert is_user_error(caught(lambda: (_ for _ in ()).throw(UserError("raised anywhere"))))
     assert not is_user_error(caught(lambda: int("x")))  # ValueError from a builtin outside our checks
     assert not is_user_error(caught(lambda: torch.zeros(2) @ torch.zeros(3)))  # a library's RuntimeError

@@ -88,9 +88,19 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, _INPUT_TYPES) and _raised_by_us(err)
 
 
+_OS_FIXES = (
+    (FileNotFoundError, "check the path"),
+    (FileExistsError, "choose another path, or remove what is there"),
+    (IsADirectoryError, "pass a file, not a directory"),
+    (NotADirectoryError, "a part of the path is a file, not a directory: choose another path"),
+    (PermissionError, "check its permissions, or choose another path"),
+)
+
+
 def describe(err: BaseException) -> str:
-    """The message of a user error, with `OSError`s as `problem: path` instead of `[Errno 2] ...`."""
+    """The message of a user error; an `OSError` of the system reads `problem: path; fix`, not `[Errno 2] ...`."""
     if isinstance(err, OSError) and not isinstance(err, UserError) and err.strerror and err.filename:
         where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
-        return f"{err.strerror}: {where}"
+        fix = next((f for cls, f in _OS_FIXES if isinstance(err, cls)), None)
+        return f"{err.strerror}: {where}" + (f"; {fix}" if fix else "")
     return str(err) or type(err).__name__

@@ -229,7 +229,7 @@ def atomic_directory(final_path: str | os.PathLike, *, overwrite: bool = False) 
     `overwrite` is true an existing `final_path` is replaced (moved aside first, then deleted).
     """
     final = Path(final_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(final)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; choose another path or remove it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -248,10 +248,22 @@ def atomic_directory(final_path: str | os.PathLike, *, overwrite: bool = False) 
         raise
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folders above `path`; a file standing where a folder must go is a `UserError` naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in reversed([path.parent, *path.parent.parents]) if p.exists() and not p.is_dir()),
+                       path.parent)
+        raise UserError(f"cannot write {path}: {blocker} is a file, not a directory; choose another output path") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory; pass a file path")
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

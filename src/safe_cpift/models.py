@@ -59,17 +59,32 @@ def check_model_dir(source: ModelSource, *, weights: bool = True) -> str:
 
 
 def from_hub_or_dir(loader: Any, source: str, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(source, **kwargs)`; a hub id that cannot be fetched is a `UserError`."""
+    """`loader.from_pretrained(source, **kwargs)`, with transformers' complaints about the model as `UserError`s.
+
+    An `OSError` (a hub id that cannot be fetched, a config.json that is not JSON) or a `ValueError` (an
+    architecture this transformers does not know, a model that needs its own code) raised while reading
+    `source` becomes a `UserError` naming the model, keeping transformers' first line and adding the
+    fix; the original error stays chained (the CLI's `--debug` shows it).
+    """
+    from safe_cpift.errors import is_user_error
+
     try:
         return loader.from_pretrained(source, **kwargs)
-    except OSError as err:
-        if Path(source).exists():
+    except (OSError, ValueError) as err:
+        if is_user_error(err):
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot load `{source}` from the Hugging Face Hub: {first} Check the id and your connection "
-            "(HF_HUB_OFFLINE=1 uses only the local cache), or pass a local directory"
-        ) from err
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        if not Path(source).exists():
+            where, fix = "from the Hugging Face Hub", ("check the id and your connection (HF_HUB_OFFLINE=1 uses only "
+                                                       "the local cache), or pass a local directory")
+        elif "trust_remote_code" in text:
+            where, fix = "", ("safe-cpift runs a model's own code only when asked: set `trust_remote_code: true` in "
+                              "the recipe if you trust it")
+        else:
+            where, fix = "", ("check its files (re-save it with `save_pretrained`), or update transformers if the "
+                              "architecture is newer than it")
+        raise UserError(f"cannot load `{source}`{' ' + where if where else ''}: {first}\n{fix}") from err
 
 
 def load_causal_lm(
