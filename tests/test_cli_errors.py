@@ -314,7 +314,7 @@ def test_interrupt_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
     assert err.strip() == "safe-cpift judge: interrupted"
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
+@pytest.mark.parametrize("how", ["flag", "flag_after_verb", "env"])
 def test_debug_shows_the_traceback_of_a_user_error(how, monkeypatch, tmp_path, capsys):
     argv = ["judge", str(tmp_path / "nope.jsonl")]
     monkeypatch.delenv("SAFE_CPIFT_DEBUG", raising=False)
@@ -322,6 +322,8 @@ def test_debug_shows_the_traceback_of_a_user_error(how, monkeypatch, tmp_path, c
     assert "Traceback" not in capsys.readouterr().err
     if how == "flag":
         argv = ["--debug", *argv]
+    elif how == "flag_after_verb":
+        argv = [*argv, "--debug"]
     else:
         monkeypatch.setenv("SAFE_CPIFT_DEBUG", "1")
     assert main(argv) == 2
@@ -329,7 +331,7 @@ def test_debug_shows_the_traceback_of_a_user_error(how, monkeypatch, tmp_path, c
     assert "Traceback" in err and "read_pairs" in err
     assert err.rstrip().splitlines()[-1].startswith("safe-cpift judge: error: input file not found")
     monkeypatch.setenv("SAFE_CPIFT_DEBUG", "0")
-    assert main(argv[1:] if how == "flag" else argv) == 2
+    assert main([a for a in argv if a != "--debug"]) == 2
     assert "Traceback" not in capsys.readouterr().err
 
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of every error, user errors included (or set {DEBUG_VARIABLE}=1)")
+                        help=f"show the traceback of user errors too (anywhere on the line; or set {DEBUG_VARIABLE}=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--debug` works anywhere on the line (`safe-cpift run r.yaml --debug`), not only before the verb
+    debug = "--debug" in argv or debug_from_env()
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_prog(args)}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # the error boundary: every verb fails the same way
-        return report_error(err, _prog(args), debug=args.debug or debug_from_env())
+        return report_error(err, _prog(args), debug=debug)
 
 
 def debug_from_env() -> bool:
