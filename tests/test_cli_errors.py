@@ -85,8 +85,10 @@ def inputs(tmp_path_factory) -> Path:
     (j / "nofield.jsonl").write_text('{"prompt": "a"}\n')
     (j / "array.jsonl").write_text('["prompt", "response"]\n')
     (j / "empty.jsonl").write_text("\n")
-    (j / "label.jsonl").write_text('{"prompt": "a", "response": "b", "gold": "yes"}\n')
+    (j / "label.jsonl").write_text('{"prompt": "a", "response": "b", "gold": "maybe"}\n')
     (j / "latin1.jsonl").write_bytes('{"prompt": "café", "response": "b"}\n'.encode("latin-1"))
+    (j / "latin1.csv").write_bytes("prompt,response\ncafé,b\n".encode("latin-1"))
+    (j / "huge_field.csv").write_text("prompt,response\n" + "x" * 200_000 + ",b\n")
 
     rec = root / "rec"
     rec.mkdir()
@@ -110,7 +112,9 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+    """Every path under `folder`, with size and modification time for files (folders: presence only)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (0, 0)
+            for p in sorted(folder.rglob("*"))}
 
 
 def check_fails_cleanly(case: Case, inputs: Path, tmp_path: Path, capsys) -> None:
@@ -154,7 +158,7 @@ def cases(*table: Case):
     Case("pickle_model", "run {E}/rec/pickle.yaml --output-dir {O}/run", ("only pickle weights", "save_pretrained(q)")),
     Case("missing_shard", "run {E}/rec/sharded.yaml --output-dir {O}/run", ("`{SHARD}`", "incomplete")),
     Case("no_model", "run {E}/rec/nomodel.yaml --output-dir {O}/run", ("no model directory at {E}/nomodel",)),
-    Case("out_is_file", "run {E}/rec/ok.yaml --output-dir {E}/a_file", ("a_file exists and is not an empty directory",)),
+    Case("out_is_file", "run {E}/rec/ok.yaml --output-dir {E}/a_file", ("a_file exists and is not a directory",)),
     Case("other_recipe", "run {E}/rec/ok.yaml --output-dir {E}/other_run --resume", ("cannot resume", "seed")),
     Case("run_exists", "run {E}/rec/ok.yaml --output-dir {E}/other_run", ("already holds a safe-cpift run", "--resume")),
     Case("bad_stop_after", "run {E}/rec/ok.yaml --output-dir {O}/run --stop-after nope", ("`stop_after` 'nope'",)),
@@ -209,9 +213,14 @@ def test_eval_rejects_malformed_input(case, inputs, tmp_path, capsys):
     Case("not_json", "judge {E}/jsonl/notjson.jsonl --out {O}/j.jsonl", ("line 2 of", "not valid JSON")),
     Case("missing_field", "judge {E}/jsonl/nofield.jsonl --out {O}/j.jsonl", ("line 1 is missing the field `response`",)),
     Case("not_an_object", "judge {E}/jsonl/array.jsonl --out {O}/j.jsonl", ("must be a JSON object, got list",)),
-    Case("empty", "judge {E}/jsonl/empty.jsonl --out {O}/j.jsonl", ("no lines to judge",)),
-    Case("label_not_bool", "judge {E}/jsonl/label.jsonl --label-field gold --out {O}/j.jsonl",
-         ("label field `gold` must be true or false",)),
+    Case("empty", "judge {E}/jsonl/empty.jsonl --out {O}/j.jsonl", ("empty.jsonl: no rows to judge",)),
+    Case("label_not_a_label", "judge {E}/jsonl/label.jsonl --labels gold --out {O}/j.jsonl",
+         ("line 1: label field `gold` has 'maybe'",)),
+    Case("wrong_field", "judge {E}/jsonl/good.jsonl --response-field completion --out {O}/j.jsonl",
+         ("missing the field `completion`", "--response-field")),
+    Case("csv_not_utf8", "judge {E}/jsonl/latin1.csv --out {O}/j.jsonl", ("latin1.csv is not UTF-8 text",)),
+    Case("csv_field_too_large", "judge {E}/jsonl/huge_field.csv --out {O}/j.jsonl",
+         ("huge_field.csv is not a readable CSV file (field larger than field limit",)),
     Case("not_utf8", "judge {E}/jsonl/latin1.jsonl --out {O}/j.jsonl", ("not UTF-8 text", "save the file as UTF-8")),
     Case("unknown_judge", "judge {E}/jsonl/good.jsonl --judge gpt4 --out {O}/j.jsonl", ("got 'gpt4'",)),
     Case("judge_no_path", "judge {E}/jsonl/good.jsonl --judge model: --out {O}/j.jsonl", ("needs a path",)),
