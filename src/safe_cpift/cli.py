@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"{_prog(args)}: interrupted", file=sys.stderr)
+        resume = "; continue with --resume" if args.command in ("run", "demo") else ""
+        print(f"{_prog(args)}: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # the error boundary: every verb fails the same way
         return report_error(err, _prog(args), debug=debug)
