@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from safe_cpift.errors import CheckpointError, MissingWeightsError
 from safe_cpift.io import (
     INDEX_FILE,
     ShardedWriter,
@@ -12,6 +13,7 @@ from safe_cpift.io import (
     atomic_write_json,
     open_checkpoint,
     state_dict_fingerprint,
+    weight_files,
 )
 from safe_cpift.models import as_state_dict, load_causal_lm
 
@@ -75,6 +77,24 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(FileNotFoundError, match="pickle"):
         open_checkpoint(tmp_path)
+    with pytest.raises(MissingWeightsError, match=r"(?s)not a \.safetensors file.*save_pretrained\(q\)"):
+        open_checkpoint(tmp_path / "pytorch_model.bin")
+
+
+def test_checkpoint_index_problems_name_the_file(tmp_path, tiny_llama):
+    tiny_llama(seed=1).save_pretrained(tmp_path / "m", max_shard_size="20KB")
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    shards = weight_files(tmp_path / "m")
+    assert len(shards) > 2 and all(p.is_file() for p in shards)
+    shards[0].unlink()
+    shards[-1].unlink()
+    with pytest.raises(MissingWeightsError, match=rf"`{shards[0].name}`.*`{shards[-1].name}`.*{len(shards) - 2} of "):
+        weight_files(tmp_path / "m")
+    index.write_text('{"weight_map": ')
+    with pytest.raises(CheckpointError, match="not a safetensors index"):
+        open_checkpoint(tmp_path / "m")
+    index.unlink()
+    assert weight_files(tmp_path / "m") == sorted(p for p in shards[1:-1])  # bare shards, no index
 
 
 def test_load_local_model_and_state_dict_views(tmp_path, tiny_llama):

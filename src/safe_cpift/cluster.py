@@ -59,7 +59,26 @@ def _with_protect(regions: Mapping[str, Any], protect: Any | None, protect_name:
         if protect_name in out:
             raise ValueError(f"`protect_name` {protect_name!r} clashes with a task name; pass another `protect_name`")
         out[protect_name] = protect
+    _check_same_model(out)
     return out
+
+
+def _check_same_model(regions: Mapping[str, Any]) -> None:
+    """Regions of different models (other tensor names or shapes) have no meaningful overlap."""
+    items = [(n, r) for n, r in regions.items() if hasattr(r, "check_compatible")]
+    if not items:
+        return
+    first_name, first = items[0]
+    for name, region in items[1:]:
+        try:
+            first.check_compatible(region, check_dtype=False)
+        except ValueError:
+            fa, fb = first.fingerprint, region.fingerprint
+            diff = next((n for n in sorted(fa.keys() | fb.keys()) if fa.get(n, [None])[0] != fb.get(n, [None])[0]), None)
+            where = "" if diff is None else (f": `{diff}` is {fa.get(diff, ['absent'])[0]} in `{first_name}` but "
+                                             f"{fb.get(diff, ['absent'])[0]} in `{name}`")
+            raise ValueError(f"regions `{first_name}` and `{name}` belong to different models{where}; their overlap "
+                             "means nothing, so compare regions extracted from one architecture") from None
 
 
 def overlap_matrix(

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from safe_cpift.errors import CheckpointError, MissingInputError, MissingWeightsError, UserError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 Fingerprint = dict[str, tuple[list[int], str]]
@@ -59,31 +62,17 @@ class CheckpointReader:
 
     @staticmethod
     def _resolve_files(path: Path) -> list[Path]:
-        if path.is_file():
-            if path.suffix != ".safetensors":
-                raise ValueError(
-                    f"{path} is not a .safetensors file; safe-cpift reads weights only from safetensors "
-                    "(re-save the model with `save_pretrained(..., safe_serialization=True)`)"
-                )
-            return [path]
-        if not path.is_dir():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        index = path / INDEX_FILE
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return [path / f for f in dict.fromkeys(weight_map.values())]
-        if (path / SINGLE_FILE).is_file():
-            return [path / SINGLE_FILE]
-        shards = sorted(path.glob("*.safetensors"))
-        if shards:
-            return shards
-        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        hint = f" (found {pickled}: pickle files are never loaded; convert them to safetensors)" if pickled else ""
-        raise FileNotFoundError(f"no safetensors weights in {path}{hint}")
+        return weight_files(path)
 
     def _handle(self, file: Path) -> Any:
         if file not in self._handles:
-            self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except SafetensorError as err:
+                raise CheckpointError(
+                    f"{file} is not a readable safetensors file ({err}); the copy or download is probably "
+                    "incomplete: fetch or save it again"
+                ) from None
         return self._handles[file]
 
     def names(self) -> list[str]:
@@ -138,6 +127,85 @@ class CheckpointReader:
         return iter(self._where)
 
 
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files that hold a checkpoint's weights, checked to be all there.
+
+    Args:
+        path (`str` or `os.PathLike`): a `save_pretrained` directory (`model.safetensors`, or shards
+            listed by `model.safetensors.index.json`, or bare `*.safetensors` shards) or one
+            `.safetensors` file.
+
+    Raises:
+        `MissingInputError`: nothing at `path`.
+        `MissingWeightsError`: no safetensors weights (the message says how to convert pickle-only
+            checkpoints), or a shard the index names is missing (the message names it).
+        `CheckpointError`: the index is not valid JSON with a `weight_map`.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise MissingWeightsError(
+                f"{path} is not a .safetensors file; safe-cpift reads weights only from safetensors.\n"
+                + _convert_hint(path.parent)
+            )
+        return [path]
+    if not path.is_dir():
+        raise MissingInputError(f"no checkpoint at {path}: pass a model directory or a .safetensors file")
+    index = path / INDEX_FILE
+    if index.is_file():
+        return _indexed_shards(index)
+    if (path / SINGLE_FILE).is_file():
+        return [path / SINGLE_FILE]
+    shards = sorted(path.glob("*.safetensors"))
+    if shards:
+        return shards
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickled:
+        shown = ", ".join(pickled[:3]) + (f" and {len(pickled) - 3} more" if len(pickled) > 3 else "")
+        raise MissingWeightsError(
+            f"{path} holds only pickle weights ({shown}); safe-cpift never loads pickle files (opening "
+            f"one can run code).\n{_convert_hint(path)}"
+        )
+    raise MissingWeightsError(
+        f"no weights in {path}: expected {SINGLE_FILE}, or {INDEX_FILE} with its shards "
+        "(save the model with `save_pretrained`)"
+    )
+
+
+def _indexed_shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(
+            f"{index} is not a safetensors index (JSON with a `weight_map` of tensor name -> shard file); "
+            "save the model again or fetch the index again"
+        ) from None
+    if not shards or not all(isinstance(s, str) for s in shards):
+        raise CheckpointError(f"{index}: `weight_map` must map tensor names to shard file names")
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        shown = ", ".join(f"`{s}`" for s in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise MissingWeightsError(
+            f"{index.parent} is incomplete: {INDEX_FILE} names shard {shown}, which is not there "
+            f"({len(shards) - len(missing)} of {len(shards)} shards present); copy or download the missing "
+            "shard(s) into the directory"
+        )
+    return [index.parent / s for s in shards]
+
+
+def _convert_hint(directory: Path) -> str:
+    """How to turn a pickle checkpoint in `directory` into safetensors (shown in the error)."""
+    out = directory.parent / f"{directory.name or 'model'}-safetensors"
+    return (
+        "If you trust the file, convert it once with transformers (tokenizer included):\n"
+        f"  python -c \"import transformers as t; p, q = {str(directory)!r}, {str(out)!r}; "
+        "t.AutoModelForCausalLM.from_pretrained(p).save_pretrained(q); "
+        "t.AutoTokenizer.from_pretrained(p).save_pretrained(q)\"\n"
+        f"then pass {out} (use your model's own Auto class if it is not a causal LM)."
+    )
+
+
 def open_checkpoint(path: str | os.PathLike) -> CheckpointReader:
     """Open a safetensors checkpoint directory or file for streaming reads."""
     return CheckpointReader(path)
@@ -161,7 +229,7 @@ def atomic_directory(final_path: str | os.PathLike, *, overwrite: bool = False) 
     `overwrite` is true an existing `final_path` is replaced (moved aside first, then deleted).
     """
     final = Path(final_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(final)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; choose another path or remove it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -180,10 +248,22 @@ def atomic_directory(final_path: str | os.PathLike, *, overwrite: bool = False) 
         raise
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folders above `path`; a file standing where a folder must go is a `UserError` naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in reversed([path.parent, *path.parent.parents]) if p.exists() and not p.is_dir()),
+                       path.parent)
+        raise UserError(f"cannot write {path}: {blocker} is a file, not a directory; choose another output path") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory; pass a file path")
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -202,22 +282,27 @@ def iter_jsonl(path: str | os.PathLike, *, label: str | None = None) -> Iterator
     """Yield `(line_number, object)` for each non-blank line of a JSON Lines file.
 
     Raises:
-        `ValueError`: naming the line number of a line that is not JSON or not a JSON object,
-            prefixed by `label` (e.g. the task name) when given.
+        `UserError` (a `ValueError`): naming the line number of a line that is not UTF-8, not JSON or
+            not a JSON object, prefixed by `label` (e.g. the task name) when given.
     """
     p = Path(path)
     where = f"{label}: " if label else ""
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{where}line {lineno} of {p} is not UTF-8 text ({err.reason} at byte {err.start + 1} "
+                                "of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}line {lineno} of {p} is not valid JSON ({err.msg} at column "
+                raise UserError(f"{where}line {lineno} of {p} is not valid JSON ({err.msg} at column "
                                  f"{err.colno}); fix or remove it") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}line {lineno} of {p} must be a JSON object, got {type(row).__name__}")
+                raise UserError(f"{where}line {lineno} of {p} must be a JSON object, got {type(row).__name__}")
             yield lineno, row
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from safe_cpift.io import CheckpointReader, is_checkpoint, open_checkpoint
+from safe_cpift.errors import MissingInputError, UserError
+from safe_cpift.io import CheckpointReader, open_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,64 @@ def _check_source(source: ModelSource) -> str:
     local = Path(text).expanduser()
     if local.exists():
         if local.is_dir() and not (local / "config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{local} has no config.json; pass a `save_pretrained` directory or a hub id"
             )
         return str(local)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise FileNotFoundError(f"no model directory at {text} (and it does not look like a hub id)")
+        raise MissingInputError(f"no model directory at {text} (and it does not look like a hub id)")
     return text
+
+
+def check_model_dir(source: ModelSource, *, weights: bool = True) -> str:
+    """Check a model before transformers loads it: a local directory must hold all its safetensors weights.
+
+    Hub ids pass through unchecked (transformers resolves them). Returns the source as a string.
+
+    Args:
+        source (`str` or `os.PathLike`): local directory or hub id.
+        weights (`bool`, *optional*, defaults to `True`): also check the weights (`False` for a
+            tokenizer directory).
+
+    Raises:
+        `MissingInputError`: no such directory, or no config.json in it.
+        `MissingWeightsError`: pickle weights only (the message says how to convert them), or a shard
+            named by the index is missing (the message names it).
+        `CheckpointError`: a weight file that is not readable safetensors.
+    """
+    resolved = _check_source(source)
+    if weights and Path(resolved).is_dir():
+        open_checkpoint(resolved)  # resolves every shard and reads each header; nothing is loaded
+    return resolved
+
+
+def from_hub_or_dir(loader: Any, source: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(source, **kwargs)`, with transformers' complaints about the model as `UserError`s.
+
+    An `OSError` (a hub id that cannot be fetched, a config.json that is not JSON) or a `ValueError` (an
+    architecture this transformers does not know, a model that needs its own code) raised while reading
+    `source` becomes a `UserError` naming the model, keeping transformers' first line and adding the
+    fix; the original error stays chained (the CLI's `--debug` shows it).
+    """
+    from safe_cpift.errors import is_user_error
+
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        if is_user_error(err):
+            raise
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        if not Path(source).exists():
+            where, fix = "from the Hugging Face Hub", ("check the id and your connection (HF_HUB_OFFLINE=1 uses only "
+                                                       "the local cache), or pass a local directory")
+        elif "trust_remote_code" in text:
+            where, fix = "", ("safe-cpift runs a model's own code only when asked: set `trust_remote_code: true` in "
+                              "the recipe if you trust it")
+        else:
+            where, fix = "", ("check its files (re-save it with `save_pretrained`), or update transformers if the "
+                              "architecture is newer than it")
+        raise UserError(f"cannot load `{source}`{' ' + where if where else ''}: {first}\n{fix}") from err
 
 
 def load_causal_lm(
@@ -55,10 +107,10 @@ def load_causal_lm(
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    resolved = _check_source(source)
+    resolved = check_model_dir(source)
     logger.info("loading model %s (dtype=%s)", resolved, dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    model = from_hub_or_dir(
+        AutoModelForCausalLM, resolved, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
     return model.to(device)
 
@@ -67,7 +119,7 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False) -> A
     """Load the tokenizer saved with a model (local directory or hub id)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_check_source(source), trust_remote_code=trust_remote_code)
+    tok = from_hub_or_dir(AutoTokenizer, _check_source(source), trust_remote_code=trust_remote_code)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -89,7 +141,5 @@ def as_state_dict(x: Any) -> Mapping[str, torch.Tensor] | CheckpointReader:
                 raise TypeError(f"state dict entry `{name}` is a {type(value).__name__}, not a tensor")
         return x
     if isinstance(x, (str, os.PathLike)):
-        if is_checkpoint(x):
-            return open_checkpoint(x)
-        raise FileNotFoundError(f"no safetensors checkpoint at {x}")
+        return open_checkpoint(x)
     raise TypeError(f"expected a model, a state dict or a checkpoint path, got {type(x).__name__}")

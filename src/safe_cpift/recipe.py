@@ -414,6 +414,9 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], source=str(path)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"not UTF-8 text ({err.reason} at byte {err.start + 1}); save the file as UTF-8"],
+                          source=str(path)) from None
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ConfigError([f"a recipe must be a YAML mapping, got {type(raw).__name__}"], source=str(path))

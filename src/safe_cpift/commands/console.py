@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from safe_cpift.errors import UserError
 from safe_cpift.pipeline.rundir import RUN_LOG
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -67,6 +68,11 @@ def _library_bars_off() -> list[Callable[[], None]]:
     return restore
 
 
+def _entries(out: Path) -> dict[str, int]:
+    """Name -> modification time of what a run directory holds besides its log."""
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != RUN_LOG}
+
+
 @contextlib.contextmanager
 def run_console(output_dir: str | Path, *, verbose: bool = False) -> Iterator[Path]:
     """Route a pipeline run's logs to `output_dir/run.log` (and, with `verbose`, to the terminal too).
@@ -78,12 +84,16 @@ def run_console(output_dir: str | Path, *, verbose: bool = False) -> Iterator[Pa
     Yields:
         `Path`: the log file.
 
-    A run that fails before it wrote anything else (bad recipe, bad data) leaves nothing behind: the
-    log file and the directory are removed again if this call created them.
+    A run that fails before it wrote anything else (bad recipe, bad data, a run directory of another
+    recipe) leaves nothing behind: the log file and the directory are removed again if this call
+    created them.
     """
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose a new `--output-dir`")
     created_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    before = _entries(out)
     log_path = out / RUN_LOG
     created_log = not log_path.exists()
     handler = logging.FileHandler(log_path, encoding="utf-8")
@@ -120,7 +130,7 @@ def run_console(output_dir: str | Path, *, verbose: bool = False) -> Iterator[Pa
         logging.captureWarnings(False)
         for enable in restore_bars:
             enable()
-        if not ok and not any(p.name != RUN_LOG for p in out.iterdir()):
+        if not ok and _entries(out) == before:  # the run wrote nothing: leave no log (and no folder) behind
             if created_log:
                 log_path.unlink(missing_ok=True)
             if created_dir:

@@ -24,8 +24,16 @@ counting as refused): agreement, precision, recall and a confusion table are pri
 
 def _read_rows(p: Path) -> list[tuple[int, dict[str, Any]]]:
     if p.suffix.lower() == ".csv":
-        with p.open(encoding="utf-8", newline="") as fh:
-            return [(i, row) for i, row in enumerate(csv.DictReader(fh), 2)]  # line 1 is the header
+        from safe_cpift.errors import UserError
+
+        try:
+            with p.open(encoding="utf-8", newline="") as fh:
+                return [(i, row) for i, row in enumerate(csv.DictReader(fh), 2)]  # line 1 is the header
+        except UnicodeDecodeError as err:
+            raise UserError(f"{p} is not UTF-8 text ({err.reason} at byte {err.start + 1}); save it as UTF-8") from None
+        except csv.Error as err:
+            raise UserError(f"{p} is not a readable CSV file ({err}); save it as comma-separated text with a "
+                            "header row") from None
     from safe_cpift.io import iter_jsonl
 
     return list(iter_jsonl(p))

@@ -81,6 +81,9 @@ def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
             config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError([f"not valid YAML: {err}"], source=source) from None
+        except UnicodeDecodeError as err:
+            raise ConfigError([f"not UTF-8 text ({err.reason} at byte {err.start + 1}); save the file as UTF-8"],
+                              source=source) from None
         if not isinstance(config, Mapping):
             raise ConfigError(["the recipe must be a mapping of keys to values"], source=source)
     problems = check_keys(config, TOP_KEYS, "recipe")

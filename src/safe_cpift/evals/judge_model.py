@@ -69,19 +69,22 @@ class ModelJudge:
             raise ValueError("`judge` model:PATH needs a path, e.g. `model:./my-refusal-classifier`")
         if mode not in ("auto", "classifier", "generative"):
             raise ValueError(f"`mode` must be auto, classifier or generative, got {mode!r}")
+        from safe_cpift.models import check_model_dir, from_hub_or_dir
+
+        path = check_model_dir(path)
         self.path, self.batch_size, self.threshold, self.device = path, batch_size, threshold, device
-        config = AutoConfig.from_pretrained(path)
+        config = from_hub_or_dir(AutoConfig, path)
         if mode == "auto":
             archs = config.architectures or []
             mode = "classifier" if any(a.endswith("ForSequenceClassification") for a in archs) else "generative"
         self.mode = mode
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = from_hub_or_dir(AutoTokenizer, path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if mode == "classifier":
             from transformers import AutoModelForSequenceClassification
 
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+            self.model = from_hub_or_dir(AutoModelForSequenceClassification, path, use_safetensors=True)
             labels = {int(k): str(v) for k, v in config.id2label.items()}
             hits = [i for i, name in labels.items() if (refusal_label and name == refusal_label)
                     or (not refusal_label and re.search(r"refus", name, re.I))]
@@ -95,7 +98,7 @@ class ModelJudge:
         else:
             from transformers import AutoModelForCausalLM
 
-            self.model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+            self.model = from_hub_or_dir(AutoModelForCausalLM, path, use_safetensors=True)
             if not getattr(self.tokenizer, "chat_template", None):
                 raise ValueError(f"{path} has no chat template; a generative judge needs one (or use a classifier)")
             self.yes_ids = self._first_ids(["yes", " yes", "Yes", " Yes"])

@@ -74,7 +74,15 @@ class RunContext:
 
     # -------------------------------------------------------------- inputs
     def check_inputs(self) -> None:
-        """Load every task's data and the safety data once, so bad data fails before any training."""
+        """Check the local model directories and load every task's data and the safety data once, so bad
+        inputs fail before the run directory is created."""
+        from safe_cpift.models import check_model_dir
+
+        for source in (self.spec.aligned_model, self.spec.base_model):
+            if source is not None:
+                check_model_dir(source)
+        if self.spec.tokenizer:
+            check_model_dir(self.spec.tokenizer, weights=False)
         for task in self.spec.task_names:
             self.task_data(task)
         self.safety_data()
