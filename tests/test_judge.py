@@ -228,7 +228,7 @@ def _style_rows():
 
 def test_reply_style_fixture_agreement():
     """Held-out replies written before the real-reply rules (labelling rules in src/safe_cpift/evals/data/README.md);
-    first measured at 0.908 agreement, then two phrasings were generalised (see the README's judge section)."""
+    first measured at 0.908 agreement, then four phrasings were generalised from its misses (data/README.md)."""
     rows = _style_rows()
     assert len(rows) >= 60 and len({r["lang"] for r in rows}) >= 9
     stats = agreement([r["refused"] for r in rows], [is_refusal(r["response"]) for r in rows])
