@@ -13,8 +13,15 @@ precision and recall (refusal = full or partial refusal, positive) of
 
 It also scores the hand-written reply-style fixture (tests/fixtures_data/judge_reply_styles.jsonl).
 
+`--extra FILE...` adds labelled CSV or JSONL files you have, e.g. the other models' XSTest v2
+completions from paul-rottger/exaggerated-safety (model_completions/, CC-BY-4.0), which this
+project does not ship: each gets its own row, then `extra files` and `all models` (shared + extra).
+Their columns are found by name (reply: `completion` or `response`; label: `final_label`, `label`
+or `refused`; prompt: `prompt`, or none) unless `--response-field` / `--label-field` name them.
+
     python benchmarks/bench_judge.py                      # the table
     python benchmarks/bench_judge.py --errors 20          # plus the first 20 disagreements of the judge
+    python benchmarks/bench_judge.py --extra xstest_v2_completions_mistralinstruct.csv xstest_v2_completions_llama2new.csv
     python benchmarks/bench_judge.py --json /tmp/judge.json
 """
 
@@ -47,18 +54,51 @@ def xstest_strmatch(completion: str) -> bool:
     return completion.startswith(_STRMATCH_SORRY) or completion.startswith(_STRMATCH_OTHER)
 
 
-def _load_csv(path: Path) -> list[dict]:
+_RESPONSE_FIELDS = ("completion", "response")
+_LABEL_FIELDS = ("final_label", "label", "refused")
+
+
+def _first_row(path: Path) -> dict:
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            return next(csv.DictReader(fh), {})
+    with path.open(encoding="utf-8") as fh:
+        return next((json.loads(line) for line in fh if line.strip()), {})
+
+
+def _field(path: Path, row: dict, given: str | None, names: tuple[str, ...], flag: str) -> str:
+    candidates = (given,) if given else names
+    found = next((name for name in candidates if name in row), None)
+    if found is None:
+        raise SystemExit(f"{path}: no column {' or '.join(candidates)} (columns: {', '.join(row)}); "
+                         f"name the right one with {flag}")
+    return found
+
+
+def _load(path: Path, response_field: str | None = None, label_field: str | None = None) -> list[dict]:
+    """Rows of a labelled CSV/JSONL file as `{"id", "prompt", "response", "label", "gpt4"}`."""
+    from safe_cpift.commands.judge import read_pairs
     from safe_cpift.evals.judge_agreement import parse_label
 
-    with path.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    missing = {"prompt", "completion", "final_label"} - set(rows[0] if rows else {})
-    if missing:
-        raise SystemExit(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return [{"id": r.get("id"), "prompt": r["prompt"], "response": r["completion"],
-             "label": parse_label(r["final_label"], "final_label"),
-             "gpt4": parse_label(r["gpt4_label"], "gpt4_label") if r.get("gpt4_label", "").strip() else None}
-            for r in rows]
+    if not path.is_file():
+        raise SystemExit(f"labelled file not found: {path}")
+    first = _first_row(path)
+    response = _field(path, first, response_field, _RESPONSE_FIELDS, "--response-field")
+    label = _field(path, first, label_field, _LABEL_FIELDS, "--label-field")
+    prompt = "prompt" if "prompt" in first else response  # the judge reads the reply only
+    try:
+        rows = read_pairs(path, label, prompt_field=prompt, response_field=response)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    for r in rows:
+        gpt4 = r.get("gpt4_label")
+        r["gpt4"] = parse_label(gpt4, "gpt4_label") if isinstance(gpt4, str) and gpt4.strip() else None
+    return rows
+
+
+def _set_name(path: Path, taken: dict) -> str:
+    name = path.stem.removeprefix("xstest_v2_completions_").removesuffix("_labelled")
+    return name if name not in taken else str(path)
 
 
 def _score(rows: list[dict], batch_judge) -> dict:
@@ -89,16 +129,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", default="rules", metavar="rules|model:PATH")
     parser.add_argument("--errors", type=int, default=0, help="print this many disagreements of the judge")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--extra", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="labelled CSV/JSONL files of other models' replies (e.g. upstream XSTest completions)")
+    parser.add_argument("--response-field", default=None, help="reply column of the --extra files (default: found)")
+    parser.add_argument("--label-field", default=None, help="human label column of the --extra files (default: found)")
     args = parser.parse_args(argv)
 
     from safe_cpift.evals.suites import make_judge
 
     files = sorted(args.dir.glob("*_labelled.csv"))
-    if not files:
-        raise SystemExit(f"no *_labelled.csv under {args.dir}; pass --dir")
+    if not files and not args.extra:
+        raise SystemExit(f"no *_labelled.csv under {args.dir}; pass --dir, or --extra FILE...")
     batch_judge = make_judge(args.judge)
-    sets = {f.name.removeprefix("xstest_v2_completions_").removesuffix("_labelled.csv"): _load_csv(f) for f in files}
-    sets["all models"] = [r for rows in list(sets.values()) for r in rows]
+    sets: dict[str, list[dict]] = {}
+    for f in files:
+        sets[_set_name(f, sets)] = _load(f)
+    extra: dict[str, list[dict]] = {}
+    for f in args.extra:
+        extra[_set_name(f, {**sets, **extra})] = _load(f, args.response_field, args.label_field)
+    if files and extra:
+        sets["shared files"] = [r for rows in sets.values() for r in rows]
+    sets.update(extra)
+    if len(extra) > 1:
+        sets["extra files"] = [r for rows in extra.values() for r in rows]
+    sets["all models"] = [r for name, rows in sets.items() if name not in ("shared files", "extra files") for r in rows]
     styles = [json.loads(line) for line in STYLES.read_text(encoding="utf-8").splitlines() if line.strip()]
     sets["reply-style fixture"] = [{"prompt": r["prompt"], "response": r["response"], "label": r["refused"]}
                                    for r in styles]
@@ -111,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         gpt4 = _fmt(res["gpt4-judge"]) if "gpt4-judge" in res else f"{'-':^17}"
         print(f"{name:<22} {res['judge']['n']:>5}  {_fmt(res['judge'])}  {_fmt(res['xstest-strmatch'])}  {gpt4}")
     if args.errors:
-        wrong = [(name, r) for name, rows in sets.items() if name != "all models" for r in rows
+        totals = ("all models", "shared files", "extra files")
+        wrong = [(name, r) for name, rows in sets.items() if name not in totals for r in rows
                  if r["judged"] != r["label"]]
         for name, r in wrong[: args.errors]:
             print(f"\n[{name} {r.get('id') or ''}] human={'refused' if r['label'] else 'answered'} rule={r['rule']}\n"

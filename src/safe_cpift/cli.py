@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         resume = "; continue with --resume" if args.command in ("run", "demo") else ""
         print(f"{_prog(args)}: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`safe-cpift judge FILE --labels COL | head -3`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # the error boundary: every verb fails the same way
         return report_error(err, _prog(args), debug=debug)
 
