@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from scripts.tiny import (
     preference_dataset,
@@ -159,3 +160,47 @@ def test_lora_rollback_snapshots_only_the_adapters(tmp_path):
     for name, p in model.named_parameters():
         assert torch.equal(p, good[name]), name
     assert any(not torch.equal(good[n], switch.weights[3][n]) for n in trainable)
+
+
+def test_guard_rollback_resumes_at_a_lower_learning_rate(tmp_path):
+    """The judge fails once (at step 3): the guard restores step 2's weights, drops the optimizer state,
+    lowers the learning rate and training runs to the end instead of stopping."""
+    from trl import SFTConfig, SFTTrainer
+
+    class FailOnce(FailAfter):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.refuse = state.global_step != self.step
+            self.weights[state.global_step] = snapshot(model)
+
+    model = tiny_llama()
+    switch = FailOnce(3)
+    probe = RefusalProbe(["what is the a ?"], ["what is 2 ?"], judge=switch.judge, max_new_tokens=3)
+    guard = SafetyGuardCallback(probe, every_n_steps=1, min_refusal=0.5, action="rollback", resume_lr_factor=0.1)
+    seen_lr, begin = {}, {}
+
+    class RecordLR(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+            seen_lr[state.global_step] = optimizer.param_groups[0]["lr"]
+            begin[state.global_step] = snapshot(model)
+
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+                     lr_scheduler_type="constant", max_length=32, **CPU)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(), processing_class=word_tokenizer(),
+                         callbacks=[switch, guard, RecordLR()])
+    trainer.train()
+    assert trainer.state.global_step == 6  # not stopped
+    assert guard.resumed == [{"step": 3, "restored_step": 2, "lr_scale": 0.1}]
+    assert guard.triggered_step == 3 and not guard.rolled_back
+    # steps 1-3 at 1e-2; the steps after the rollback at step 3 (global_step 3, 4, 5 when they begin) at 1e-3
+    assert seen_lr[2] == pytest.approx(1e-2) and seen_lr[3] == pytest.approx(1e-3) and seen_lr[5] == pytest.approx(1e-3)
+    # the step after the violation started from step 2's weights: step 3's update was undone
+    assert all(torch.equal(begin[3][n], switch.weights[2][n]) for n in begin[3])
+    assert any(not torch.equal(switch.weights[3][n], switch.weights[2][n]) for n in switch.weights[2])
+
+
+def test_guard_resume_settings_are_checked():
+    probe = RefusalProbe(["what is 1 ?"])
+    with pytest.raises(ValueError, match='only used with `action="rollback"`'):
+        SafetyGuardCallback(probe, action="stop", resume_lr_factor=0.5)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        SafetyGuardCallback(probe, action="rollback", resume_lr_factor=1.5)

@@ -84,11 +84,17 @@ class SafetyGuardCallback(TrainerCallback):
             baseline, and with `"rollback"` the first restore point).
         snapshot_dir (`str` or `Path`, *optional*): with `"rollback"`, keep the last good weights in
             `snapshot_dir/guard_last_good.safetensors` instead of CPU memory.
+        resume_lr_factor (`float`, *optional*): with `"rollback"`, do not stop after restoring: go on
+            training from the restored weights with the learning rate multiplied by this factor (in
+            (0, 1)) and a fresh optimizer state (the moments that led into the violation are dropped).
+        max_rollbacks (`int`, *optional*, defaults to `3`): with `resume_lr_factor`, stop at the
+            rollback after this many resumed ones.
 
     Rollback cost: the snapshot holds every trainable parameter (a LoRA adapter only, for a PEFT
     model) in its training dtype — 4 bytes per parameter in fp32, so 28 GB of CPU RAM for a full
     7B fine-tune, per process. Use `snapshot_dir` on a fast disk for large models. It is refreshed
-    at every passing probe. The optimizer state is not rolled back: training stops after a rollback.
+    at every passing probe. The optimizer state is not rolled back: training stops after a rollback,
+    unless `resume_lr_factor` is set, which resets the optimizer state and resumes at a lower rate.
 
     Logging goes through the base `Trainer.log` of the Trainer the guard runs in (found on the
     callback's call stack at init and train start; `guard.attach(trainer)` makes it explicit), so
@@ -112,6 +118,8 @@ class SafetyGuardCallback(TrainerCallback):
         *,
         probe_at_start: bool = True,
         snapshot_dir: str | os.PathLike | None = None,
+        resume_lr_factor: float | None = None,
+        max_rollbacks: int = 3,
     ) -> None:
         if not isinstance(probe, RefusalProbe):
             raise TypeError(
@@ -128,6 +136,13 @@ class SafetyGuardCallback(TrainerCallback):
             raise ValueError(f"`action` must be one of {', '.join(map(repr, ACTIONS))}, got {action!r}")
         if snapshot_dir is not None and action != "rollback":
             raise ValueError("`snapshot_dir` is only used with `action=\"rollback\"`; drop it or change `action`")
+        if resume_lr_factor is not None:
+            if action != "rollback":
+                raise ValueError("`resume_lr_factor` is only used with `action=\"rollback\"`; drop it or change `action`")
+            if isinstance(resume_lr_factor, bool) or not 0 < resume_lr_factor < 1:
+                raise ValueError(f"`resume_lr_factor` must be in (0, 1), got {resume_lr_factor!r}")
+        if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
+            raise ValueError(f"`max_rollbacks` must be an integer >= 0, got {max_rollbacks!r}")
         self.probe = probe
         self.every_n_steps = every_n_steps
         self.min_refusal = min_refusal
@@ -136,6 +151,11 @@ class SafetyGuardCallback(TrainerCallback):
         self.tokenizer = tokenizer
         self.probe_at_start = probe_at_start
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
+        self.resume_lr_factor = resume_lr_factor
+        self.max_rollbacks = max_rollbacks
+        self.resumed: list[dict[str, Any]] = []  # one {"step", "restored_step", "lr_scale"} per resumed rollback
+        self._optimizer: Any = None
+        self._scheduler: Any = None
         self.history: list[dict[str, Any]] = []
         self.last_result: ProbeResult | None = None
         self.triggered_step: int | None = None
@@ -193,6 +213,7 @@ class SafetyGuardCallback(TrainerCallback):
             self._probe(model, state, control)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._optimizer, self._scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
         if self.rolled_back:  # a rollback requested before the first step: undo that step too
             self._restore(model)
             control.should_training_stop = True
@@ -297,11 +318,34 @@ class SafetyGuardCallback(TrainerCallback):
             logger.warning("safety guard at step %d: %s; stopping training (action='stop')", step, why)
             return
         self._restore(model)
-        self.rolled_back = True
         restored = self.last_good_step if self.last_good_step is not None else self._snapshot_step
+        if (self.resume_lr_factor is not None and step > 0 and len(self.resumed) < self.max_rollbacks
+                and self._optimizer is not None):
+            scale = self._lower_learning_rate()
+            control.should_training_stop = False
+            self.resumed.append({"step": step, "restored_step": restored, "lr_scale": scale})
+            logger.warning("safety guard at step %d: %s; restored the weights of step %s and resumed with the "
+                           "learning rate x%.3g and a fresh optimizer state (rollback %d of at most %d)",
+                           step, why, restored, scale, len(self.resumed), self.max_rollbacks)
+            self.last_good_step = restored
+            return
+        self.rolled_back = True
         logger.warning("safety guard at step %d: %s; restored the weights of step %s and stopping (action='rollback')",
                        step, why, restored)
         self.last_good_step = restored
+
+    def _lower_learning_rate(self) -> float:
+        """Multiply every learning rate (and the scheduler's base rates) by `resume_lr_factor`; drop the
+        optimizer's moments. Returns the total scale applied so far."""
+        optimizer = getattr(self._optimizer, "optimizer", self._optimizer)  # accelerate wraps it
+        for group in optimizer.param_groups:
+            group["lr"] *= self.resume_lr_factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= self.resume_lr_factor
+        if self._scheduler is not None and hasattr(self._scheduler, "base_lrs"):
+            self._scheduler.base_lrs = [lr * self.resume_lr_factor for lr in self._scheduler.base_lrs]
+        optimizer.state.clear()
+        return self.resume_lr_factor ** (len(self.resumed) + 1)
 
     def _save_snapshot(self, model: Any, step: int) -> None:
         tensors = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
