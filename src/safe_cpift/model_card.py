@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from safe_cpift.io import atomic_write_text
+from safe_cpift.report_tables import (
+    comparison_sentences,
+    integrity_line,
+    limitations,
+    methods_table,
+    task_names,
+)
 
 __all__ = ["model_card_text", "write_model_card"]
 
@@ -14,7 +21,6 @@ __all__ = ["model_card_text", "write_model_card"]
 def model_card_text(results: Mapping[str, Any], *, command: str | None = None,
                     base_model: str | None = None) -> str:
     """The model card: what the model is, how it was trained, the results table and the caveats."""
-    from safe_cpift.report import comparison_sentences, integrity_line, limitations, methods_table, task_names
 
     core = results.get("safety_core") or {}
     base = base_model or results.get("aligned_model")

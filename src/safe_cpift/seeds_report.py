@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_cpift.io import atomic_write_json, atomic_write_text
-from safe_cpift.report import DESCRIPTIONS
+from safe_cpift.report_tables import DESCRIPTIONS
 
 __all__ = ["mean_sd", "seeds_table", "per_seed_table", "render_seeds_report", "write_seeds_report"]
 
