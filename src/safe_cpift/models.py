@@ -100,12 +100,13 @@ def load_causal_lm(
         source (`str` or `os.PathLike`): local directory or hub id (e.g. `Qwen/Qwen2.5-0.5B-Instruct`).
         dtype (`torch.dtype` or `str`, *optional*, defaults to `torch.float32`):
             transformers 5 keeps the checkpoint's dtype unless told; float32 is what CPU training needs.
+            `"auto"` keeps the checkpoint's own dtype.
         trust_remote_code (`bool`, *optional*, defaults to `False`): run the repository's own code.
         device (`str`, *optional*, defaults to `"cpu"`).
     """
     from transformers import AutoModelForCausalLM
 
-    if isinstance(dtype, str):
+    if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     resolved = check_model_dir(source)
     logger.info("loading model %s (dtype=%s)", resolved, dtype)

@@ -78,7 +78,11 @@ class ModelConfig(RecipeSection):
     source: str = _f(help="The aligned model: a local save_pretrained directory, a hub id, or `toyworld`.")
     base: str | None = _f(None, help="The model before alignment (needed for `safety.core.scorer: alignment`).")
     tokenizer: str | None = _f(None, help="Tokenizer source; defaults to `source`.")
-    dtype: str = _f("float32", help="Weights dtype for training and eval.", choices=DTYPES)
+    dtype: str = _f("float32", help="Dtype for eval and the final model (`auto`: the checkpoint's own); training "
+                    "weights follow `precision` (docs/dtypes.md).", choices=DTYPES)
+    precision: str = _f("auto", help="Training precision: fp32 | bf16-mixed (float32 master weights + bf16 autocast) | "
+                        "bf16-sr (bf16 weights, torchao AdamW with stochastic rounding) | auto (bf16-mixed when "
+                        "`training.bf16` is true, else fp32).", choices=("auto", "fp32", "bf16-mixed", "bf16-sr"))
     trust_remote_code: bool = _f(False, help="Run the model repository's own code. Leave false unless you trust it.")
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from safe_cpift.runtime import seeded
+
 logger = logging.getLogger(__name__)
 
 
@@ -78,8 +80,9 @@ def generate_responses(
         prompts (`list[str]`): user messages.
         max_new_tokens (`int`, *optional*, defaults to `48`): generation budget per reply.
         batch_size (`int`, *optional*, defaults to `64`): prompts per `generate` call.
-        seed (`int`, *optional*, defaults to `0`): torch seed set before generating (greedy decoding
-            is deterministic; the seed only matters for exact ties and custom logits processors).
+        seed (`int`, *optional*, defaults to `0`): seed of a forked torch generator used while generating
+            (greedy decoding is deterministic; the seed only matters for custom logits processors);
+            the caller's global RNG state is left as it was.
         system_prompt (`str`, *optional*): system message prepended to every prompt.
         chat_template (`bool`, *optional*, defaults to `True`): set `False` for raw prompts.
         progress (`bool`, *optional*, defaults to `True`): show a tqdm bar over batches.
@@ -112,10 +115,9 @@ def generate_responses(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     try:
-        with torch.inference_mode():
+        with seeded(seed), torch.inference_mode():
             for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
                 width = max(len(encoded[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

@@ -49,7 +49,7 @@ def run_safety_core(ctx: RunContext, tmp: Path) -> dict[str, Any]:
         from safe_cpift.pipeline.common import load_model
 
         data, _ = mix(ctx, {}, spec.safety_probe_examples, seed)
-        region = CoreRegion.from_importance(load_model(spec.aligned_model, spec), data, top_p=spec.safety_top_p,
+        region = CoreRegion.from_importance(load_model(spec.aligned_model, spec, train=True), data, top_p=spec.safety_top_p,
                                             scope=spec.safety_scope, tokenizer=ctx.tokenizer(), progress=False)
     region.save(Path(tmp) / REGION_DIR)
     if spec.protect_source == "safety_probe":
