@@ -35,7 +35,7 @@ def test_bf16_request_moves_as_many_entries_as_fp32(tiny_qwen2, qwen_tokenizer, 
     assert abs(mixed - fp32) < 0.01, (mixed, fp32)
 
 
-def test_pure_bf16_weights_are_refused(tiny_qwen2, qwen_tokenizer, tmp_path, monkeypatch):
+def test_pure_bf16_weights_are_refused(tiny_qwen2, qwen_tokenizer, tmp_path):
     model = tiny_qwen2(vocab=len(qwen_tokenizer), dtype=torch.bfloat16)
     for kwargs in ({}, {"bf16": True}):
         with pytest.raises(ValueError, match="drops most small updates"):
