@@ -465,34 +465,15 @@ def find_recipe(name: str) -> Path:
 
 
 def build_metric(task: TaskSpec) -> Callable[[str, str], float]:
-    """Score function ``(response, reference) -> float in [0, 1]`` for a task's `metric`.
+    """Score function ``(response, reference) -> float`` for a task's `metric` and `answer_pattern`.
 
-    - ``exact``: stripped texts are equal; ``contains``: the stripped reference occurs in the response;
-    - ``regex``: `answer_pattern`'s group 1 (or whole match) is extracted from both texts and compared
-      (a reference without a match is compared whole), e.g. ``"####\\s*(-?[\\d,.]+)"`` for GSM8K;
-    - ``python:module:function``: imports your function (your code runs: name only modules you trust).
+    The one implementation shared with `safe-cpift eval` and the lm-eval task files:
+    `safe_cpift.evals.metrics.resolve_metric` (``contains`` is case-insensitive and
+    whitespace-normalised; ``regex`` extracts `answer_pattern` from both texts).
     """
-    metric = task.metric
-    if metric == "exact":
-        return lambda response, reference: float(response.strip() == reference.strip())
-    if metric == "contains":
-        return lambda response, reference: float(reference.strip() in response)
-    if metric == "regex":
-        pattern = re.compile(task.answer_pattern or "")
+    from safe_cpift.evals.metrics import resolve_metric
 
-        def extract(text: str) -> str | None:
-            m = pattern.search(text)
-            return None if m is None else (m.group(1) if m.groups() else m.group(0)).strip()
-
-        return lambda response, reference: float(
-            (got := extract(response)) is not None and got == (extract(reference) or reference.strip()))
-    if metric.startswith("python:"):
-        import importlib
-
-        _, module, fn = metric.split(":")
-        try:
-            func = getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"task `{task.name}`: cannot import `metric: {metric}`: {err}") from err
-        return lambda response, reference: float(func(response, reference))
-    raise ValueError(f"task `{task.name}`: unknown `metric` {metric!r}")
+    try:
+        return resolve_metric(task.metric, answer_pattern=task.answer_pattern)
+    except ValueError as err:
+        raise ValueError(f"task `{task.name}`: {err}") from err

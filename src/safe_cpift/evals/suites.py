@@ -173,7 +173,7 @@ def task_suite(
     Args:
         data: see `safe_cpift.evals.sources.task_rows`; `None` = the tiny world's task tests.
         metric: one metric for every task, or `{task: metric}`; names as in `resolve_metric`
-            (`exact_match`, `contains`, `regex[:pattern]`, `module:function`).
+            (`exact_match`, `contains`, `regex:<answer_pattern>`, `module:function`).
         limit (`int`, *optional*): at most this many examples per task (the first ones).
 
     Returns:
