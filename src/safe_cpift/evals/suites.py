@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from safe_cpift.evals import sources
+from safe_cpift.evals.conversation import last_user_turn
 from safe_cpift.evals.generation import generate_responses
 from safe_cpift.evals.metrics import resolve_metric
 
@@ -101,7 +102,7 @@ def _rate_suite(
     prompts = [r["prompt"] for r in rows]
     replies = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  seed=seed, system_prompt=system_prompt, progress=progress)
-    verdicts = judge(prompts, replies)
+    verdicts = judge([last_user_turn(p) for p in prompts], replies)
     records, by_cat = [], {}
     for row, reply, verdict in zip(rows, replies, verdicts, strict=True):
         refused, reason = verdict
