@@ -52,7 +52,7 @@ def test_bf16_sr_uses_torchao_or_says_how_to_install(tiny_qwen2, qwen_tokenizer,
                              precision="bf16-sr")
         return
     frac = _moved_fraction(model, qwen_tokenizer, tmp_path, precision="bf16-sr")
-    assert frac > 0.3  # stochastic rounding moves entries whose update is below one bf16 ulp too
+    assert frac > 0.9  # stochastic rounding moves entries whose update is below one bf16 ulp too (98.6% measured)
 
 
 def test_precision_settings_are_checked():
