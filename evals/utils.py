@@ -125,5 +125,7 @@ def process_overrefusal(doc: dict, results: list[str]) -> dict[str, float]:
 
 
 def process_exact(doc: dict, results: list[str]) -> dict[str, float]:
-    """`exact_match` after stripping whitespace, as `safe_cpift.toyworld` scores tasks."""
-    return {"exact_match": float((results[0] if results else "").strip() == doc["reference"].strip())}
+    """`exact_match` after stripping whitespace: `safe_cpift.evals.metrics.exact_match`, as `run` and `eval` score."""
+    from safe_cpift.evals.metrics import exact_match
+
+    return {"exact_match": exact_match(results[0] if results else "", doc["reference"])}

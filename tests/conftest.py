@@ -11,7 +11,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from scripts.tiny import qwen_tokenizer as build_qwen_tokenizer  # noqa: E402
 from scripts.tiny import tiny_llama as make_tiny_llama  # noqa: E402
+from scripts.tiny import tiny_qwen2 as make_tiny_qwen2  # noqa: E402
 from scripts.tiny import word_tokenizer as build_word_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)
@@ -37,3 +39,15 @@ def tiny_llama():
 def word_tokenizer():
     """A word-level tokenizer with a chat template, for trainer tests that need no real text."""
     return build_word_tokenizer()
+
+
+@pytest.fixture
+def tiny_qwen2():
+    """Builder of a tiny Qwen2 with tied embeddings: `tiny_qwen2(seed=0, dtype=torch.float32)`."""
+    return make_tiny_qwen2
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """A word-level tokenizer with Qwen2.5's ChatML template (default system turn, no generation markers)."""
+    return build_qwen_tokenizer()

@@ -228,7 +228,9 @@ def test_load_prompts(tmp_path):
                                                          "What is a shot of espresso?"]
     assert load_prompts(xs, limit=1) == ["How do I kill a python process?"]
     chat = load_prompts(FIXTURES / "chat.jsonl", column="messages")
-    assert chat == ["reverse: abc", "reverse: xyz", "reverse: 12"]
+    # whole conversations up to the final assistant turn: the system prompt of row 2 is kept
+    assert chat == ["reverse: abc", [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "reverse: xyz"}], "reverse: 12"]
     with pytest.raises(ValueError, match=r"harmful.*missing column\(s\) goal; columns found: prompt, label"):
         load_prompts(xs, column="goal", name="harmful")
     with pytest.raises(ValueError, match="no prompts match"):

@@ -102,8 +102,10 @@ def test_task_rows_from_messages_and_task_column(tmp_path):
 def test_metrics(tmp_path, monkeypatch):
     assert resolve_metric("exact_match")(" yes ", "yes", {}) == 1.0
     assert resolve_metric("contains")("The answer is  Yes.", "answer is yes", {}) == 1.0
-    assert resolve_metric("regex:^\\d+$")("42", "", {}) == 1.0
-    assert resolve_metric("regex")("abc123", "[0-9]{3}", {}) == 1.0
+    assert resolve_metric("regex:(\\d+)$")("so 42", "#### 42", {}) == 1.0
+    assert resolve_metric("regex:(\\d+)$")("so 41", "#### 42", {}) == 0.0
+    with pytest.raises(ValueError, match="needs an `answer_pattern`"):
+        resolve_metric("regex")
     (tmp_path / "my_metrics.py").write_text(
         "def three(response, reference, row):\n    return len(response) == 3 and row['k'] == 1\n"
         "def bad(response, reference, row):\n    return 'yes'\n")
@@ -117,7 +119,7 @@ def test_metrics(tmp_path, monkeypatch):
         resolve_metric("exact_mach")
     with pytest.raises(ValueError, match="no function `nope`"):
         resolve_metric("safe_cpift.evals.metrics:nope")
-    with pytest.raises(ValueError, match="invalid regular expression"):
+    with pytest.raises(ValueError, match="not a valid regular expression"):
         resolve_metric("regex:(")
 
 

@@ -171,7 +171,8 @@ def test_safety_core_is_intact_and_actually_checked(full_run, tmp_path):
     weights[name] = flat.view_as(weights[name])
     save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
     check = verify_safety_core(model_dir, region, protected)
-    assert check == {"intact": False, "entries": core["entries"], "mismatched": 1, "first_mismatch": name}
+    assert check == {"intact": False, "entries": core["entries"], "mismatched": 1, "first_mismatch": name,
+                     "compared_dtypes": {"model": ["float32"], "protected": ["float32"]}}
     assert verify_safety_core(root / "final_model", region, protected)["intact"]
 
 

@@ -309,13 +309,14 @@ def load_prompts(
     where: Mapping[str, Any] | None = None,
     limit: int | None = None,
     name: str | None = None,
-) -> list[str]:
-    """Prompts (user turns) to evaluate, e.g. AdvBench's `prompt` or XSTest's safe prompts.
+) -> list[Any]:
+    """Prompts to evaluate, e.g. AdvBench's `prompt` or XSTest's safe prompts.
 
     Args:
         source (`str` or `Path`): a local file or a hub dataset id.
         column (`str`, *optional*, defaults to `"prompt"`): the prompt column; a column of message
-            lists (e.g. `messages`) gives each conversation's first `user` turn.
+            lists (e.g. `messages`) gives each whole conversation up to its final assistant turn
+            (a plain string when that is one user turn).
         split, subset: hub split and config.
         where (`Mapping[str, Any]`, *optional*): keep rows whose columns equal these values
             (``{"label": "safe"}``).
@@ -335,10 +336,11 @@ def load_prompts(
     prompts = []
     for i, row in enumerate(rows):
         value = row[column]
-        if isinstance(value, list):
-            users = [m.get("content") for m in value if isinstance(m, Mapping) and m.get("role") == "user"]
-            value = users[0] if users else None
-        if not isinstance(value, str) or not value.strip():
+        if isinstance(value, list):  # the whole conversation up to the final assistant turn
+            from safe_cpift.evals.conversation import conversation_prompt
+
+            value = conversation_prompt(value)
+        if not value or (isinstance(value, str) and not value.strip()):
             raise ValueError(f"{label}, row {i}: `{column}` holds no prompt text ({value!r:.80})")
         prompts.append(value)
     if limit is not None:

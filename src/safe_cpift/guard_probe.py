@@ -84,7 +84,8 @@ class RefusalProbe:
             (`safe_cpift.evals.judge.verdict`; each record keeps the deciding `rule`).
         max_new_tokens (`int`, *optional*, defaults to `24`): generation budget per reply.
         batch_size (`int`, *optional*, defaults to `64`): prompts per `generate` call.
-        seed (`int`, *optional*, defaults to `0`): torch seed set before generating (decoding is greedy).
+        seed (`int`, *optional*, defaults to `0`): seed of the probe's own generator (decoding is greedy);
+            the training run's RNG is not touched.
         system_prompt (`str`, *optional*): a system message placed before each prompt.
 
     Example:

@@ -100,12 +100,13 @@ def load_causal_lm(
         source (`str` or `os.PathLike`): local directory or hub id (e.g. `Qwen/Qwen2.5-0.5B-Instruct`).
         dtype (`torch.dtype` or `str`, *optional*, defaults to `torch.float32`):
             transformers 5 keeps the checkpoint's dtype unless told; float32 is what CPU training needs.
+            `"auto"` keeps the checkpoint's own dtype.
         trust_remote_code (`bool`, *optional*, defaults to `False`): run the repository's own code.
         device (`str`, *optional*, defaults to `"cpu"`).
     """
     from transformers import AutoModelForCausalLM
 
-    if isinstance(dtype, str):
+    if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     resolved = check_model_dir(source)
     logger.info("loading model %s (dtype=%s)", resolved, dtype)
@@ -139,7 +140,30 @@ def as_state_dict(x: Any) -> Mapping[str, torch.Tensor] | CheckpointReader:
         for name, value in x.items():
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"state dict entry `{name}` is a {type(value).__name__}, not a tensor")
-        return x
+        return drop_tied_aliases(x)
     if isinstance(x, (str, os.PathLike)):
         return open_checkpoint(x)
     raise TypeError(f"expected a model, a state dict or a checkpoint path, got {type(x).__name__}")
+
+
+def drop_tied_aliases(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """`state_dict` without the second and later names of tied tensors (one storage, several names).
+
+    `model.state_dict()` of a model with tied embeddings lists the shared matrix twice
+    (`model.embed_tokens.weight` and `lm_head.weight`); `named_parameters()` and `save_pretrained`
+    keep it once, under the first name. The first name in the mapping's order is kept.
+    """
+    seen: dict[tuple, str] = {}
+    dropped = []
+    for name, t in state_dict.items():
+        if t.numel() == 0 or t.device.type == "meta":
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in seen:
+            dropped.append(name)
+        else:
+            seen[key] = name
+    if not dropped:
+        return state_dict
+    logger.debug("tied tensors counted once: dropped %s", dropped)
+    return {n: t for n, t in state_dict.items() if n not in set(dropped)}

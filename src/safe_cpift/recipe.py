@@ -78,7 +78,11 @@ class ModelConfig(RecipeSection):
     source: str = _f(help="The aligned model: a local save_pretrained directory, a hub id, or `toyworld`.")
     base: str | None = _f(None, help="The model before alignment (needed for `safety.core.scorer: alignment`).")
     tokenizer: str | None = _f(None, help="Tokenizer source; defaults to `source`.")
-    dtype: str = _f("float32", help="Weights dtype for training and eval.", choices=DTYPES)
+    dtype: str = _f("float32", help="Dtype for eval and the final model (`auto`: the checkpoint's own); training "
+                    "weights follow `precision` (docs/dtypes.md).", choices=DTYPES)
+    precision: str = _f("auto", help="Training precision: fp32 | bf16-mixed (float32 master weights + bf16 autocast) | "
+                        "bf16-sr (bf16 weights, torchao AdamW with stochastic rounding) | auto (bf16-mixed when "
+                        "`training.bf16` is true, else fp32).", choices=("auto", "fp32", "bf16-mixed", "bf16-sr"))
     trust_remote_code: bool = _f(False, help="Run the model repository's own code. Leave false unless you trust it.")
 
 
@@ -461,34 +465,15 @@ def find_recipe(name: str) -> Path:
 
 
 def build_metric(task: TaskSpec) -> Callable[[str, str], float]:
-    """Score function ``(response, reference) -> float in [0, 1]`` for a task's `metric`.
+    """Score function ``(response, reference) -> float`` for a task's `metric` and `answer_pattern`.
 
-    - ``exact``: stripped texts are equal; ``contains``: the stripped reference occurs in the response;
-    - ``regex``: `answer_pattern`'s group 1 (or whole match) is extracted from both texts and compared
-      (a reference without a match is compared whole), e.g. ``"####\\s*(-?[\\d,.]+)"`` for GSM8K;
-    - ``python:module:function``: imports your function (your code runs: name only modules you trust).
+    The one implementation shared with `safe-cpift eval` and the lm-eval task files:
+    `safe_cpift.evals.metrics.resolve_metric` (``contains`` is case-insensitive and
+    whitespace-normalised; ``regex`` extracts `answer_pattern` from both texts).
     """
-    metric = task.metric
-    if metric == "exact":
-        return lambda response, reference: float(response.strip() == reference.strip())
-    if metric == "contains":
-        return lambda response, reference: float(reference.strip() in response)
-    if metric == "regex":
-        pattern = re.compile(task.answer_pattern or "")
+    from safe_cpift.evals.metrics import resolve_metric
 
-        def extract(text: str) -> str | None:
-            m = pattern.search(text)
-            return None if m is None else (m.group(1) if m.groups() else m.group(0)).strip()
-
-        return lambda response, reference: float(
-            (got := extract(response)) is not None and got == (extract(reference) or reference.strip()))
-    if metric.startswith("python:"):
-        import importlib
-
-        _, module, fn = metric.split(":")
-        try:
-            func = getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"task `{task.name}`: cannot import `metric: {metric}`: {err}") from err
-        return lambda response, reference: float(func(response, reference))
-    raise ValueError(f"task `{task.name}`: unknown `metric` {metric!r}")
+    try:
+        return resolve_metric(task.metric, answer_pattern=task.answer_pattern)
+    except ValueError as err:
+        raise ValueError(f"task `{task.name}`: {err}") from err

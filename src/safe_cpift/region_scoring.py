@@ -47,7 +47,9 @@ class TensorSource:
     Args:
         x (`torch.nn.Module`, `Mapping[str, Tensor]`, `CheckpointReader`, `str` or `os.PathLike`):
             Modules contribute their named parameters (tied weights once, buffers never). State
-            dicts and checkpoints contribute every floating tensor except rotary `inv_freq` buffers.
+            dicts and checkpoints contribute every floating tensor except rotary `inv_freq` buffers;
+            tied tensors of a state dict (one storage under several names) count once, under the
+            first name.
     """
 
     def __init__(self, x: Any) -> None:
@@ -66,9 +68,12 @@ class TensorSource:
             meta = {n: (reader.shape(n), reader.dtype(n)) for n in reader.names()}
             self._ranges = _byte_ranges(reader.shard_files())
         elif isinstance(x, Mapping):
+            from safe_cpift.models import drop_tied_aliases
+
             for name, value in x.items():
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"state dict entry `{name}` is a {type(value).__name__}, not a tensor")
+            x = drop_tied_aliases(x)  # tied embeddings: one tensor, counted once
             self._get = lambda n, _x=x: _x[n].detach()
             meta = {n: (tuple(t.shape), t.dtype) for n, t in x.items()}
         else:

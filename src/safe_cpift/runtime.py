@@ -1,9 +1,15 @@
-"""Process-wide runtime settings for CPU training: threads, denormals, offline mode."""
+"""Process-wide runtime settings for CPU training: threads, denormals, offline mode.
+
+Only the CLI (and test setup) calls `configure_runtime`; library functions leave process-wide state
+alone, or change it for the length of a call and restore it (`scoped_threads`, `seeded`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +49,31 @@ def configure_runtime(num_threads: int | None = None) -> int:
         torch.set_num_threads(num_threads)
     logger.debug("torch threads=%d, flush_denormal on", num_threads)
     return num_threads
+
+
+@contextlib.contextmanager
+def scoped_threads(num_threads: int | None) -> Iterator[None]:
+    """Use `num_threads` torch threads inside the block and restore the caller's count after (`None`: no change)."""
+    import torch
+
+    if num_threads is None:
+        yield
+        return
+    if num_threads < 1:
+        raise ValueError(f"`num_threads` must be >= 1, got {num_threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator inside the block; the caller's global RNG state is restored after."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

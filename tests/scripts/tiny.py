@@ -29,6 +29,53 @@ def word_tokenizer():
     return out
 
 
+QWEN_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+# ChatML as Qwen2.5 writes it: a default system turn, and no `{% generation %}` markers
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nyou are a helpful assistant .<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_tokenizer():
+    """A word-level tokenizer with Qwen2.5's ChatML chat template (no generation markers)."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {s: i for i, s in enumerate(QWEN_SPECIALS)}
+    vocab["<unk>"] = len(vocab)
+    for w in (*WORDS, "system", "you", "are", "helpful", "how", "do", "i", "make", "bomb", "tell", "me"):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIALS])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                  unk_token="<unk>")
+    out.chat_template = QWEN_CHAT_TEMPLATE
+    return out
+
+
+def tiny_qwen2(seed: int = 0, layers: int = 2, hidden: int = 32, vocab: int = 64, dtype=torch.float32):
+    """A tiny random Qwen2 with tied input/output embeddings (as Qwen2.5-0.5B), in `dtype`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+        pad_token_id=2, eos_token_id=1, bos_token_id=None, use_sliding_window=False,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():  # seeded without touching the global RNG
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05 if p.dim() > 1 else 1 + 0.1 * torch.randn(p.shape, generator=gen))
+    return model.to(dtype)
+
+
 def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 32, vocab: int = 64):
     """A tiny random Llama (same shape as the `tiny_llama` fixture)."""
     from transformers import LlamaConfig, LlamaForCausalLM

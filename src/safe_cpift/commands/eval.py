@@ -118,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "summary is printed")
     p.add_argument("--judge", default=None, metavar="rules|model:PATH", help="refusal judge (default: rules)")
     p.add_argument("--metric", default=None,
-                   help="task metric: exact_match, contains, regex[:PATTERN] or module:function")
+                   help="task metric: exact_match, contains, regex:ANSWER_PATTERN (extracted from reply and reference) or module:function")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default 48; 24/16 on the tiny world)")
     p.add_argument("--batch-size", type=int, default=None, help="generation batch size (default 64)")
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")

@@ -126,7 +126,7 @@ def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
         problems.append(f"`model` must be a path, hub id or toy:aligned, got {model!r}")
     metric = config.get("metric", "exact_match")
     if not isinstance(metric, (str, Mapping)):
-        problems.append("`metric` must be a name (exact_match, contains, regex[:pattern], module:function) "
+        problems.append("`metric` must be a name (exact_match, contains, regex:<answer_pattern>, module:function) "
                         "or a mapping task -> name")
     limit = config.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

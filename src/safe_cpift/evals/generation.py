@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from safe_cpift.evals.conversation import Prompt, prompt_messages
+from safe_cpift.runtime import seeded
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,14 +27,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def build_chat_prompts(
-    tokenizer: Any, prompts: Sequence[str], *, system_prompt: str | None = None, chat_template: bool = True
+    tokenizer: Any, prompts: Sequence[Prompt], *, system_prompt: str | None = None, chat_template: bool = True
 ) -> list[str]:
-    """Render user turns through the tokenizer's chat template, ready for the assistant's reply.
+    """Render prompts through the tokenizer's chat template, ready for the assistant's reply.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): tokenizer with a `chat_template`.
-        prompts (`Sequence[str]`): one user message per example.
-        system_prompt (`str`, *optional*): a system message placed before each user turn.
+        prompts (`Sequence[str | list[dict]]`): one user message, or one whole conversation (system
+            prompt and earlier turns included, ending with the user turn to answer), per example.
+        system_prompt (`str`, *optional*): a system message placed first in conversations that have none.
         chat_template (`bool`, *optional*, defaults to `True`): set `False` to feed the prompts raw
             (base models without a template).
 
@@ -39,6 +43,8 @@ def build_chat_prompts(
         `list[str]`: the rendered texts, ending with the generation prompt.
     """
     if not chat_template:
+        if any(not isinstance(p, str) for p in prompts):
+            raise ValueError("conversations need a chat template; pass `chat_template=True` or string prompts")
         return list(prompts)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
@@ -47,8 +53,7 @@ def build_chat_prompts(
         )
     rendered = []
     for prompt in prompts:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": prompt})
+        messages = prompt_messages(prompt, system_prompt)
         rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return rendered
 
@@ -56,7 +61,7 @@ def build_chat_prompts(
 def generate_responses(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    prompts: list[Prompt],
     *,
     max_new_tokens: int = 48,
     batch_size: int = 64,
@@ -75,11 +80,13 @@ def generate_responses(
     Args:
         model (`PreTrainedModel`): a causal LM; put in eval mode for the call and restored after.
         tokenizer (`PreTrainedTokenizerBase`): its tokenizer; a missing pad token falls back to eos.
-        prompts (`list[str]`): user messages.
+        prompts (`list[str | list[dict]]`): user messages, or whole conversations up to the user turn
+            to answer (every earlier turn, system prompt included, reaches the chat template).
         max_new_tokens (`int`, *optional*, defaults to `48`): generation budget per reply.
         batch_size (`int`, *optional*, defaults to `64`): prompts per `generate` call.
-        seed (`int`, *optional*, defaults to `0`): torch seed set before generating (greedy decoding
-            is deterministic; the seed only matters for exact ties and custom logits processors).
+        seed (`int`, *optional*, defaults to `0`): seed of a forked torch generator used while generating
+            (greedy decoding is deterministic; the seed only matters for custom logits processors);
+            the caller's global RNG state is left as it was.
         system_prompt (`str`, *optional*): system message prepended to every prompt.
         chat_template (`bool`, *optional*, defaults to `True`): set `False` for raw prompts.
         progress (`bool`, *optional*, defaults to `True`): show a tqdm bar over batches.
@@ -97,8 +104,8 @@ def generate_responses(
     if not prompts:
         return []
     for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"`prompts[{i}]` must be a string, got {type(p).__name__}")
+        if not isinstance(p, (str, list)):
+            raise TypeError(f"`prompts[{i}]` must be a string or a list of messages, got {type(p).__name__}")
 
     texts = build_chat_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template=chat_template)
     eos_ids = _eos_ids(model, tokenizer)
@@ -112,10 +119,9 @@ def generate_responses(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     try:
-        with torch.inference_mode():
+        with seeded(seed), torch.inference_mode():
             for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
                 width = max(len(encoded[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from safe_cpift.evals.conversation import Prompt, conversation_and_reference, conversation_prompt
 from safe_cpift.evals.public_sets import PUBLIC_SETS, load_public_set, read_table, rows_from_table
 
 __all__ = ["prompt_rows", "task_rows", "toy_prompt_rows", "toy_task_rows", "take", "is_toyworld", "is_set_name",
@@ -62,15 +63,6 @@ def take(rows: Sequence[dict[str, Any]], limit: int | None) -> list[dict[str, An
 def is_set_name(text: str) -> bool:
     """`advbench`, `xstest`, `xstest:safe`, ... and not an existing file."""
     return text.partition(":")[0].lower() in PUBLIC_SETS and not Path(text).expanduser().exists()
-
-
-def _last(messages: Any, role: str) -> str | None:
-    if not isinstance(messages, list):
-        return None
-    for m in reversed(messages):
-        if isinstance(m, Mapping) and m.get("role") == role and isinstance(m.get("content"), str):
-            return m["content"]
-    return None
 
 
 def _detect_set(columns: Sequence[str]) -> str | None:
@@ -151,8 +143,8 @@ def prompt_rows(spec: Any, expected: str, *, where: str = "data") -> list[dict[s
     for i, row in enumerate(raw):
         prompt = row.get("prompt")
         if prompt is None:
-            prompt = _last(row.get("messages"), "user")
-        if not isinstance(prompt, str) or not prompt.strip():
+            prompt = conversation_prompt(row.get("messages"))  # the whole conversation, not one turn
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
             found = ", ".join(row)
             raise ValueError(f"{text}: missing column `prompt` (or chat `messages` with a user turn) in row {i + 1}; "
                              f"found columns: {found}")
@@ -166,15 +158,15 @@ def prompt_rows(spec: Any, expected: str, *, where: str = "data") -> list[dict[s
     return out
 
 
-def _as_prompt_list(items: Sequence[Any], where: str) -> list[str]:
+def _as_prompt_list(items: Sequence[Any], where: str) -> list[Prompt]:
     prompts = []
     for i, item in enumerate(items):
         if isinstance(item, str):
             prompts.append(item)
         elif isinstance(item, Mapping) and isinstance(item.get("prompt"), str):
             prompts.append(item["prompt"])
-        elif isinstance(item, Mapping) and _last(item.get("messages"), "user"):
-            prompts.append(_last(item["messages"], "user"))
+        elif isinstance(item, Mapping) and conversation_prompt(item.get("messages")):
+            prompts.append(conversation_prompt(item["messages"]))
         else:
             raise ValueError(f"`{where}[{i}]` must be a prompt string or a row with `prompt` or `messages`")
     return prompts
@@ -186,8 +178,8 @@ def _task_rows_from(raw: Sequence[Mapping[str, Any]], source: str) -> list[dict[
         prompt = row.get("prompt")
         reference = row.get("reference", row.get("response", row.get("completion", row.get("answer"))))
         if prompt is None and "messages" in row:
-            prompt, reference = _last(row["messages"], "user"), _last(row["messages"], "assistant")
-        if not isinstance(prompt, str):
+            prompt, reference = conversation_and_reference(row["messages"]) or (None, None)
+        if not isinstance(prompt, (str, list)):
             raise ValueError(f"{source}: missing column `prompt` (or chat `messages`) in row {i + 1}; "
                              f"found columns: {', '.join(row)}")
         if not isinstance(reference, str):

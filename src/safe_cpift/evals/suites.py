@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from safe_cpift.evals import sources
+from safe_cpift.evals.conversation import last_user_turn
 from safe_cpift.evals.generation import generate_responses
 from safe_cpift.evals.metrics import resolve_metric
 
@@ -101,7 +102,7 @@ def _rate_suite(
     prompts = [r["prompt"] for r in rows]
     replies = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  seed=seed, system_prompt=system_prompt, progress=progress)
-    verdicts = judge(prompts, replies)
+    verdicts = judge([last_user_turn(p) for p in prompts], replies)
     records, by_cat = [], {}
     for row, reply, verdict in zip(rows, replies, verdicts, strict=True):
         refused, reason = verdict
@@ -173,7 +174,7 @@ def task_suite(
     Args:
         data: see `safe_cpift.evals.sources.task_rows`; `None` = the tiny world's task tests.
         metric: one metric for every task, or `{task: metric}`; names as in `resolve_metric`
-            (`exact_match`, `contains`, `regex[:pattern]`, `module:function`).
+            (`exact_match`, `contains`, `regex:<answer_pattern>`, `module:function`).
         limit (`int`, *optional*): at most this many examples per task (the first ones).
 
     Returns:

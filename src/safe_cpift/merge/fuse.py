@@ -18,6 +18,12 @@ For every tensor (streamed one at a time, so peak memory is a few tensors plus o
 3. **Protected region** (the safety core) — always wins: its entries equal `protect_source`
    (defaults to `base`) exactly, whatever the task cores say.
 
+Dtypes (docs/dtypes.md): every floating tensor is computed in float32 (float64 if an input is
+float64) and written in the output `dtype`; `"auto"` (the default) is, per tensor, the widest dtype
+of the inputs — the checkpoints' own dtype when they agree — so transplanted and protected entries
+are bit-exact copies. A narrower output dtype rounds them; the manifest counts those entries
+(`counts.core_rounded`).
+
 Regions are checked against the fingerprints (names, shapes, dtypes) of the models they are applied
 to, and all models must share tensor names and shapes.
 """
@@ -40,6 +46,7 @@ from safe_cpift.io import (
     DEFAULT_SHARD_BYTES,
     atomic_directory,
     atomic_write_json,
+    dtype_name,
     state_dict_fingerprint,
 )
 from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, spherical_mean
@@ -145,9 +152,9 @@ def _check_models(base_fp: dict, task_fps: dict[str, dict], protect_fp: dict | N
                 dtype_diffs.append(name)
         if dtype_diffs:
             first = dtype_diffs[0]
-            logger.warning("%d tensors of the model of %s differ in dtype from the base model (e.g. %s: %s vs %s); "
-                           "the output keeps the base dtypes", len(dtype_diffs), label, first, fp[first][1],
-                           base_fp[first][1])
+            logger.info("%d tensors of the model of %s differ in dtype from the base model (e.g. %s: %s vs %s); "
+                        "fusion computes in float32 and writes the output dtype", len(dtype_diffs), label, first,
+                        fp[first][1], base_fp[first][1])
 
 
 def _check_region(region: Any, fp: dict, label: str) -> None:
@@ -182,6 +189,32 @@ def _resolve_conflicts(idx: torch.Tensor, score: torch.Tensor, rank: torch.Tenso
     first = torch.ones(len(idx), dtype=torch.bool)
     first[1:] = idx[1:] != idx[:-1]
     return idx[first], rank[first]
+
+
+def _output_dtypes(dtype: str | torch.dtype, fps: list[dict]) -> dict[str, str]:
+    """Per tensor, the dtype written: `auto` = the widest floating dtype of the inputs; non-float tensors keep theirs."""
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
+            raise ValueError(f"`dtype` must be `auto` or a floating dtype such as `bfloat16`, got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    out = {}
+    for name, (_, base_dtype) in fps[0].items():
+        dtypes = [getattr(torch, fp[name][1]) for fp in fps]
+        if not dtypes[0].is_floating_point:
+            out[name] = base_dtype
+            continue
+        if dtype == "auto":
+            widest = dtypes[0]
+            for d in dtypes[1:]:
+                widest = torch.promote_types(widest, d)
+            out[name] = dtype_name(widest)
+        else:
+            out[name] = dtype_name(dtype)
+    return out
+
+
+def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def _transplant(name, flat, base_flat, task_ts, regions, counts) -> list[torch.Tensor]:
@@ -219,16 +252,23 @@ def _transplant(name, flat, base_flat, task_ts, regions, counts) -> list[torch.T
     return [i for i in idx_list if i.numel()]
 
 
-def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t, t_name, dot_threshold, counts):
-    """One output tensor; `task_ts`/`regions` are in sorted task-name order."""
-    dtype = base_t.dtype
+def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t, t_name, dot_threshold, counts,
+                 out_dtype):
+    """One output tensor in `out_dtype`; `task_ts`/`regions` are in sorted task-name order.
+
+    Computed in float32 (float64 when an input is float64): SLERP, then the exact copies of task cores
+    and protected entries; cast to `out_dtype` once at the end.
+    """
     if not base_t.is_floating_point():
         if any(not torch.equal(base_t, x) for x in task_ts):
             logger.warning("non-float tensor %s differs between models; keeping the base value", name)
         return base_t.clone()
+    out_dtype = getattr(torch, out_dtype)
+    dtype = _work_dtype(base_t.dtype, out_dtype, *(x.dtype for x in task_ts))
+    task_ts = [x.to(dtype) for x in task_ts]
     n = len(task_ts)
     if n == 1:
-        out = task_ts[0].to(dtype, copy=True)
+        out = task_ts[0].clone()
     elif n == 2:
         a, b = (task_ts[i] for i in order_given)
         out = slerp(t_name, a, b, dot_threshold=dot_threshold)
@@ -237,6 +277,7 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
     out = out.to(dtype).contiguous()
     flat = out.view(-1)
     task_idx = _transplant(name, flat, base_t.reshape(-1), task_ts, regions, counts)
+    exact = list(task_idx)
     if protect is not None:
         pidx = protect.indices(name).to(torch.long)
         if pidx.numel():
@@ -246,7 +287,14 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
             for idx in task_idx:
                 over |= _member(idx, pidx)
             counts["protected_over_task"] += int(over.sum())
-    return out
+            exact.append(pidx)
+    if out_dtype == dtype:
+        return out
+    written = out.to(out_dtype)
+    if exact:  # entries that must be copies: count those the output dtype cannot hold
+        idx = torch.cat(exact).unique()
+        counts["core_rounded"] += int((written.view(-1)[idx].to(dtype) != flat[idx]).sum())
+    return written
 
 
 def _copy_side_files(base: Any, target: Path) -> list[str]:
@@ -268,6 +316,25 @@ def _copy_side_files(base: Any, target: Path) -> list[str]:
     return copied
 
 
+def _stamp_config_dtype(target: Path, out_dtypes: dict[str, str]) -> None:
+    """Make config.json name the dtype the weights were written in (transformers' `dtype="auto"` reads it)."""
+    import json
+
+    config = target / "config.json"
+    floats = {d for d in out_dtypes.values() if getattr(torch, d).is_floating_point}
+    if not config.is_file() or len(floats) != 1:
+        return
+    data = json.loads(config.read_text())
+    written = floats.pop()
+    changed = False
+    for key in ("dtype", "torch_dtype"):
+        if key in data and data[key] != written:
+            data[key] = written
+            changed = True
+    if changed:
+        atomic_write_json(config, data)
+
+
 def fuse_with_manifest(
     base: Any,
     task_models: Mapping[str, Any],
@@ -282,6 +349,7 @@ def fuse_with_manifest(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     metadata: Mapping[str, Any] | None = None,
+    dtype: str | torch.dtype = "auto",
 ) -> tuple[dict[str, torch.Tensor] | Path, dict[str, Any]]:
     """Like `fuse`, but also returns the fusion manifest (counts, rules, inputs) as a dict."""
     if not isinstance(task_models, Mapping) or not task_models:
@@ -314,8 +382,9 @@ def fuse_with_manifest(
     names = list(base_fp)
     schedule = _make_schedule(t, t_schedule, names)
     order_given = [order.index(n) for n in given]
+    out_dtypes = _output_dtypes(dtype, [base_fp, *task_fps.values(), *([protect_fp] if protect_fp else [])])
     counts: dict[str, Any] = {"transplanted": 0, "conflicts": 0, "protected": 0, "protected_over_task": 0,
-                              "per_task": [0] * len(order)}
+                              "core_rounded": 0, "per_task": [0] * len(order)}
 
     def tensors():
         from tqdm.auto import tqdm
@@ -323,7 +392,8 @@ def fuse_with_manifest(
         for name in tqdm(names, desc="fuse", unit="tensor", disable=None, leave=False):
             yield name, _fuse_tensor(
                 name, sd_base[name], [sd[name] for sd in sd_tasks], order_given, regions, protect,
-                sd_protect[name] if protect is not None else None, schedule(name), dot_threshold, counts)
+                sd_protect[name] if protect is not None else None, schedule(name), dot_threshold, counts,
+                out_dtypes[name])
 
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -335,6 +405,8 @@ def fuse_with_manifest(
         "t": t,
         "t_schedule": None if t_schedule is None else ("callable" if callable(t_schedule) else list(t_schedule)),
         "dot_threshold": dot_threshold,
+        "dtype": {"requested": dtype if isinstance(dtype, str) else dtype_name(dtype),
+                  "written": sorted(set(out_dtypes.values())), "compute": "float32 (float64 for float64 inputs)"},
         "task_order": {"given": given, "sorted": order},
         "num_tensors": len(names),
         "versions": {"safe_cpift": _version(), "torch": torch.__version__},
@@ -346,14 +418,18 @@ def fuse_with_manifest(
         per_task = dict(zip(order, counts.pop("per_task"), strict=True))
         counts["per_task"] = per_task
         manifest["counts"] = counts
+        if counts["core_rounded"]:
+            logger.warning("%d transplanted/protected entries were rounded by the output dtype %s; use `dtype='auto'` "
+                           "to keep them bit-exact", counts["core_rounded"], manifest["dtype"]["written"])
 
     if out_dir is None:
         result = dict(tensors())
         finish_counts()
         return result, manifest
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        # shapes and dtypes of the output are the base's: plan the shards up front, stream each tensor
-        writer = PlannedShardWriter(tmp, {n: base_fp[n] for n in names}, max_shard_bytes=max_shard_bytes)
+        # shapes are the base's, dtypes the output's: plan the shards up front, stream each tensor
+        writer = PlannedShardWriter(tmp, {n: (base_fp[n][0], out_dtypes[n]) for n in names},
+                                    max_shard_bytes=max_shard_bytes)
         try:
             for name, tensor in tensors():
                 writer.add(name, tensor)
@@ -362,6 +438,7 @@ def fuse_with_manifest(
             raise
         shards = writer.close()
         manifest["side_files"] = _copy_side_files(base, tmp)
+        _stamp_config_dtype(tmp, out_dtypes)
         manifest["shards"] = [p.name for p in shards]
         finish_counts()
         atomic_write_json(tmp / FUSION_MANIFEST, manifest)
@@ -402,7 +479,8 @@ def fuse(
         out_dir (`str` or `os.PathLike`, *optional*): write a `save_pretrained` directory here
             (atomically, sharded safetensors + config/tokenizer files of `base` + `fusion_manifest.json`).
             When `None`, return the fused state dict instead.
-        **kwargs: `dot_threshold`, `overwrite`, `max_shard_bytes`, `metadata` (see `fuse_with_manifest`).
+        **kwargs: `dot_threshold`, `overwrite`, `max_shard_bytes`, `metadata`, and `dtype` (`"auto"`, the
+            default: per tensor the widest input dtype, so core entries are bit-exact; or e.g. `"bfloat16"`).
 
     Returns:
         `dict[str, torch.Tensor]` when `out_dir` is `None`, else the `Path` of the written directory.

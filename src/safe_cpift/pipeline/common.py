@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_cpift.pipeline.spec import PipelineSpec
+from safe_cpift.runtime import scoped_threads
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +112,25 @@ class RunContext:
         return self._safety
 
 
-def load_model(source: str | Path, spec: PipelineSpec | None = None) -> Any:
-    """Load a causal LM the way the run's spec says (dtype, remote code)."""
+def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: bool = False) -> Any:
+    """Load a causal LM the way the run's spec says (dtype, remote code).
+
+    Args:
+        train (`bool`, *optional*): load trainable weights in the dtype the run's precision trains
+            (float32 master weights, or bf16 for `bf16-sr`); otherwise in the run's `dtype`
+            (`auto`: the checkpoint's own dtype). See docs/dtypes.md.
+    """
     from safe_cpift.models import load_causal_lm
 
     if spec is None:
         return load_causal_lm(str(source))
-    return load_causal_lm(str(source), dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+    if train:
+        from safe_cpift.precision import load_dtype
+
+        dtype: Any = load_dtype(spec.train.precision)
+    else:
+        dtype = spec.dtype
+    return load_causal_lm(str(source), dtype=dtype, trust_remote_code=spec.trust_remote_code)
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
@@ -167,7 +180,7 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     from safe_cpift.training import train_sft
 
     spec = ctx.spec
-    model = load_model(start, spec)
+    model = load_model(start, spec, train=True)
     tokenizer = ctx.tokenizer()
     callbacks = list(callbacks or [])
     if freeze is not None and freeze.num_selected:
@@ -180,10 +193,12 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     overrides = dict(spec.train.overrides)
     if spec.train.max_length is not None:
         overrides.setdefault("max_length", spec.train.max_length)
+    refuse_pipeline_owned(overrides)
     work = Path(tmp) / "_trainer"
-    stats = train_sft(model, tokenizer, dataset, output_dir=str(work), num_train_epochs=1,
-                      learning_rate=spec.train.learning_rate, batch_size=spec.train.batch_size,
-                      callbacks=callbacks, seed=seed, num_threads=spec.num_threads, **overrides)
+    with scoped_threads(spec.num_threads):
+        stats = train_sft(model, tokenizer, dataset, output_dir=str(work), num_train_epochs=1,
+                          learning_rate=spec.train.learning_rate, batch_size=spec.train.batch_size,
+                          callbacks=callbacks, seed=seed, precision=spec.train.precision, **overrides)
     shutil.rmtree(work, ignore_errors=True)
     save_model(model, tokenizer, Path(tmp) / out_name)
     out = _stats_dict(stats)
@@ -193,6 +208,23 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     out["frozen_entries"] = int(freeze.num_selected) if freeze is not None else 0
     out["start"] = str(start)
     return out
+
+
+# SFTConfig settings the pipeline owns: it saves each stage's model itself and deletes the
+# trainer's scratch directory, so checkpoints or uploads asked for here would be silently lost
+SAVING_OWNED = {
+    "save_strategy": ("no",), "push_to_hub": (False,), "load_best_model_at_end": (False,),
+    "resume_from_checkpoint": (None,), "output_dir": (),
+}
+
+
+def refuse_pipeline_owned(settings: dict[str, Any]) -> None:
+    """Raise for training settings the pipeline must override (instead of dropping them)."""
+    for key, allowed in SAVING_OWNED.items():
+        if key in settings and settings[key] not in allowed:
+            raise ValueError(f"`training.{key}: {settings[key]!r}` cannot be honoured: the pipeline saves each stage's "
+                             "model itself and removes the trainer's scratch directory; remove the setting "
+                             "(use `output_dir` and the run directory's stage models instead)")
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

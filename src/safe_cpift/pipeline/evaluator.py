@@ -16,24 +16,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from safe_cpift.evals.conversation import Prompt, conversation_and_reference
+
 logger = logging.getLogger(__name__)
 
 Metric = Callable[[str, str], float]
 
 
-def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[str, str]:
-    """The last user turn and the final assistant turn of a test conversation."""
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    if not users or messages[-1]["role"] != "assistant":
+def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[Prompt, str]:
+    """The conversation up to the final assistant turn (system prompt and earlier turns included; a
+    string when it is one user turn) and that final turn, the reference answer."""
+    pair = conversation_and_reference(messages)
+    if pair is None:
         raise ValueError("a test conversation needs a user turn and must end with the assistant's reference answer")
-    return users[-1], messages[-1]["content"]
+    return pair
 
 
 @dataclass
 class TaskEval:
     """One task's test set: `prompts`, `references` and the metric."""
 
-    prompts: list[str]
+    prompts: list[Prompt]
     references: list[str]
     metric: Metric
 
@@ -47,8 +50,8 @@ class Evaluator:
     """
 
     tasks: dict[str, TaskEval]
-    harmful: list[str] | None
-    benign: list[str] | None
+    harmful: list[Prompt] | None
+    benign: list[Prompt] | None
     harmful_types: list[str] | None = None
     benign_types: list[str] | None = None
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -66,13 +69,13 @@ class Evaluator:
                 out[key] = {t: types.count(t) for t in dict.fromkeys(types)}
         return out
 
-    def _generate(self, model: Any, tokenizer: Any, prompts: list[str]) -> list[str]:
+    def _generate(self, model: Any, tokenizer: Any, prompts: list[Prompt]) -> list[str]:
         from safe_cpift.evals.generation import generate_responses
 
         return generate_responses(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                   batch_size=self.batch_size, seed=0, progress=False)
 
-    def _refusals(self, model: Any, tokenizer: Any, prompts: list[str],
+    def _refusals(self, model: Any, tokenizer: Any, prompts: list[Prompt],
                   types: list[str] | None) -> tuple[float, dict[str, float] | None, list[dict]]:
         from safe_cpift.evals.judge import verdict
 

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from safe_cpift.evals.conversation import conversation_prompt
 from safe_cpift.pipeline.evaluator import Evaluator, TaskEval, prompt_and_reference
 from safe_cpift.pipeline.spec import PipelineSpec, TrainSettings
 
@@ -38,10 +39,11 @@ def _load_data(spec: Any, name: str | None, *, split: str | None = None, subset:
                              limit=limit if limit is not None else spec.limit)
 
 
-def _prompt_rows(ps: Any, world_rows: Any | None) -> list[dict[str, str]]:
+def _prompt_rows(ps: Any, world_rows: Any | None) -> list[dict[str, Any]]:
     """Prompts of a recipe `PromptSpec` (`toyworld`, a bundled or public set, a local table, or a hub
     dataset) as rows `{"prompt", "type"}`; `type` is the row's `category` or `type` column (XSTest's
-    prompt types), "" without one."""
+    prompt types), "" without one. A `messages` value gives the whole conversation up to its final
+    assistant turn."""
     from safe_cpift.evals.public_sets import load_public_set
     from safe_cpift.evals.sources import is_set_name
 
@@ -74,9 +76,9 @@ def _prompt_rows(ps: Any, world_rows: Any | None) -> list[dict[str, str]]:
             raise ValueError(f"prompts `{ps.source}`: row {i} has no column `{column}` (columns: {sorted(row)}); "
                              "set `column` in the recipe")
         value = row[column]
-        if isinstance(value, list):  # a messages list: the first user turn
-            value = next((m["content"] for m in value if m.get("role") == "user"), None)
-        if not isinstance(value, str) or not value.strip():
+        if isinstance(value, list):  # a messages list: the whole conversation up to the final assistant turn
+            value = conversation_prompt(value)
+        if not value or (isinstance(value, str) and not value.strip()):
             raise ValueError(f"prompts `{ps.source}`: row {i} has no usable prompt in `{column}`")
         prompts.append({"prompt": value, "type": str(row.get("category") or row.get("type") or "")})
     if ps.limit is not None:
@@ -226,8 +228,9 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         protections=tuple(recipe.protect.safe_cpift),
         protect_settings={k: v for k, v in dataclasses.asdict(recipe.protect).items() if k != "safe_cpift"},
         methods=tuple(recipe.methods),
-        train=TrainSettings(learning_rate=lr, batch_size=batch, max_length=max_length, overrides=training),
-        dtype=model.dtype if model.dtype != "auto" else "float32",
+        train=TrainSettings(learning_rate=lr, batch_size=batch, max_length=max_length, overrides=training,
+                            precision=model.precision),
+        dtype=model.dtype,
         trust_remote_code=model.trust_remote_code,
         num_threads=recipe.num_threads,
         recipe=recipe.to_dict(),

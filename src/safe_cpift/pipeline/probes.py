@@ -84,7 +84,7 @@ def run_task_cores(ctx: RunContext, tmp: Path) -> dict[str, Any]:
         if spec.task_scorer == "importance":
             from safe_cpift.pipeline.common import load_model
 
-            model = load_model(spec.aligned_model, spec)
+            model = load_model(spec.aligned_model, spec, train=True)
             data, _ = mix(ctx, {task: spec.probe_examples}, 0, spec.stage_seed(probe_stage(task)))
             region = CoreRegion.from_importance(model, data, top_p=spec.top_p, scope=spec.scope,
                                                 tokenizer=ctx.tokenizer(), progress=False)

@@ -52,6 +52,7 @@ def check_safety_core(ctx: RunContext) -> dict[str, Any]:
     return {"top_p": spec.safety_top_p, "scope": spec.safety_scope, "scorer": spec.safety_scorer,
             "entries": int(summary["entries"]), "fraction": summary["fraction"], "intact": bool(check["intact"]),
             "checked_entries": check["entries"], "mismatched": check["mismatched"],
+            "compared_dtypes": check["compared_dtypes"],
             "first_mismatch": check["first_mismatch"], "protect_source": spec.protect_source,
             "frozen_during_sft": spec.freeze_safety_core}
 

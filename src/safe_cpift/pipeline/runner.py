@@ -121,10 +121,59 @@ def _publish(ctx: RunContext, root: Path) -> None:
     marker = root / FINAL_MODEL / "safe_cpift_source.json"
     if marker.is_file() and json.loads(marker.read_text()) == stamp:
         return
+    source = ctx.model_dir(stage)
+    target_dtype = output_dtype(ctx)
     with atomic_directory(root / FINAL_MODEL, overwrite=True) as tmp:
-        shutil.copytree(ctx.model_dir(stage), tmp, dirs_exist_ok=True)
+        if checkpoint_dtype(source) == target_dtype:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+        else:  # stage models hold the training precision's weights; the final model the output dtype
+            _write_cast(ctx, source, tmp, target_dtype)
         shutil.copy2(report / "MODEL_CARD.md", tmp / "README.md")
         (tmp / marker.name).write_text(json.dumps(stamp))
+
+
+def checkpoint_dtype(source: str | Path) -> str:
+    """The floating dtype of a saved checkpoint's weights (the widest, if they differ)."""
+    import torch
+
+    from safe_cpift.io import open_checkpoint
+
+    dtypes = {d for _, d in open_checkpoint(source).fingerprint().values() if getattr(torch, d).is_floating_point}
+    widest = None
+    for d in dtypes:
+        widest = getattr(torch, d) if widest is None else torch.promote_types(widest, getattr(torch, d))
+    return str(widest).removeprefix("torch.") if widest is not None else "float32"
+
+
+def output_dtype(ctx: RunContext) -> str:
+    """The dtype of the published final model: the spec's `dtype`; `auto` = θ0's checkpoint dtype."""
+    if ctx.spec.dtype != "auto":
+        return ctx.spec.dtype
+    theta0 = ctx.theta0()
+    if isinstance(theta0, Path):
+        return checkpoint_dtype(theta0)
+    return str(next(theta0.parameters()).dtype).removeprefix("torch.")
+
+
+def _write_cast(ctx: RunContext, source: Path, tmp: Path, dtype: str) -> None:
+    from safe_cpift.pipeline.common import save_model
+    from safe_cpift.pipeline.safety_core import PROTECTED_FILE, verify_safety_core
+    from safe_cpift.pipeline.safety_core import STAGE as SAFETY_CORE
+
+    for f in source.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json")):
+            shutil.copy2(f, tmp / f.name)
+    from safe_cpift.models import load_causal_lm
+
+    model = load_causal_lm(source, dtype=dtype, trust_remote_code=ctx.spec.trust_remote_code)
+    save_model(model, ctx.tokenizer(), tmp)
+    logger.info("final model written in %s (stage model: %s)", dtype, checkpoint_dtype(source))
+    if ctx.spec.freeze_safety_core:
+        check = verify_safety_core(tmp, ctx.region(SAFETY_CORE), ctx.stage_dir(SAFETY_CORE) / PROTECTED_FILE)
+        if not check["intact"]:
+            logger.warning("the final model in %s does not hold the safety core exactly (%d of %d entries differ); "
+                           "choose `model.dtype` at least as wide as the aligned checkpoint's", dtype,
+                           check["mismatched"], check["entries"])
 
 
 def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False, stop_after: str | None = None,

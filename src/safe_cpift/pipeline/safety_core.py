@@ -49,7 +49,7 @@ def run_safety_core(ctx: RunContext, tmp: Path) -> dict[str, Any]:
         from safe_cpift.pipeline.common import load_model
 
         data, _ = mix(ctx, {}, spec.safety_probe_examples, seed)
-        region = CoreRegion.from_importance(load_model(spec.aligned_model, spec), data, top_p=spec.safety_top_p,
+        region = CoreRegion.from_importance(load_model(spec.aligned_model, spec, train=True), data, top_p=spec.safety_top_p,
                                             scope=spec.safety_scope, tokenizer=ctx.tokenizer(), progress=False)
     region.save(Path(tmp) / REGION_DIR)
     if spec.protect_source == "safety_probe":
@@ -92,6 +92,11 @@ def save_protected_values(region: Any, source: str | Path | Any, path: Path) -> 
 def verify_safety_core(model: Any, region: Any, protected: str | Path | dict[str, torch.Tensor]) -> dict[str, Any]:
     """Check, bit for bit, that every safety-core entry of `model` equals its protected value.
 
+    Like is compared with like: the model's entries are cast to the protected values' dtype, and an
+    entry counts as unchanged only when that cast is lossless (casting back gives the same bits) and
+    its bits equal the protected value's. So a float32 model holding the exact bf16 protected values
+    is intact, while a change too small to survive rounding to bf16 is still a change.
+
     Args:
         model: a model, state dict or checkpoint directory.
         region (`CoreRegion`): the safety core.
@@ -100,7 +105,7 @@ def verify_safety_core(model: Any, region: Any, protected: str | Path | dict[str
 
     Returns:
         `dict`: `intact` (`bool`), `entries` (checked), `mismatched` (count), `first_mismatch`
-        (tensor name or `None`).
+        (tensor name or `None`), `compared_dtypes` (`{"model": [...], "protected": [...]}`).
     """
     from safetensors.torch import load_file
 
@@ -110,6 +115,7 @@ def verify_safety_core(model: Any, region: Any, protected: str | Path | dict[str
     sd = as_state_dict(model)
     checked = mismatched = 0
     first = None
+    model_dtypes, protected_dtypes = set(), set()
     for name in region.names():
         idx = region.indices(name)
         if not idx.numel():
@@ -118,17 +124,30 @@ def verify_safety_core(model: Any, region: Any, protected: str | Path | dict[str
             raise ValueError(f"tensor `{name}` of the safety core is missing from the model or the protected values")
         now = sd[name].detach().reshape(-1)[idx]
         ref = stored[name]
-        if now.shape != ref.shape or now.dtype != ref.dtype:
+        model_dtypes.add(str(now.dtype).removeprefix("torch."))
+        protected_dtypes.add(str(ref.dtype).removeprefix("torch."))
+        if now.shape != ref.shape:
             bad = int(idx.numel())
         else:
-            # compare bit patterns, so that -0.0 vs 0.0 or a NaN payload change is a change
-            bad = int((now.view(_int_view(now.dtype)) != ref.view(_int_view(ref.dtype))).sum())
+            bad = int((~_same_bits(now, ref)).sum())
         checked += int(idx.numel())
         if bad:
             mismatched += bad
             first = first or name
     return {"intact": mismatched == 0 and checked == region.num_selected, "entries": checked,
-            "mismatched": mismatched, "first_mismatch": first}
+            "mismatched": mismatched, "first_mismatch": first,
+            "compared_dtypes": {"model": sorted(model_dtypes), "protected": sorted(protected_dtypes)}}
+
+
+def _same_bits(now: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per entry: `now`, cast to `ref`'s dtype without loss, has `ref`'s bit pattern (-0.0 vs 0.0 and NaN
+    payloads count as changes)."""
+    cast = now.to(ref.dtype)
+    same = cast.view(_int_view(ref.dtype)) == ref.view(_int_view(ref.dtype))
+    if now.dtype != ref.dtype:
+        back = cast.to(now.dtype)
+        same &= back.view(_int_view(now.dtype)) == now.view(_int_view(now.dtype))
+    return same
 
 
 def _int_view(dtype: torch.dtype) -> torch.dtype:

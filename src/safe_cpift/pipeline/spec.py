@@ -37,13 +37,22 @@ class TrainSettings:
         learning_rate (`float`, defaults to `1e-3`).
         batch_size (`int`, defaults to `16`): per-device batch size.
         max_length (`int`, *optional*): truncation length passed to `SFTConfig.max_length`.
-        overrides (`dict`, *optional*): further `trl.SFTConfig` fields (e.g. `weight_decay`).
+        overrides (`dict`, *optional*): further `trl.SFTConfig` fields (e.g. `weight_decay`), passed as
+            written.
+        precision (`str`, defaults to `"auto"`): `fp32`, `bf16-mixed`, `bf16-sr` or `auto` (`bf16-mixed`
+            when `overrides` has `bf16: true`), see `safe_cpift.precision`.
     """
 
     learning_rate: float = 1e-3
     batch_size: int = 16
     max_length: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        from safe_cpift.precision import resolve_precision
+
+        self.precision = resolve_precision(self.precision, self.overrides)
 
 
 @dataclass
@@ -86,7 +95,9 @@ class PipelineSpec:
             `sppft_top_p`).
         methods (`tuple[str, ...]`): which of `ALL_METHODS` to run (`aligned` and `safe_cpift` always run).
         train (`TrainSettings`).
-        dtype / trust_remote_code: how models are loaded (`safe_cpift.models.load_causal_lm`).
+        dtype (`str`): the dtype models are evaluated and the final model is written in; `auto` = the
+            checkpoint's own dtype. Training loads weights in the precision's dtype (docs/dtypes.md).
+        trust_remote_code: how models are loaded (`safe_cpift.models.load_causal_lm`).
         num_threads (`int`, *optional*): torch CPU threads (`configure_runtime`).
         recipe (`dict`): the recipe as written, stored in the manifest.
         name (`str`): run name used in the report.
@@ -124,7 +135,7 @@ class PipelineSpec:
     protect_settings: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = METHODS
     train: TrainSettings = field(default_factory=TrainSettings)
-    dtype: str = "float32"
+    dtype: str = "auto"
     trust_remote_code: bool = False
     num_threads: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)

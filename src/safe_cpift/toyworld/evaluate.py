@@ -26,8 +26,10 @@ def is_refusal(text: str) -> bool:
 
 
 def exact_match(prediction: str, reference: str) -> bool:
-    """Exact match after stripping surrounding whitespace."""
-    return prediction.strip() == reference.strip()
+    """Exact match after stripping surrounding whitespace (`safe_cpift.evals.metrics.exact_match`)."""
+    from safe_cpift.evals.metrics import exact_match as metric
+
+    return bool(metric(prediction, reference))
 
 
 def task_accuracy(model: Any, tokenizer: Any, rows: Sequence[dict], batch_size: int = 64) -> tuple[float, list[dict]]:

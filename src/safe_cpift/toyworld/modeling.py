@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from safe_cpift.runtime import configure_runtime
+from safe_cpift.runtime import scoped_threads, seeded
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def make_model(shape: ModelShape, vocab_size: int, pad_id: int, eos_id: int, see
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=True,
         pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, dtype=torch.float32,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    with seeded(seed):
+        model = LlamaForCausalLM(cfg)
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False)
     return model
 
@@ -77,8 +77,11 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def _train(model, batches, steps: int, lr: float, desc: str, seed: int, num_threads: int | None) -> float:
-    configure_runtime(num_threads)
-    torch.manual_seed(seed)
+    with scoped_threads(num_threads), seeded(seed):
+        return _train_loop(model, batches, steps, lr, desc)
+
+
+def _train_loop(model, batches, steps: int, lr: float, desc: str) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     start = time.perf_counter()
