@@ -222,7 +222,9 @@ def test_shipped_recipes_validate():
     for name in ("eval_toy.yaml", "eval_safety.yaml", "eval_capability.yaml"):
         recipe = load_eval_recipe(root / name)
         assert recipe.suites and recipe.model
-        assert root.joinpath(name).read_text().startswith("# safe-cpift eval --config")
+        first, second = root.joinpath(name).read_text().splitlines()[:2]
+        assert first == "# yaml-language-server: $schema=./eval_recipe.schema.json"  # for editors
+        assert second.startswith("# safe-cpift eval --config")
 
 
 def test_compare_results_signs():

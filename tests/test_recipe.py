@@ -19,9 +19,18 @@ from safe_cpift.schema import ConfigError
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RUN_RECIPES = ("toy.yaml", "qwen2.5-0.5b-instruct.yaml", "qwen2.5-7b-instruct.yaml", "llama-3.1-8b-instruct.yaml")
+MODELINE = "# yaml-language-server: $schema=./recipe.schema.json"  # points editors at the JSON Schema
+
+
+def command_line(path: Path) -> str:
+    """The recipe's first line after the editor modeline: the command that runs it."""
+    lines = path.read_text().splitlines()
+    return lines[1] if lines and lines[0].startswith("# yaml-language-server:") else lines[0]
+
+
 # the run recipes above plus any other recipe that says it is run by `safe-cpift run` (eval recipes differ)
 RECIPES = sorted({RECIPE_DIR / n for n in RUN_RECIPES} | {
-    p for p in RECIPE_DIR.glob("*.yaml") if p.read_text().startswith("# safe-cpift run ")})
+    p for p in RECIPE_DIR.glob("*.yaml") if command_line(p).startswith("# safe-cpift run ")})
 FIXTURES = Path(__file__).parent / "fixtures_data"
 
 MINIMAL = {
@@ -45,8 +54,8 @@ def test_shipped_recipes_exist():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipe_is_valid_and_documented(path):
     recipe = load_recipe(path)
-    first = path.read_text().splitlines()[0]
-    assert first.startswith(f"# safe-cpift run recipes/{path.name}"), "a recipe opens with the command that runs it"
+    assert path.read_text().splitlines()[0] == MODELINE, "a recipe opens with the modeline editors read"
+    assert command_line(path).startswith(f"# safe-cpift run recipes/{path.name}"), "then the command that runs it"
     assert recipe.tasks and recipe.methods[0] == "aligned" and recipe.methods[-1] == "safe_cpift"
     if recipe.model.source != "toyworld":  # real models cannot be run here: the recipe must say so
         assert "UNTESTED HERE" in path.read_text()

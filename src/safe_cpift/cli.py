@@ -17,7 +17,7 @@ import os
 import sys
 import traceback
 
-COMMAND_MODULES = ("demo", "run", "region", "fuse", "eval", "judge")
+COMMAND_MODULES = ("demo", "run", "region", "fuse", "eval", "judge", "recipe")
 DEBUG_VARIABLE = "SAFE_CPIFT_DEBUG"
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1

@@ -1,4 +1,4 @@
-"""Run recipes: a YAML file validated against dataclasses whose fields carry help strings.
+"""Run recipes: a YAML file validated against pydantic models whose fields carry help text.
 
 ```python
 recipe = load_recipe("recipes/toy.yaml", overrides=["cpift.top_p=0.02", "seed=1"])
@@ -7,37 +7,53 @@ recipe.cpift.top_p, recipe.tasks[0].name, recipe.to_dict()
 Unknown keys are errors with a did-you-mean, and every problem of a recipe is reported at once in
 one `ConfigError`. `training` is passed to TRL's `SFTConfig`; its keys are checked against
 `SFTConfig`'s fields. The built-in tiny world is named `toyworld` wherever a model, dataset or task
-list is expected (`model: {source: toyworld}`, `tasks: toyworld`).
+list is expected (`model: {source: toyworld}`, `tasks: toyworld`). `Recipe.model_json_schema()` is
+the JSON Schema editors use (`safe-cpift recipe schema`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from safe_cpift.data import FORMAT_ALIASES, FORMATS, LOCAL_SUFFIXES
 from safe_cpift.schema import (
     ConfigError,
-    RecipeSection,
+    Number,
+    Section,
     annotation_at,
-    build_section,
-    check_value,
     did_you_mean,
+    draft,
+    matching,
+    number,
+    problem,
+    problems_from,
     set_dotted,
 )
 
 __all__ = [
     "TOYWORLD", "METHODS", "BASELINES", "SUITES", "Recipe", "ModelConfig", "DataSpec", "PromptSpec",
     "CoreConfig", "SafetyConfig", "TaskSpec", "CpiftConfig", "BudgetConfig", "EvalConfig",
-    "ToyWorldSettings", "AttackConfig", "load_recipe", "recipe_from_dict", "apply_overrides", "find_recipe",
-    "sft_config_fields", "build_metric", "expand_toyworld_tasks", "resolve_paths",
+    "ToyWorldSettings", "AttackConfig", "ProtectConfig", "load_recipe", "recipe_from_dict", "apply_overrides", "find_recipe",
+    "sft_config_fields", "build_metric", "expand_toyworld_tasks", "resolve_paths", "recipe_json_schema",
 ]
 
 TOYWORLD = "toyworld"
@@ -60,188 +76,222 @@ PIPELINE_OWNED = {
     "data_seed": "use the top-level `seed`",
 }
 
-
-def _f(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
-    """A dataclass field with TRL-style help metadata plus validation hints (choices, min, max...)."""
-    meta = {"help": help, **checks}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
+Fraction = number(gt=0.0, le=1.0)
+Share = number(ge=0.0, lt=1.0)
+Unit = number(ge=0.0, le=1.0)
+Count = Annotated[int, Field(ge=1)]
+Format = Literal[FORMATS + tuple(FORMAT_ALIASES)]
 
 
 def _is_local(source: str) -> bool:
     return Path(source).suffix.lower() in LOCAL_SUFFIXES or Path(source).expanduser().exists()
 
 
-@dataclass(kw_only=True)
-class ModelConfig(RecipeSection):
-    source: str = _f(help="The aligned model: a local save_pretrained directory, a hub id, or `toyworld`.")
-    base: str | None = _f(None, help="The model before alignment (needed for `safety.core.scorer: alignment`).")
-    tokenizer: str | None = _f(None, help="Tokenizer source; defaults to `source`.")
-    dtype: str = _f("float32", help="Dtype for eval and the final model (`auto`: the checkpoint's own); training "
-                    "weights follow `precision` (docs/dtypes.md).", choices=DTYPES)
-    precision: str = _f("auto", help="Training precision: fp32 | bf16-mixed (float32 master weights + bf16 autocast) | "
-                        "bf16-sr (bf16 weights, torchao AdamW with stochastic rounding) | auto (bf16-mixed when "
-                        "`training.bf16` is true, else fp32).", choices=("auto", "fp32", "bf16-mixed", "bf16-sr"))
-    trust_remote_code: bool = _f(False, help="Run the model repository's own code. Leave false unless you trust it.")
+def _valid_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"is not a valid regex: {err}") from None
+    return value
 
 
-@dataclass(kw_only=True)
-class DataSpec(RecipeSection):
-    source: str = _f(help="A .jsonl/.json/.csv/.parquet file, a hub dataset id, or `toyworld`.")
-    format: str = _f("auto", help="messages | prompt_completion | alpaca | auto.", choices=FORMATS + tuple(FORMAT_ALIASES))
-    split: str = _f("train", help="Hub split (a local file is one split).")
-    subset: str | None = _f(None, help="Hub config name, e.g. `main` for openai/gsm8k.")
-    columns: dict[str, str] | None = _f(None, help="Canonical column -> column in the data, e.g. {prompt: question}.")
-    limit: int | None = _f(None, help="Use only the first `limit` rows.", min=1)
+def _suite(value: str) -> str:
+    if value not in SUITES and not value.startswith("lm-eval:"):
+        guess = did_you_mean(value, SUITES)
+        raise ValueError(f"must be one of {', '.join(SUITES)} or lm-eval:<task>, got {value!r}"
+                         + (f" — did you mean `{guess}`?" if guess else ""))
+    return value
 
 
-@dataclass(kw_only=True)
-class PromptSpec(RecipeSection):
-    source: str = _f(help="Prompts to evaluate: a file, a hub id, `toyworld` (its held-out prompts), or "
-                     "`xstest:unsafe` / `xstest:safe` (XSTest, shipped with safe-cpift).")
-    split: str = _f("test", help="Hub split.")
-    subset: str | None = _f(None, help="Hub config name.")
-    column: str = _f("prompt", help="Column holding the prompt (a `messages` column also works).")
-    where: dict[str, Any] | None = _f(None, help="Keep rows whose columns equal these values, e.g. {label: safe}.")
-    limit: int | None = _f(None, help="Evaluate at most this many prompts.", min=1)
+TaskName = matching(NAME_RE, "letters, digits and `_.-`")
+Metric = matching(METRIC_RE, "exact, contains, regex or python:module:function", ("exact", "contains", "regex"))
+Suite = Annotated[str, AfterValidator(_suite), WithJsonSchema(
+    {"anyOf": [{"enum": list(SUITES)}, {"type": "string", "pattern": "^lm-eval:.+"}]})]
 
 
-@dataclass(kw_only=True)
-class CoreConfig(RecipeSection):
-    scorer: str = _f("update", help="update: |θ_tuned-θ_0| after a short safety SFT; alignment: |θ_aligned-θ_base|; "
-                     "importance: |θ·∇L| on the safety data.", choices=("update", "alignment", "importance"))
-    scope: str = _f("global", help="global: one threshold over all scalars; tensor: top_p per tensor; layer: whole layers.",
-                    choices=SCOPES)
-    top_p: float = _f(0.01, help="Fraction of scalar entries in the safety core.", min=0.0, max=1.0, min_exclusive=True)
-    probe_examples: int = _f(256, help="Training examples (one epoch) of the short safety SFT whose update "
-                             "defines the core (`update` scorer).", min=1)
-    protect_source: str = _f("aligned", help="Values the frozen core keeps: `aligned` (θ0's) or `safety_probe` "
-                             "(those after the short safety SFT; needs scorer `update`).",
-                             choices=("aligned", "safety_probe"))
+class ModelConfig(Section):
+    shorthand = "source"
+    source: str = Field(description="The aligned model: a local save_pretrained directory, a hub id, or `toyworld`.")
+    base: str | None = Field(None, description="The model before alignment (needed for `safety.core.scorer: alignment`).")
+    tokenizer: str | None = Field(None, description="Tokenizer source; defaults to `source`.")
+    dtype: Literal[DTYPES] = Field("float32", description="Dtype for eval and the final model (`auto`: the checkpoint's "
+                                   "own); training weights follow `precision` (docs/dtypes.md).")
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16-sr"] = Field(
+        "auto", description="Training precision: fp32 | bf16-mixed (float32 master weights + bf16 autocast) | bf16-sr "
+        "(bf16 weights, torchao AdamW with stochastic rounding) | auto (bf16-mixed when `training.bf16` is true, else "
+        "fp32).")
+    trust_remote_code: bool = Field(False, description="Run the model repository's own code. Leave false unless you trust it.")
 
 
-@dataclass(kw_only=True)
-class SafetyConfig(RecipeSection):
-    data: DataSpec = _f(help="Safety training data (refusals + benign look-alikes), or `toyworld`.")
-    core: CoreConfig = _f(help="How the safety core is found.")
-    mix_fraction: float = _f(0.05, help="Share of safety examples mixed into user SFT (safety_mix_sft, safe_cpift).",
-                             min=0.0, max=1.0, max_exclusive=True)
+class DataSpec(Section):
+    shorthand = "source"
+    source: str = Field(description="A .jsonl/.json/.csv/.parquet file, a hub dataset id, or `toyworld`.")
+    format: Format = Field("auto", description="messages | prompt_completion | alpaca | auto.")
+    split: str = Field("train", description="Hub split (a local file is one split).")
+    subset: str | None = Field(None, description="Hub config name, e.g. `main` for openai/gsm8k.")
+    columns: dict[str, str] | None = Field(None, description="Canonical column -> column in the data, e.g. {prompt: question}.")
+    limit: Count | None = Field(None, description="Use only the first `limit` rows.")
 
 
-@dataclass(kw_only=True)
-class TaskSpec(RecipeSection):
-    name: str = _f(help="Task name (letters, digits, `_.-`); with `source: toyworld`, a task of the tiny world.")
-    source: str = _f(help="Training data: a file, a hub id, or `toyworld`.")
-    format: str = _f("auto", help="messages | prompt_completion | alpaca | auto.", choices=FORMATS + tuple(FORMAT_ALIASES))
-    split: str = _f("train", help="Hub split for training.")
-    subset: str | None = _f(None, help="Hub config name.")
-    columns: dict[str, str] | None = _f(None, help="Canonical column -> column in the data.")
-    limit: int | None = _f(None, help="Use only the first `limit` training rows.", min=1)
-    test_source: str | None = _f(None, help="Test data; defaults to `source` (required for a local file).")
-    test_split: str = _f("test", help="Hub split for testing.")
-    test_subset: str | None = _f(None, help="Hub config of the test data; defaults to `subset`.")
-    test_limit: int | None = _f(None, help="Evaluate on at most this many test rows.", min=1)
-    metric: str = _f("exact", help="exact | contains | regex | python:module:function(response, reference) -> float.")
-    answer_pattern: str | None = _f(None, help="For `metric: regex`: the answer is group 1 (or the match) in both texts.")
+class PromptSpec(Section):
+    shorthand = "source"
+    source: str = Field(description="Prompts to evaluate: a file, a hub id, `toyworld` (its held-out prompts), or "
+                        "`xstest:unsafe` / `xstest:safe` (XSTest, shipped with safe-cpift).")
+    split: str = Field("test", description="Hub split.")
+    subset: str | None = Field(None, description="Hub config name.")
+    column: str = Field("prompt", description="Column holding the prompt (a `messages` column also works).")
+    where: dict[str, Any] | None = Field(None, description="Keep rows whose columns equal these values, e.g. {label: safe}.")
+    limit: Count | None = Field(None, description="Evaluate at most this many prompts.")
 
 
-@dataclass(kw_only=True)
-class CpiftConfig(RecipeSection):
-    top_p: float = _f(0.01, help="Fraction of entries in each task core.", min=0.0, max=1.0, min_exclusive=True)
-    scope: str = _f("global", help="Scope of task cores.", choices=SCOPES)
-    scorer: str = _f("update", help="Task core scorer.", choices=("update", "importance"))
-    tau: float = _f(0.1, help="Core-overlap threshold: tasks whose cores overlap more share a group.", min=0.0, max=1.0)
-    slerp_t: float = _f(0.5, help="SLERP interpolation factor for non-core parameters.", min=0.0, max=1.0)
-    probe_examples: int = _f(256, help="Training examples (one epoch) of each task's probe SFT that locates its core.",
-                             min=1)
-    freeze_safety_core: bool = _f(True, help="safe_cpift: keep the safety core's entries frozen in every stage.")
-    freeze_earlier_groups: bool = _f(True, help="Freeze cores of groups trained in earlier stages.")
-    mix_safety: bool = _f(True, help="safe_cpift: add `safety.mix_fraction` safety examples to each stage's mix.")
-    replay_fraction: float = _f(0.0, help="Share of each later stage's task examples replayed from earlier groups' "
-                                "tasks (the paper's mixed-task stages); 0 trains each stage on its group alone.",
-                                min=0.0, max=1.0, max_exclusive=True)
-    track_stages: bool = _f(True, help="Score every task after fusion and after every pipelined stage (report: "
-                            "forgetting and undertraining per stage).")
+class CoreConfig(Section):
+    scorer: Literal["update", "alignment", "importance"] = Field(
+        "update", description="update: |θ_tuned-θ_0| after a short safety SFT; alignment: |θ_aligned-θ_base|; "
+        "importance: |θ·∇L| on the safety data.")
+    scope: Literal[SCOPES] = Field("global", description="global: one threshold over all scalars; tensor: top_p per "
+                                   "tensor; layer: whole layers.")
+    top_p: Fraction = Field(0.01, description="Fraction of scalar entries in the safety core.")
+    probe_examples: Count = Field(256, description="Training examples (one epoch) of the short safety SFT whose "
+                                  "update defines the core (`update` scorer).")
+    protect_source: Literal["aligned", "safety_probe"] = Field(
+        "aligned", description="Values the frozen core keeps: `aligned` (θ0's) or `safety_probe` (those after the "
+        "short safety SFT; needs scorer `update`).")
 
 
-@dataclass(kw_only=True)
-class ProtectConfig(RecipeSection):
-    safe_cpift: list[str] = _f(["freeze", "safety_mix"], help="safe_cpift's composition of protections: freeze, "
-                               "safety_mix, direction, projection, token_kl, repair (docs/efficacy.md).")
-    direction_strength: float = _f(1.0, help="`direction`: λ of the AsFT-style penalty on updates orthogonal to "
-                                   "θ_aligned − θ_base.", min=0.0)
-    projection_every: int = _f(4, help="`projection`: recompute the safety gradient every N steps.", min=1)
-    token_kl_strength: float = _f(1.0, help="`token_kl`: β of the KL to the aligned model.", min=0.0)
-    token_kl_first_k: int = _f(5, help="`token_kl`: response tokens kept close to the aligned model.", min=1)
-    repair_scales: list[float] = _f([0.0, 0.25, 0.5, 1.0], help="`repair` / `resta`: safety-vector scales tried "
-                                    "on the probe (the smallest that restores the aligned refusal is kept).")
-    repair_margin: float = _f(0.05, help="`repair` / `resta`: refusal may end this far below the aligned "
-                              "model's on the probe, over-refusal this far above.", min=0.0, max=1.0)
-    sppft_top_p: float = _f(0.25, help="`sppft` baseline: share of parameters in the frozen safety layers.",
-                            min=0.0, max=1.0, min_exclusive=True)
+class SafetyConfig(Section):
+    data: DataSpec = Field(description="Safety training data (refusals + benign look-alikes), or `toyworld`.")
+    core: CoreConfig = Field(default_factory=CoreConfig, description="How the safety core is found.")
+    mix_fraction: Share = Field(0.05, description="Share of safety examples mixed into user SFT (safety_mix_sft, "
+                                "safe_cpift).")
 
 
-@dataclass(kw_only=True)
-class BudgetConfig(RecipeSection):
-    examples_per_method: int = _f(512, help="Training examples of the final fine-tuning of every method "
-                                  "(equal budget); split across tasks, stages or groups by each method.", min=1)
-    include_probes: bool = _f(True, help="Give each SFT baseline safe_cpift's probe examples on top, so every "
-                              "method trains on as many examples in total (false: baselines get fewer).")
+class TaskSpec(Section):
+    name: TaskName = Field(
+        description="Task name (letters, digits, `_.-`); with `source: toyworld`, a task of the tiny world.")
+    source: str = Field(description="Training data: a file, a hub id, or `toyworld`.")
+    format: Format = Field("auto", description="messages | prompt_completion | alpaca | auto.")
+    split: str = Field("train", description="Hub split for training.")
+    subset: str | None = Field(None, description="Hub config name.")
+    columns: dict[str, str] | None = Field(None, description="Canonical column -> column in the data.")
+    limit: Count | None = Field(None, description="Use only the first `limit` training rows.")
+    test_source: str | None = Field(None, description="Test data; defaults to `source` (required for a local file).")
+    test_split: str = Field("test", description="Hub split for testing.")
+    test_subset: str | None = Field(None, description="Hub config of the test data; defaults to `subset`.")
+    test_limit: Count | None = Field(None, description="Evaluate on at most this many test rows.")
+    metric: Metric = Field(
+        "exact", description="exact | contains | regex | python:module:function(response, reference) -> float.")
+    answer_pattern: Annotated[str, AfterValidator(_valid_regex)] | None = Field(
+        None, description="For `metric: regex`: the answer is group 1 (or the match) in both texts.")
 
 
-@dataclass(kw_only=True)
-class EvalConfig(RecipeSection):
-    suites: list[str] = _f(list(SUITES), help="tasks | refusal | overrefusal | lm-eval:<task>[,...]")
-    harmful: PromptSpec | None = _f(None, help="Harmful prompts for the refusal rate: a file, a hub id, `toyworld`, "
-                                    "`xstest:unsafe`. Default: `toyworld` for a toyworld model, else "
-                                    "`xstest:unsafe` (bundled, offline).")
-    benign: PromptSpec | None = _f(None, help="Benign look-alikes for the over-refusal rate: a file, a hub id, "
-                                   "`toyworld`, `xstest:safe`. Default: `toyworld` for a toyworld model, else "
-                                   "`xstest:safe` (bundled, offline).")
-    task_examples: int | None = _f(None, help="Test examples per task (default: all).", min=1)
-    max_new_tokens: int = _f(48, help="Generation length for every suite.", min=1)
-    batch_size: int = _f(64, help="Generation batch size.", min=1)
+class CpiftConfig(Section):
+    top_p: Fraction = Field(0.01, description="Fraction of entries in each task core.")
+    scope: Literal[SCOPES] = Field("global", description="Scope of task cores.")
+    scorer: Literal["update", "importance"] = Field("update", description="Task core scorer.")
+    tau: Unit = Field(0.1, description="Core-overlap threshold: tasks whose cores overlap more share a group.")
+    slerp_t: Unit = Field(0.5, description="SLERP interpolation factor for non-core parameters.")
+    probe_examples: Count = Field(256, description="Training examples (one epoch) of each task's probe SFT that "
+                                  "locates its core.")
+    freeze_safety_core: bool = Field(True, description="safe_cpift: keep the safety core's entries frozen in every stage.")
+    freeze_earlier_groups: bool = Field(True, description="Freeze cores of groups trained in earlier stages.")
+    mix_safety: bool = Field(True, description="safe_cpift: add `safety.mix_fraction` safety examples to each stage's mix.")
+    replay_fraction: Share = Field(0.0, description="Share of each later stage's task examples replayed from earlier "
+                                   "groups' tasks (the paper's mixed-task stages); 0 trains each stage on its group alone.")
+    track_stages: bool = Field(True, description="Score every task after fusion and after every pipelined stage "
+                               "(report: forgetting and undertraining per stage).")
 
 
-@dataclass(kw_only=True)
-class ToyWorldSettings(RecipeSection):
-    quick: bool = _f(False, help="Smaller, faster tiny world (the demo's --quick).")
-    seed: int | None = _f(None, help="World seed; defaults to the recipe's `seed`.", min=0)
+class ProtectConfig(Section):
+    safe_cpift: list[Literal[PROTECTIONS]] = Field(
+        ["freeze", "safety_mix"], description="safe_cpift's composition of protections: freeze, safety_mix, direction, "
+        "projection, token_kl, repair (docs/efficacy.md).")
+    direction_strength: number(ge=0.0) = Field(1.0, description="`direction`: λ of the AsFT-style penalty on updates "
+                                               "orthogonal to θ_aligned − θ_base.")
+    projection_every: Count = Field(4, description="`projection`: recompute the safety gradient every N steps.")
+    token_kl_strength: number(ge=0.0) = Field(1.0, description="`token_kl`: β of the KL to the aligned model.")
+    token_kl_first_k: Count = Field(5, description="`token_kl`: response tokens kept close to the aligned model.")
+    repair_scales: list[Number] = Field([0.0, 0.25, 0.5, 1.0], description="`repair` / `resta`: safety-vector scales "
+                                        "tried on the probe (the smallest that restores the aligned refusal is kept).")
+    repair_margin: Unit = Field(0.05, description="`repair` / `resta`: refusal may end this far below the aligned "
+                                "model's on the probe, over-refusal this far above.")
+    sppft_top_p: Fraction = Field(0.25, description="`sppft` baseline: share of parameters in the frozen safety layers.")
 
 
-@dataclass(kw_only=True)
-class AttackConfig(RecipeSection):
-    data: DataSpec = _f(help="Harmful requests answered compliantly: `toyworld` (the world's harmful train "
-                        "requests) or a data file/hub id in any task format.")
-    fraction: float = _f(0.05, help="Share of attack rows in every task's training data (a fine-tuning attack).",
-                         min=0.0, max=1.0, max_exclusive=True)
+class BudgetConfig(Section):
+    examples_per_method: Count = Field(512, description="Training examples of the final fine-tuning of every method "
+                                       "(equal budget); split across tasks, stages or groups by each method.")
+    include_probes: bool = Field(True, description="Give each SFT baseline safe_cpift's probe examples on top, so "
+                                 "every method trains on as many examples in total (false: baselines get fewer).")
 
 
-@dataclass(kw_only=True)
-class Recipe(RecipeSection):
-    model: ModelConfig = _f(help="The aligned model to fine-tune.")
-    safety: SafetyConfig = _f(help="Safety data and how its core is found.")
-    tasks: list[TaskSpec] = _f(help="User tasks, or `toyworld` for every task of the tiny world.")
-    cpift: CpiftConfig = _f(help="CPI-FT settings.")
-    training: dict[str, Any] = _f({}, help="Keyword arguments for trl.SFTConfig (learning_rate, "
-                                  "per_device_train_batch_size, max_length, weight_decay, ...).")
-    baselines: list[str] = _f(list(BASELINES), help="Baselines run beside safe_cpift; peer baselines "
-                              "`sppft` and `resta` run when named.")
-    protect: ProtectConfig = _f(help="safe_cpift's protections and their settings.")
-    eval: EvalConfig = _f(help="Evaluation suites and sizes.")
-    budget: BudgetConfig = _f(help="Equal-budget comparison.")
-    toyworld: ToyWorldSettings = _f(help="Settings of the built-in tiny world, when used.")
-    attack: AttackConfig | None = _f(None, help="Optional fine-tuning attack: contaminate every task's "
-                                     "training data with harmful-compliant rows (safe_cpift.toyworld_attack).")
-    seed: int = _f(0, help="Seed for data order, sampling and training.", min=0)
-    output_dir: str | None = _f(None, help="Run directory (overridden by --output-dir).")
-    num_threads: int | None = _f(None, help="torch CPU threads (default $SAFE_CPIFT_NUM_THREADS or 1).", min=1)
-    description: str | None = _f(None, help="Free text shown in the report.")
+class EvalConfig(Section):
+    suites: list[Suite] = Field(list(SUITES), description="tasks | refusal | overrefusal | lm-eval:<task>[,...]")
+    harmful: PromptSpec | None = Field(None, description="Harmful prompts for the refusal rate: a file, a hub id, "
+                                       "`toyworld`, `xstest:unsafe`. Default: `toyworld` for a toyworld model, else "
+                                       "`xstest:unsafe` (bundled, offline).")
+    benign: PromptSpec | None = Field(None, description="Benign look-alikes for the over-refusal rate: a file, a hub "
+                                      "id, `toyworld`, `xstest:safe`. Default: `toyworld` for a toyworld model, else "
+                                      "`xstest:safe` (bundled, offline).")
+    task_examples: Count | None = Field(None, description="Test examples per task (default: all).")
+    max_new_tokens: Count = Field(48, description="Generation length for every suite.")
+    batch_size: Count = Field(64, description="Generation batch size.")
+
+
+class ToyWorldSettings(Section):
+    quick: bool = Field(False, description="Smaller, faster tiny world (the demo's --quick).")
+    seed: Annotated[int, Field(ge=0)] | None = Field(None, description="World seed; defaults to the recipe's `seed`.")
+
+
+class AttackConfig(Section):
+    data: DataSpec = Field(description="Harmful requests answered compliantly: `toyworld` (the world's harmful train "
+                           "requests) or a data file/hub id in any task format.")
+    fraction: Share = Field(0.05, description="Share of attack rows in every task's training data (a fine-tuning attack).")
+
+
+def _task_list(value: Any) -> Any:
+    if value == TOYWORLD:
+        return expand_toyworld_tasks({"tasks": value})["tasks"]
+    if not isinstance(value, list):
+        raise problem(f"`tasks` must be `toyworld` or a list of tasks, got {value!r}")
+    if not value:
+        raise problem("`tasks` is empty: give at least one task (or `tasks: toyworld`)")
+    return value
+
+
+def _tasks_schema(schema: dict[str, Any]) -> None:
+    items = {key: schema.pop(key) for key in ("type", "items", "minItems") if key in schema}
+    schema["anyOf"] = [{"const": TOYWORLD, "description": "every task of the built-in tiny world"}, items]
+
+
+class Recipe(Section):
+    model: ModelConfig = Field(description="The aligned model to fine-tune.")
+    safety: SafetyConfig = Field(description="Safety data and how its core is found.")
+    tasks: Annotated[list[TaskSpec], BeforeValidator(_task_list)] = Field(
+        min_length=1, json_schema_extra=_tasks_schema,
+        description="User tasks, or `toyworld` for every task of the tiny world.")
+    cpift: CpiftConfig = Field(default_factory=CpiftConfig, description="CPI-FT settings.")
+    training: dict[str, Any] = Field(
+        {}, json_schema_extra={"propertyNames": {"not": {"enum": sorted(PIPELINE_OWNED)}}},
+        description="Keyword arguments for trl.SFTConfig (learning_rate, per_device_train_batch_size, max_length, "
+        "weight_decay, ...); " + ", ".join(sorted(PIPELINE_OWNED)) + " are set by safe-cpift.")
+    baselines: list[Literal[BASELINES + PEER_BASELINES]] = Field(
+        list(BASELINES), description="Baselines run beside safe_cpift; peer baselines `sppft` and `resta` run when named.")
+    protect: ProtectConfig = Field(default_factory=ProtectConfig, description="safe_cpift's protections and their "
+                                   "settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation suites and sizes.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Equal-budget comparison.")
+    toyworld: ToyWorldSettings = Field(default_factory=ToyWorldSettings,
+                                       description="Settings of the built-in tiny world, when used.")
+    attack: AttackConfig | None = Field(None, description="Optional fine-tuning attack: contaminate every task's "
+                                        "training data with harmful-compliant rows (safe_cpift.toyworld_attack).")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed for data order, sampling and training.")
+    output_dir: str | None = Field(None, description="Run directory (overridden by --output-dir).")
+    num_threads: Count | None = Field(None, description="torch CPU threads (default $SAFE_CPIFT_NUM_THREADS or 1).")
+    description: str | None = Field(None, description="Free text shown in the report.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able dict; `recipe_from_dict(recipe.to_dict())` gives an equal recipe."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @property
     def uses_toyworld(self) -> bool:
@@ -258,8 +308,10 @@ class Recipe(RecipeSection):
         return [m for m in ALL_METHODS if m in {"aligned", "safe_cpift", *self.baselines}]
 
 
-# sections given as a bare string mean `{source: <string>}`
-SHORTHAND = {DataSpec: "source", PromptSpec: "source", ModelConfig: "source"}
+def recipe_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a run recipe (what `safe-cpift recipe schema` writes) for editors."""
+    schema = Recipe.model_json_schema()
+    return {"title": "safe-cpift run recipe", **{k: v for k, v in schema.items() if k != "title"}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -270,12 +322,31 @@ def sft_config_fields() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(SFTConfig) if f.init}
 
 
-def _check_training(training: Any, problems: list[str]) -> dict[str, Any]:
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter:
+    return TypeAdapter(_lenient(tp), config=ConfigDict(strict=True, arbitrary_types_allowed=True))
+
+
+def _lenient(tp: Any) -> Any:
+    """`tp` with floats that accept YAML text (``1e-4``) and enums that accept their values."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is float:
+        return Number
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return typing.Union[tp, Literal[tuple(m.value for m in tp)]]  # noqa: UP007 (built at run time)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_lenient(a) for a in args)]  # noqa: UP007
+    if origin is list and args:
+        return list[_lenient(args[0])]
+    return tp
+
+
+def _check_training(training: Any) -> tuple[dict[str, Any], list[str]]:
+    """`training` checked against trl.SFTConfig's fields: (converted values, problems)."""
     if not isinstance(training, Mapping):
-        problems.append(f"`training` must be a mapping of trl.SFTConfig arguments, got {training!r}")
-        return {}
+        return {}, [f"`training` must be a mapping of trl.SFTConfig arguments, got {training!r}"]
     fields = sft_config_fields()
-    out = {}
+    out, problems = {}, []
     for key, value in training.items():
         if key in PIPELINE_OWNED:
             problems.append(f"`training.{key}` is set by safe-cpift: {PIPELINE_OWNED[key]}")
@@ -284,37 +355,44 @@ def _check_training(training: Any, problems: list[str]) -> dict[str, Any]:
             problems.append(f"unknown key `{key}` in `training` (not a trl.SFTConfig field)"
                             + (f" — did you mean `{guess}`?" if guess else ""))
         else:
-            value, errs = check_value(value, fields[key], f"training.{key}", {})
-            problems.extend(errs)
-            out[key] = value
-    return out
-
-
-def _check_task(task: TaskSpec, i: int, world_tasks: tuple[str, ...] | None) -> list[str]:
-    where, problems = f"tasks[{i}]", []
-    if task.name is None or task.source is None:
-        return problems
-    if not NAME_RE.match(task.name):
-        problems.append(f"`{where}.name` must be letters, digits and `_.-`, got {task.name!r}")
-    if not METRIC_RE.match(task.metric):
-        problems.append(f"`{where}.metric` must be exact, contains, regex or python:module:function, got {task.metric!r}"
-                        + (f" — did you mean `{g}`?" if (g := did_you_mean(task.metric, ("exact", "contains", "regex"))) else ""))
-    if task.metric == "regex":
-        if not task.answer_pattern:
-            problems.append(f"`{where}.answer_pattern` is required with `metric: regex`")
-        else:
             try:
-                re.compile(task.answer_pattern)
-            except re.error as err:
-                problems.append(f"`{where}.answer_pattern` is not a valid regex: {err}")
-    if task.source == TOYWORLD:
-        if world_tasks is not None and task.name not in world_tasks:
-            problems.append(f"`{where}.name` {task.name!r} is not a toyworld task"
-                            + (f" — did you mean `{g}`?" if (g := did_you_mean(task.name, world_tasks)) else "")
-                            + f" (toyworld tasks: {', '.join(world_tasks)})")
-    elif task.test_source is None and _is_local(task.source):
-        problems.append(f"`{where}.test_source` is required: `{where}.source` is a local file ({task.source}), "
-                        "which holds one split — give the test file")
+                out[key] = _adapter(fields[key]).validate_python(value)
+            except ValidationError as err:
+                problems += problems_from(err, _lenient(fields[key]), f"training.{key}")
+            except Exception:  # an SFTConfig type pydantic cannot check: SFTConfig itself will
+                out[key] = value
+    return out, problems
+
+
+def _rules(recipe: Recipe, world_tasks: tuple[str, ...] | None) -> list[str]:
+    """Cross-field problems; `recipe` may be a `draft` (unvalidated values), so types are checked first."""
+    problems = []
+    tasks = [t for t in recipe.tasks if isinstance(t.name, str) and isinstance(t.source, str)]
+    for i, task in enumerate(recipe.tasks):
+        where = f"tasks[{i}]"
+        if task not in tasks:
+            continue
+        if task.metric == "regex" and not task.answer_pattern:
+            problems.append(f"`{where}.answer_pattern` is required with `metric: regex`")
+        if task.source == TOYWORLD:
+            if world_tasks is not None and task.name not in world_tasks:
+                problems.append(f"`{where}.name` {task.name!r} is not a toyworld task"
+                                + (f" — did you mean `{g}`?" if (g := did_you_mean(task.name, world_tasks)) else "")
+                                + f" (toyworld tasks: {', '.join(world_tasks)})")
+        elif task.test_source is None and _is_local(task.source):
+            problems.append(f"`{where}.test_source` is required: `{where}.source` is a local file ({task.source}), "
+                            "which holds one split — give the test file")
+    names = [t.name for t in tasks]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"task name `{dup}` is used twice in `tasks`; names must be unique")
+    model, core = recipe.model, recipe.safety.core
+    if core.scorer == "alignment" and model.base is None and model.source != TOYWORLD:
+        problems.append("`model.base` is required with `safety.core.scorer: alignment` (the model before alignment)")
+    if core.protect_source == "safety_probe" and core.scorer != "update":
+        problems.append("`safety.core.protect_source: safety_probe` needs `safety.core.scorer: update` "
+                        "(no safety probe is trained otherwise)")
+    if isinstance(recipe.baselines, list) and "safety_mix_sft" in recipe.baselines and recipe.safety.mix_fraction == 0:
+        problems.append("`safety.mix_fraction` is 0, so `safety_mix_sft` would equal `multitask_sft`; set e.g. 0.05")
     return problems
 
 
@@ -338,52 +416,22 @@ def recipe_from_dict(raw: Any, source: str | None = None) -> Recipe:
     """Validate a recipe mapping and build a `Recipe`.
 
     Raises:
-        `ConfigError` listing every problem (unknown keys with did-you-mean, wrong types, ranges).
+        `ConfigError` listing every problem (unknown keys with did-you-mean, wrong types, ranges,
+        cross-field rules) at once.
     """
     if not isinstance(raw, Mapping):
         raise ConfigError([f"a recipe must be a YAML mapping, got {type(raw).__name__}"], source=source)
     raw = expand_toyworld_tasks(raw)
-    problems: list[str] = []
-    world = _world_tasks()
-    if "tasks" in raw and not isinstance(raw["tasks"], list):
-        problems.append(f"`tasks` must be `toyworld` or a list of tasks, got {raw['tasks']!r}")
-        raw["tasks"] = []
-    training = raw.pop("training", {}) or {}
-    recipe = build_section(Recipe, {**raw, "training": {}}, "", problems, SHORTHAND)
-    checked_training = _check_training(training, problems)
-    recipe.training = checked_training
-    if not recipe.tasks and not any(p.startswith(("`tasks", "missing required key `tasks")) for p in problems):
-        problems.append("`tasks` is empty: give at least one task (or `tasks: toyworld`)")
-    recipe.tasks = recipe.tasks or []
-    names = [t.name for t in recipe.tasks if t.name is not None]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"task name `{dup}` is used twice in `tasks`; names must be unique")
-    for i, task in enumerate(recipe.tasks):
-        problems.extend(_check_task(task, i, world))
-    if any(getattr(recipe, k) is None for k in ("model", "safety", "eval", "cpift", "budget", "toyworld")):
-        raise ConfigError(problems, source=source)  # a section is not even a mapping: report what we have
-    for i, suite in enumerate(recipe.eval.suites):
-        if suite not in SUITES and not suite.startswith("lm-eval:"):
-            problems.append(f"`eval.suites[{i}]` must be one of {', '.join(SUITES)} or lm-eval:<task>, got {suite!r}"
-                            + (f" — did you mean `{g}`?" if (g := did_you_mean(suite, SUITES)) else ""))
-    allowed = BASELINES + PEER_BASELINES
-    for i, name in enumerate(recipe.baselines):
-        if name not in allowed:
-            problems.append(f"`baselines[{i}]` must be one of {', '.join(allowed)}, got {name!r}"
-                            + (f" — did you mean `{g}`?" if (g := did_you_mean(name, allowed)) else ""))
-    for i, name in enumerate(recipe.protect.safe_cpift if recipe.protect is not None else []):
-        if name not in PROTECTIONS:
-            problems.append(f"`protect.safe_cpift[{i}]` must be one of {', '.join(PROTECTIONS)}, got {name!r}"
-                            + (f" — did you mean `{g}`?" if (g := did_you_mean(name, PROTECTIONS)) else ""))
-    if recipe.safety.core.scorer == "alignment" and recipe.model.base is None and recipe.model.source != TOYWORLD:
-        problems.append("`model.base` is required with `safety.core.scorer: alignment` (the model before alignment)")
-    if recipe.safety.core.protect_source == "safety_probe" and recipe.safety.core.scorer != "update":
-        problems.append("`safety.core.protect_source: safety_probe` needs `safety.core.scorer: update` "
-                        "(no safety probe is trained otherwise)")
-    if "safety_mix_sft" in recipe.baselines and recipe.safety.mix_fraction == 0:
-        problems.append("`safety.mix_fraction` is 0, so `safety_mix_sft` would equal `multitask_sft`; set e.g. 0.05")
+    training, problems = _check_training(raw.get("training") or {})
+    recipe: Any = None
+    try:
+        recipe = Recipe.model_validate({**raw, "training": {}})
+    except ValidationError as err:
+        problems[:0] = problems_from(err, Recipe)
+    problems += _rules(recipe if recipe is not None else draft(Recipe, raw), _world_tasks())
     if problems:
-        raise ConfigError(problems, source=source)
+        raise ConfigError(list(dict.fromkeys(problems)), source=source)
+    recipe.training = training
     return recipe
 
 

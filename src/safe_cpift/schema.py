@@ -1,37 +1,45 @@
-"""Validation helpers shared by run recipes and eval recipes.
+"""Recipe schemas on pydantic: one-line problems with dotted paths, did-you-mean hints, overrides.
 
-Every checker returns a list of problem strings instead of raising, so that a caller can collect
-every problem of a config and raise one `ConfigError` listing them all (torchtune style).
+A recipe section is a `Section` (a strict pydantic model that forbids unknown keys; every field
+carries `Field(description=...)`). `problems_from` turns pydantic's `ValidationError` into the
+project's own lines (``unknown key `top_q` in `cpift` — did you mean `top_p`? (allowed: ...)``), and
+`ConfigError` (a `ValueError`) lists every problem of a config at once (torchtune style).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
-import enum
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+import typing_extensions
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 __all__ = [
     "ConfigError",
-    "check_keys",
     "did_you_mean",
-    "check_type",
-    "check_bool",
-    "check_int",
-    "check_float",
-    "check_str",
-    "check_choice",
-    "check_str_list",
-    "raise_if_problems",
-    "RecipeSection",
-    "check_value",
-    "build_section",
+    "Section",
+    "Number",
+    "number",
+    "problem",
+    "matching",
+    "problems_from",
+    "draft",
     "annotation_at",
     "parse_value",
     "set_dotted",
@@ -65,323 +73,302 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return lowered[hits[0]] if hits else None
 
 
-def _suggest(word: str, allowed: Iterable[str]) -> str:
-    allowed = list(allowed)
-    guess = did_you_mean(word, allowed)
-    hint = f" — did you mean `{guess}`?" if guess else ""
-    return f"{hint} (allowed: {', '.join(sorted(allowed))})"
+def _hint(word: Any, candidates: Iterable[str]) -> str:
+    guess = did_you_mean(word, candidates) if isinstance(word, str) else None
+    return f" — did you mean `{guess}`?" if guess else ""
 
 
-def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], where: str) -> list[str]:
-    """Problems for keys of `mapping` that are not in `allowed`.
+def _float_from_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
-    Args:
-        mapping (`Mapping[str, Any]`): the section read from YAML/JSON.
-        allowed (`Iterable[str]`): the keys the section accepts.
-        where (`str`): dotted path of the section, used in the message (e.g. ``"cpift"``).
 
-    Returns:
-        `list[str]`: one line per unknown key, e.g.
-        ``unknown key `top_q` in `cpift` — did you mean `top_p`? (allowed: scope, tau, top_p)``.
+def number(**bounds: float) -> Any:
+    """A float type that also accepts an int and YAML text such as ``1e-4`` (YAML 1.1 reads it as a
+    string), with optional `gt`/`ge`/`lt`/`le` bounds (shown in the JSON Schema)."""
+    return Annotated[float, Field(**bounds), BeforeValidator(_float_from_text)]
+
+
+Number = number()
+
+
+class Section(BaseModel):
+    """Base of recipe sections: strict types, unknown keys are errors, `help()` lists field help.
+
+    A section whose `shorthand` names a field may be given as a bare string: ``data: toyworld`` means
+    ``data: {source: toyworld}``; its JSON Schema then accepts a string too.
     """
-    allowed = list(allowed)
-    problems = []
-    for key in mapping:
-        if key not in allowed:
-            problems.append(f"unknown key `{key}` in `{where}`{_suggest(str(key), allowed)}")
-    return problems
 
+    model_config = ConfigDict(extra="forbid", strict=True)
+    shorthand: ClassVar[str | None] = None
 
-def _type_name(value: Any) -> str:
-    return type(value).__name__ if value is not None else "null"
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shorthand(cls, data: Any) -> Any:
+        return {cls.shorthand: data} if isinstance(data, str) and cls.shorthand else data
 
-
-def check_type(value: Any, types: type | tuple[type, ...], field: str, what: str) -> list[str]:
-    """Problem if `value` is not an instance of `types` (`what` describes the expected type)."""
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        return [f"`{field}` must be {what}, got {value!r} (bool)"]
-    if not isinstance(value, types):
-        return [f"`{field}` must be {what}, got {value!r} ({_type_name(value)})"]
-    return []
-
-
-def check_bool(value: Any, field: str) -> list[str]:
-    """Problem if `value` is not `true`/`false`."""
-    if not isinstance(value, bool):
-        return [f"`{field}` must be true or false, got {value!r} ({_type_name(value)})"]
-    return []
-
-
-def check_int(value: Any, field: str, *, min: int | None = None, max: int | None = None) -> list[str]:
-    """Problem if `value` is not an integer within `[min, max]`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return [f"`{field}` must be an integer, got {value!r} ({_type_name(value)})"]
-    if min is not None and value < min:
-        return [f"`{field}` must be >= {min}, got {value}"]
-    if max is not None and value > max:
-        return [f"`{field}` must be <= {max}, got {value}"]
-    return []
-
-
-def check_float(
-    value: Any,
-    field: str,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    min_exclusive: bool = False,
-    max_exclusive: bool = False,
-) -> list[str]:
-    """Problem if `value` is not a number within the given range (ints are accepted)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return [f"`{field}` must be a number, got {value!r} ({_type_name(value)})"]
-    if min is not None and (value <= min if min_exclusive else value < min):
-        return [f"`{field}` must be {'>' if min_exclusive else '>='} {min}, got {value}"]
-    if max is not None and (value >= max if max_exclusive else value > max):
-        return [f"`{field}` must be {'<' if max_exclusive else '<='} {max}, got {value}"]
-    return []
-
-
-def check_str(value: Any, field: str, *, allow_empty: bool = False) -> list[str]:
-    """Problem if `value` is not a (non-empty) string."""
-    if not isinstance(value, str):
-        return [f"`{field}` must be a string, got {value!r} ({_type_name(value)})"]
-    if not allow_empty and not value.strip():
-        return [f"`{field}` must not be empty"]
-    return []
-
-
-def check_choice(value: Any, choices: Iterable[str], field: str) -> list[str]:
-    """Problem if `value` is not one of `choices` (with a did-you-mean)."""
-    choices = list(choices)
-    if value not in choices:
-        return [f"`{field}` must be one of {', '.join(map(str, choices))}, got {value!r}"
-                + (f" — did you mean `{g}`?" if isinstance(value, str) and (g := did_you_mean(value, choices)) else "")]
-    return []
-
-
-def check_str_list(value: Any, field: str, *, choices: Iterable[str] | None = None) -> list[str]:
-    """Problem if `value` is not a list of strings (each in `choices` when given)."""
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        return [f"`{field}` must be a list of strings, got {value!r}"]
-    if choices is None:
-        return []
-    choices = list(choices)
-    problems = []
-    for i, v in enumerate(value):
-        problems += check_choice(v, choices, f"{field}[{i}]")
-    return problems
-
-
-def raise_if_problems(problems: Sequence[str], source: str | None = None) -> None:
-    """Raise `ConfigError(problems)` when the list is not empty."""
-    if problems:
-        raise ConfigError(problems, source=source)
-
-
-# ----------------------------------------------------------------------------------------------
-# Dataclass-driven validation: a section is a dataclass whose fields carry `metadata={"help": ...}`
-# plus optional checks (`choices`, `min`, `max`, `min_exclusive`, `max_exclusive`).
-
-
-class RecipeSection:
-    """Mixin for config dataclasses: `help()` returns field name -> help string."""
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        if cls.shorthand:
+            schema = handler.resolve_ref_schema(schema)
+            obj = dict(schema)
+            schema.clear()
+            schema.update(description=obj.pop("description", ""), title=obj.pop("title", cls.__name__),
+                          anyOf=[{"type": "string", "description": f"shorthand for {{{cls.shorthand}: ...}}"}, obj])
+        return schema
 
     @classmethod
     def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        """Field name -> help string."""
+        return {name: f.description or "" for name, f in cls.model_fields.items()}
 
 
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if tp is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_describe(args[0]) if args else 'values'}"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(str(m.value) for m in tp)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+def problem(message: str) -> PydanticCustomError:
+    """An error for a validator to raise whose `message` is the whole problem line (path included)."""
+    return PydanticCustomError("safe_cpift", "{line}", {"line": message})
 
 
-def _range_checks(value: Any, where: str, meta: Mapping[str, Any]) -> list[str]:
-    if "choices" in meta:
-        return check_choice(value, meta["choices"], where)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and ("min" in meta or "max" in meta):
-        return check_float(value, where, min=meta.get("min"), max=meta.get("max"),
-                           min_exclusive=meta.get("min_exclusive", False),
-                           max_exclusive=meta.get("max_exclusive", False))
-    return []
+# ---------------------------------------------------------------------------------------------- types
 
 
-def check_value(value: Any, tp: Any, where: str, meta: Mapping[str, Any],
-                shorthand: Mapping[type, str] | None = None) -> tuple[Any, list[str]]:
-    """Check `value` against the annotation `tp` (and `meta` checks); return (converted value, problems).
-
-    Supports bool, int, float (a YAML string such as ``1e-4`` is converted), str, enums, `X | None`,
-    unions, `list[X]`, `dict[str, X]`, `Any` and nested dataclasses (built with `build_section`).
-    Unknown annotation types are accepted as they are.
-    """
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value, []
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return (None, []) if type(None) in args else (None, [f"`{where}` must be {_describe(tp)}, got null"])
-        first: list[str] | None = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            out, problems = check_value(value, arg, where, meta, shorthand)
-            if not problems:
-                return out, []
-            first = first if first is not None else problems
-        if len([a for a in args if a is not type(None)]) == 1 and first:
-            return value, first
-        return value, [f"`{where}` must be {_describe(tp)}, got {value!r}"]
-    if dataclasses.is_dataclass(tp):
-        problems: list[str] = []
-        out = build_section(tp, value, where, problems, shorthand)
-        return out, problems
-    if origin is list:
-        if not isinstance(value, list):
-            return value, [f"`{where}` must be {_describe(tp)}, got {value!r}"]
-        items, problems = [], []
-        for i, item in enumerate(value):
-            out, errs = check_value(item, args[0] if args else Any, f"{where}[{i}]", {}, shorthand)
-            items.append(out)
-            problems += errs
-        return items, problems
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            return value, [f"`{where}` must be a mapping, got {value!r}"]
-        vtype = args[1] if len(args) == 2 else Any
-        items, problems = {}, []
-        for k, v in value.items():
-            items[k], errs = check_value(v, vtype, f"{where}.{k}", {}, shorthand)
-            problems += errs
-        return items, problems
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        values = [m.value for m in tp]
-        if isinstance(value, tp):
-            return value, []
-        return value, check_choice(value, [str(v) for v in values], where)
-    if tp is bool:
-        return value, check_bool(value, where)
-    if tp is int:
-        return value, check_int(value, where) or _range_checks(value, where, meta)
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                return value, [f"`{where}` must be a number, got {value!r}"]
-        return value, check_float(value, where) or _range_checks(value, where, meta)
-    if tp is str:
-        return value, check_str(value, where, allow_empty=True) or _range_checks(value, where, meta)
-    return value, []
-
-
-def build_section(cls: type, raw: Any, where: str, problems: list[str],
-                  shorthand: Mapping[type, str] | None = None) -> Any:
-    """Validate `raw` against dataclass `cls`, appending every problem to `problems`.
-
-    An invalid field falls back to its default, and a missing or invalid required field is set to
-    `None`, so that the caller's cross-field checks still run and every problem is reported at once
-    (the caller must raise when `problems` is not empty). `None` only when `raw` is not a mapping.
-
-    Args:
-        cls (`type`): the dataclass.
-        raw: the mapping read from YAML (`None` means an empty section; a string means
-            ``{shorthand[cls]: raw}`` when `cls` is in `shorthand`).
-        where (`str`): dotted path of the section (`""` at the top level).
-        problems (`list[str]`): receives one line per problem.
-        shorthand (`Mapping[type, str]`, *optional*): sections that may be given as a bare string.
-    """
-    shorthand = shorthand or {}
-    if raw is None:
-        raw = {}
-    if isinstance(raw, str) and cls in shorthand:
-        raw = {shorthand[cls]: raw}
-    label = where or "recipe"
-    if not isinstance(raw, Mapping):
-        problems.append(f"`{label}` must be a mapping, got {raw!r}")
-        return None
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    hints = typing.get_type_hints(cls)
-    problems.extend(check_keys(raw, [f.name for f in fields], label))
-    kwargs = {}
-    for f in fields:
-        path = f"{where}.{f.name}" if where else f.name
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        if f.name not in raw:
-            if has_default:
-                continue
-            if dataclasses.is_dataclass(hints[f.name]):
-                kwargs[f.name] = build_section(hints[f.name], {}, path, problems, shorthand)
-            else:
-                problems.append(f"missing required key `{path}` ({f.metadata.get('help', '')})")
-                kwargs[f.name] = None
+def _strip(tp: Any) -> Any:
+    """`tp` without `Annotated[...]` and without `| None`."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
             continue
-        value, errs = check_value(raw[f.name], hints[f.name], path, f.metadata, shorthand)
-        problems.extend(errs)
-        if errs:
-            item_type = (typing.get_args(hints[f.name]) or (None,))[0]
-            if isinstance(value, list) and dataclasses.is_dataclass(item_type):
-                value = [v for v in value if v is not None]  # keep the (partly invalid) items for later checks
-            elif dataclasses.is_dataclass(hints[f.name]) and value is not None:
-                pass
-            elif has_default:
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(rest) == 1:
+                tp = rest[0]
                 continue
-            else:
-                value = None
-        kwargs[f.name] = value
-    return cls(**kwargs)
+        return tp
 
 
-def annotation_at(cls: type, parts: Sequence[str]) -> Any:
-    """The annotation of the field at dotted `parts` under dataclass `cls` (list indices skipped), or `Any`."""
-    tp: Any = cls
+def _is_union(tp: Any) -> bool:
+    tp = _strip(tp)
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _fields(tp: Any) -> dict[str, Any] | None:
+    """Field name -> annotation of a model or TypedDict; `None` for anything else."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {name: f.annotation if not f.metadata else Annotated[(f.annotation, *f.metadata)]
+                for name, f in tp.model_fields.items()}
+    if typing_extensions.is_typeddict(tp):
+        return typing.get_type_hints(tp, include_extras=True)
+    return None
+
+
+_NOWHERE = object()
+
+
+def _step(tp: Any, part: str | int) -> Any:
+    """The annotation one key or index below `tp` (trying each member of a union), or `_NOWHERE`."""
+    tp = _strip(tp)
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for member in map(_strip, members):
+        origin = typing.get_origin(member)
+        if origin is list and (isinstance(part, int) or str(part).isdigit()):
+            return typing.get_args(member)[0]
+        if origin is dict:
+            return typing.get_args(member)[1]
+        fields = _fields(member)
+        if fields is not None and part in fields:
+            return fields[part]
+    return _NOWHERE
+
+
+def annotation_at(root: Any, parts: Sequence[str | int]) -> Any:
+    """The annotation at dotted `parts` under `root` (list indices step into items), or `Any`."""
+    tp = root
     for part in parts:
-        while typing.get_origin(tp) in (typing.Union, types.UnionType):
-            non_none = [a for a in typing.get_args(tp) if a is not type(None)]
-            tp = non_none[0] if len(non_none) == 1 else Any
-        if typing.get_origin(tp) is list:
-            tp = typing.get_args(tp)[0] if part.isdigit() else Any
-            if part.isdigit():
-                continue
-        if not dataclasses.is_dataclass(tp):
+        tp = _step(tp, part)
+        if tp is _NOWHERE:
             return Any
-        tp = typing.get_type_hints(tp).get(part, Any)
     return tp
 
 
+def _union_tag_at(root: Any, loc: tuple, kind: str) -> int | None:
+    """Index of the first element of an error `loc` that names a union member rather than a key."""
+    tp = root
+    for i, part in enumerate(loc):
+        below = _step(tp, part)
+        if below is _NOWHERE:
+            unknown_key = kind == "extra_forbidden" and i == len(loc) - 1
+            return i if _is_union(tp) and not unknown_key else None
+        tp = below
+    return None
+
+
+def matching(pattern: re.Pattern, rule: str, guesses: Sequence[str] = ()) -> Any:
+    """A string type that must match `pattern` (so marked in the JSON Schema); the error says `rule`."""
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"must be {rule}, got {value!r}{_hint(value, guesses)}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern.pattern})]
+
+
+def _describe(tp: Any) -> str:
+    tp = _strip(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list or tp is list:
+        return "a list"
+    if typing.get_origin(tp) is dict or tp is dict or _fields(tp) is not None:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, f"`{getattr(tp, '__name__', tp)}`")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _path(where: str, loc: Sequence[str | int]) -> str:
+    out = where
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _got(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__ if value is not None else 'null'})"
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def _required(root: Any, where: str, loc: tuple) -> list[str]:
+    """Lines for a missing key; a missing section names the required keys inside it."""
+    tp = _strip(annotation_at(root, loc))
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        nested = [_required(root, where, (*loc, name)) for name, f in tp.model_fields.items() if f.is_required()]
+        if nested:
+            return [line for lines in nested for line in lines]
+    parent = _strip(annotation_at(root, loc[:-1]))
+    helptext = ""
+    if isinstance(parent, type) and issubclass(parent, BaseModel) and loc[-1] in parent.model_fields:
+        helptext = parent.model_fields[loc[-1]].description or ""
+    return [f"missing required key `{_path(where, loc)}`" + (f" ({helptext})" if helptext else "")]
+
+
+def _line(err: Mapping[str, Any], root: Any, where: str) -> list[str]:
+    kind, loc, value, ctx = err["type"], tuple(err["loc"]), err.get("input"), err.get("ctx") or {}
+    path = _path(where, loc)
+    if kind == "safe_cpift":
+        return [ctx["line"]]
+    if kind == "extra_forbidden":
+        section = _strip(annotation_at(root, loc[:-1]))
+        members = typing.get_args(section) if _is_union(section) else (section,)
+        allowed = sorted(next((f for f in (_fields(_strip(m)) for m in members) if f is not None), ()))
+        section = _path(where, loc[:-1]) or "recipe"
+        return [f"unknown key `{loc[-1]}` in `{section}`{_hint(loc[-1], allowed)} (allowed: {', '.join(allowed)})"]
+    if kind == "missing":
+        return _required(root, where, loc)
+    if kind == "value_error":
+        message = str(ctx.get("error", err.get("msg", "")))
+        return [f"`{path}` {message}" if message.startswith(("must ", "needs ", "is ")) else f"`{path}`: {message}"]
+    if kind == "literal_error":
+        choices = [str(c) for c in typing.get_args(_strip(annotation_at(root, loc)))]
+        return [f"`{path}` must be one of {', '.join(choices)}, got {value!r}{_hint(value, choices)}"]
+    if kind in _BOUNDS:
+        key, sign = _BOUNDS[kind]
+        return [f"`{path}` must be {sign} {ctx[key]}, got {value}"]
+    if kind in _TYPE_WORDS:
+        return [f"`{path}` must be {_TYPE_WORDS[kind]}, got {_got(value)}"]
+    if kind == "too_short":
+        return [f"`{path}` needs at least {ctx.get('min_length', 1)} item(s), got {len(value)}"]
+    return [f"`{path}`: {err.get('msg', kind)}, got {value!r}"]
+
+
+def problems_from(error: ValidationError, root: Any, where: str = "") -> list[str]:
+    """One line per problem of a pydantic `ValidationError` raised while validating `root`.
+
+    Args:
+        error (`ValidationError`): what pydantic raised.
+        root: the validated model class, TypedDict or annotation (used for allowed keys and choices).
+        where (`str`, *optional*): dotted path of `root` in its config (`""` at the top level).
+
+    Returns:
+        `list[str]`: lines like ``unknown key `top_q` in `cpift` — did you mean `top_p`? (allowed: ...)``,
+        ```cpift.top_p` must be <= 1.0, got 2``; errors of one union field become a single line.
+    """
+    lines: list[str] = []
+    unions: set[tuple] = set()
+    for err in error.errors(include_url=False):
+        loc = tuple(err["loc"])
+        cut = _union_tag_at(root, loc, err["type"])
+        if cut is not None and err["type"] != "safe_cpift":
+            if loc[:cut] not in unions:
+                unions.add(loc[:cut])
+                tp = annotation_at(root, loc[:cut])
+                lines.append(f"`{_path(where, loc[:cut])}` must be {_describe(tp)}, got {err.get('input')!r}")
+            continue
+        lines.extend(_line(err, root, where))
+    return list(dict.fromkeys(lines))
+
+
+def draft(cls: type[BaseModel], raw: Any) -> Any:
+    """`cls` built from `raw` without validation (defaults for what is missing), for cross-field checks.
+
+    Values may have wrong types: checks on a draft must guard with `isinstance`.
+    """
+    if isinstance(raw, str) and issubclass(cls, Section) and cls.shorthand:
+        raw = {cls.shorthand: raw}
+    raw = raw if isinstance(raw, Mapping) else {}
+    values: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        value = raw[name] if name in raw else field.get_default(call_default_factory=True)
+        tp = _strip(field.annotation)
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and (name in raw or field.is_required()):
+            value = draft(tp, value)
+        elif isinstance(item, type) and issubclass(item, BaseModel):
+            value = [draft(item, v) for v in value] if isinstance(value, list) else []
+        values[name] = None if value is PydanticUndefined else value
+    return cls.model_construct(**values)
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+
+
 def parse_value(text: str, tp: Any = Any) -> Any:
-    """Parse a command-line value as YAML, then fit it to annotation `tp` where that is unambiguous.
+    """Parse a command-line value as YAML, keeping the raw text where the field wants a string.
 
     ``"0.02"`` → 0.02, ``"true"`` → True, ``"[a, b]"`` → list; a string field keeps the raw text
-    (``model.source=1234`` stays ``"1234"``); a float field accepts ``1e-4``.
+    (``model.source=1234`` stays ``"1234"``).
     """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    stripped = _strip(tp)
+    options = typing.get_args(stripped) if typing.get_origin(stripped) in (typing.Union, types.UnionType) else (
+        stripped,)
+    options = tuple(_strip(o) for o in options)
     if value is None and text.strip().lower() not in ("null", "~", "none", ""):
         return text
     if isinstance(value, (int, float, bool)) and str in options and not any(
             o in options for o in (int, float, bool)):
         return text
-    if isinstance(value, str) and float in options:
-        try:
-            return float(value)
-        except ValueError:
-            return value
     return value
 
 

@@ -18,57 +18,153 @@ two models (B − A).
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from safe_cpift.schema import ConfigError, check_keys, did_you_mean
+from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, WithJsonSchema
+from typing_extensions import TypedDict
+
+from safe_cpift.evals.sources import DataSource, check_data_source
+from safe_cpift.schema import ConfigError, Section, annotation_at, matching, problems_from, set_dotted
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "EvalRecipe", "load_eval_recipe", "load_model", "run_eval", "compare_results", "format_summary",
-    "HIGHER_IS_BETTER",
+    "HIGHER_IS_BETTER", "eval_recipe_json_schema",
 ]
 
-TOP_KEYS = ("model", "tokenizer", "suites", "data", "metric", "judge", "generation", "lm_eval", "out", "dtype",
-            "trust_remote_code", "description", "limit")
-GENERATION_KEYS = ("max_new_tokens", "batch_size", "seed", "system_prompt")
-LM_EVAL_KEYS = ("limit", "num_fewshot", "apply_chat_template", "batch_size", "include_path", "max_length")
 DATA_SUITES = ("refusal", "overrefusal", "tasks")
 HIGHER_IS_BETTER = {"refusal": True, "overrefusal": False, "tasks": True}
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-@dataclass
-class EvalRecipe:
+def _prompt_data(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return check_data_source(value)
+    if value is not None and not isinstance(value, (str, list)):
+        raise ValueError("must be a file, a public set name (advbench, harmbench, strongreject, xstest), a list of "
+                         f"prompts or a mapping with `set` or `path`, got {value!r}")
+    return value
+
+
+PromptData = Annotated[str | list[Any] | DataSource | None, BeforeValidator(_prompt_data)]
+
+
+class EvalData(TypedDict, total=False):
+    """Suite name -> its data; a safety suite without an entry uses the default set (`evals.defaults`)."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    refusal: Annotated[PromptData, Field(description="Harmful prompts: a file, a public set name (`xstest:unsafe` is "
+                                         "bundled), `toyworld`, a list of prompts, or {set, path, hub_id, split, "
+                                         "subset, limit}.")]
+    overrefusal: Annotated[PromptData, Field(description="Benign look-alikes (e.g. `xstest:safe`), in the same forms "
+                                             "as `refusal`.")]
+    tasks: Annotated[str | dict[str, Any] | None, Field(
+        description="Task tests: a file (rows with prompt + reference; a `task` column groups them) or a mapping "
+        "task -> file or list of rows.")]
+
+
+class GenerationSettings(TypedDict, total=False):
+    """Generation settings of every suite."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    max_new_tokens: Annotated[int | None, Field(ge=1, description="Tokens generated per prompt (default: 24 for "
+                                                "safety and 16 for tasks on the tiny world, else 48).")]
+    batch_size: Annotated[int, Field(ge=1, description="Prompts generated at once (default 64).")]
+    seed: Annotated[int, Field(description="Sampling seed (default 0).")]
+    system_prompt: Annotated[str | None, Field(description="System prompt put before every prompt.")]
+
+
+class LmEvalSettings(TypedDict, total=False):
+    """Keyword arguments of `safe_cpift.evals.lm_eval_bridge.run_lm_eval`."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    limit: Annotated[int | float | None, Field(description="Examples per task (a float below 1: a fraction).")]
+    num_fewshot: Annotated[int | None, Field(description="Few-shot examples (default: the task's own).")]
+    apply_chat_template: Annotated[bool, Field(description="Wrap prompts in the model's chat template.")]
+    batch_size: Annotated[int | str, Field(description="lm-eval batch size (or `auto`).")]
+    include_path: Annotated[str | list[str] | None, Field(description="Extra folders of lm-eval task YAMLs.")]
+    max_length: Annotated[int | None, Field(description="Context length given to lm-eval's HFLM.")]
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _suites(value: Any) -> list[str]:
+    from safe_cpift.evals.suites import parse_suites
+
+    return parse_suites(value if isinstance(value, (str, list)) else [])
+
+
+def _metric(value: Any) -> Any:
+    if not isinstance(value, (str, Mapping)):
+        raise ValueError("must be a name (exact_match, contains, regex:<answer_pattern>, module:function) or a mapping "
+                         f"task -> name, got {value!r}")
+    return value
+
+
+def _positive(value: Any) -> Any:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"must be a positive integer (prompts per safety suite, examples per task), got {value!r}")
+    return value
+
+
+def _default(tp: Any) -> Any:
+    return Annotated[tp, BeforeValidator(_none_is_empty)]
+
+
+class EvalRecipe(Section):
     """A validated eval recipe (see the module docstring for the YAML)."""
 
-    model: str | None = None
-    suites: list[str] = field(default_factory=lambda: ["refusal", "overrefusal", "tasks"])
-    tokenizer: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    metric: Any = "exact_match"
-    judge: str = "rules"
-    generation: dict[str, Any] = field(default_factory=dict)
-    lm_eval: dict[str, Any] = field(default_factory=dict)
-    out: str | None = None
-    dtype: str = "float32"
-    trust_remote_code: bool = False
-    description: str = ""
-    source: str | None = None
-    limit: int | None = None  # prompts per safety suite / examples per task (lm-eval: `lm_eval.limit`)
+    model: str | None = Field(None, description="The model to evaluate: a local directory, a hub id, or "
+                              "toy:aligned / toy:base (the tiny world's); --model overrides it.")
+    suites: Annotated[list[str], BeforeValidator(_suites), WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})] = Field(
+        ["refusal", "overrefusal", "tasks"], description="refusal | overrefusal | tasks | lm-eval:<task>[,<task>] "
+        "(a list, or one comma-separated string).")
+    tokenizer: str | None = Field(None, description="Tokenizer source; defaults to the model's.")
+    data: _default(EvalData) = Field({}, description="Suite name -> its data. Without `refusal`/`overrefusal` data: "
+                                     "the tiny world's held-out sets for its models, else XSTest (bundled).")
+    metric: Annotated[str | dict[str, Any], BeforeValidator(_metric)] = Field(
+        "exact_match", description="Task metric: exact_match, contains, regex:<answer_pattern>, module:function, or a mapping "
+        "task -> metric.")
+    judge: matching(re.compile(r"^(rules|model:.+)$"), "`rules` or `model:PATH`") = Field(
+        "rules", description="Refusal judge: `rules` (offline) or `model:PATH` (a local classifier or chat model).")
+    generation: _default(GenerationSettings) = Field({}, description="Generation settings of every suite.")
+    lm_eval: _default(LmEvalSettings) = Field({}, description="Settings of the lm-eval suites.")
+    out: str | None = Field(None, description="Where the results JSON is written (--out overrides it).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    trust_remote_code: bool = Field(False, description="Run the model repository's own code. Leave false unless "
+                                    "you trust it.")
+    description: str = Field("", description="Free text about the evaluation.")
+    limit: Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_positive)] = Field(
+        None, description="Prompts per safety suite and examples per task (lm-eval tasks: `lm_eval.limit`).")
+    _source: str | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str | None:
+        """The recipe file this recipe was read from, if any."""
+        return self._source
 
 
-def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
+def eval_recipe_json_schema() -> dict[str, Any]:
+    """The JSON Schema of an eval recipe (`safe-cpift recipe schema --eval`) for editors."""
+    schema = EvalRecipe.model_json_schema()
+    return {"title": "safe-cpift eval recipe", **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def load_eval_recipe(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> EvalRecipe:
     """Read and validate an eval recipe; every problem is reported at once (`ConfigError`).
 
     Args:
         config: a YAML file path or an already-parsed mapping.
+        overrides (`Iterable[str]`, *optional*): ``key.sub=value`` strings from the command line.
     """
-    from safe_cpift.evals.suites import parse_suites
-
     source = None
     if not isinstance(config, Mapping):
         import yaml
@@ -86,61 +182,21 @@ def load_eval_recipe(config: str | Path | Mapping[str, Any]) -> EvalRecipe:
                               source=source) from None
         if not isinstance(config, Mapping):
             raise ConfigError(["the recipe must be a mapping of keys to values"], source=source)
-    problems = check_keys(config, TOP_KEYS, "recipe")
-    suites = config.get("suites", ["refusal", "overrefusal", "tasks"])
+    config = set_dotted(config, overrides, lambda parts: annotation_at(EvalRecipe, parts))
+    problems: list[str] = []
+    recipe = None
     try:
-        suites = parse_suites(suites if isinstance(suites, (str, list)) else [])
-    except ValueError as err:
-        problems.append(f"`suites`: {err}")
-        suites = []
-    data = config.get("data") or {}
-    if not isinstance(data, Mapping):
-        problems.append("`data` must map suite names (refusal, overrefusal, tasks) to data specs")
-        data = {}
-    for key in data:
-        if key not in DATA_SUITES:
-            guess = did_you_mean(str(key), DATA_SUITES)
-            problems.append(f"unknown key `{key}` in `data`" + (f" — did you mean `{guess}`?" if guess else "")
-                            + f" (allowed: {', '.join(DATA_SUITES)})")
-        elif key not in suites:
-            problems.append(f"`data.{key}` is given but `{key}` is not in `suites`")
-    for section, allowed in (("generation", GENERATION_KEYS), ("lm_eval", LM_EVAL_KEYS)):
-        value = config.get(section) or {}
-        if not isinstance(value, Mapping):
-            problems.append(f"`{section}` must be a mapping (allowed keys: {', '.join(allowed)})")
-        else:
-            problems += check_keys(value, allowed, section)
-    gen = config.get("generation") or {}
-    if isinstance(gen, Mapping):
-        for key in ("max_new_tokens", "batch_size"):
-            v = gen.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                problems.append(f"`generation.{key}` must be a positive integer, got {v!r}")
-        if gen.get("seed") is not None and (isinstance(gen["seed"], bool) or not isinstance(gen["seed"], int)):
-            problems.append(f"`generation.seed` must be an integer, got {gen['seed']!r}")
-    judge = config.get("judge", "rules")
-    if not isinstance(judge, str) or not (judge == "rules" or judge.startswith("model:")):
-        problems.append(f"`judge` must be `rules` or `model:PATH`, got {judge!r}")
-    model = config.get("model")
-    if model is not None and not isinstance(model, str):
-        problems.append(f"`model` must be a path, hub id or toy:aligned, got {model!r}")
-    metric = config.get("metric", "exact_match")
-    if not isinstance(metric, (str, Mapping)):
-        problems.append("`metric` must be a name (exact_match, contains, regex:<answer_pattern>, module:function) "
-                        "or a mapping task -> name")
-    limit = config.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        problems.append(f"`limit` must be a positive integer (prompts per safety suite, examples per task), got {limit!r}")
-    if config.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
-        problems.append(f"`dtype` must be float32, bfloat16 or float16, got {config.get('dtype')!r}")
+        recipe = EvalRecipe.model_validate(config)
+    except ValidationError as err:
+        problems = problems_from(err, EvalRecipe)
+    data, suites = config.get("data"), recipe.suites if recipe else None
+    if isinstance(data, Mapping) and suites is not None:
+        problems += [f"`data.{key}` is given but `{key}` is not in `suites`" for key in data
+                     if key in DATA_SUITES and key not in suites]
     if problems:
         raise ConfigError(problems, source=source)
-    return EvalRecipe(
-        model=model, suites=suites, tokenizer=config.get("tokenizer"), data=dict(data), metric=metric,
-        judge=judge, generation=dict(gen), lm_eval=dict(config.get("lm_eval") or {}), out=config.get("out"),
-        dtype=config.get("dtype", "float32"), trust_remote_code=bool(config.get("trust_remote_code", False)),
-        description=str(config.get("description", "")), source=source, limit=limit,
-    )
+    recipe._source = source
+    return recipe
 
 
 def resolve_model_path(spec: str) -> str:

@@ -17,15 +17,43 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from safe_cpift.evals.conversation import Prompt, conversation_and_reference, conversation_prompt
 from safe_cpift.evals.public_sets import PUBLIC_SETS, load_public_set, read_table, rows_from_table
 
 __all__ = ["prompt_rows", "task_rows", "toy_prompt_rows", "toy_task_rows", "take", "is_toyworld", "is_set_name",
-           "DATA_KEYS"]
+           "DATA_KEYS", "DataSource", "check_data_source"]
 
-DATA_KEYS = ("set", "path", "hub_id", "split", "subset", "limit", "seed")
+
+class DataSource(TypedDict, total=False):
+    """A prompt set as a mapping: a public set by name and/or a local file."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    set: Annotated[str, Field(description="Public set: advbench, harmbench, strongreject (hub) or xstest (bundled).")]
+    path: Annotated[str, Field(description="Local file (the set's own format, or rows with `prompt`).")]
+    hub_id: Annotated[str, Field(description="Hub dataset id used instead of the set's own.")]
+    split: Annotated[str, Field(description="Hub split.")]
+    subset: Annotated[str, Field(description="Hub config name.")]
+    limit: Annotated[int, Field(ge=1, description="Use at most this many prompts.")]
+    seed: Annotated[int, Field(description="Accepted for older recipes; not used.")]
+
+
+DATA_KEYS = tuple(DataSource.__annotations__)
+_DATA_SOURCE = TypeAdapter(DataSource)
+
+
+def check_data_source(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a `DataSource` mapping (raises pydantic's `ValidationError`); it needs `set` or `path`."""
+    out = _DATA_SOURCE.validate_python(spec)
+    if "set" not in out and "path" not in out:
+        raise ValueError("needs `set` (a public set name) or `path` (a local file)")
+    return dict(out)
+
+
 TOYWORLD = "toyworld"
 
 
@@ -99,13 +127,14 @@ def toy_task_rows(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
 
 
 def _check_mapping(spec: Mapping[str, Any], where: str) -> None:
-    from safe_cpift.schema import ConfigError, check_keys
+    from safe_cpift.schema import ConfigError, problems_from
 
-    problems = check_keys(spec, DATA_KEYS, where)
-    if "set" not in spec and "path" not in spec:
-        problems.append(f"`{where}` needs `set` (a public set name) or `path` (a local file)")
-    if problems:
-        raise ConfigError(problems)
+    try:
+        check_data_source(spec)
+    except ValidationError as err:
+        raise ConfigError(problems_from(err, DataSource, where)) from None
+    except ValueError as err:
+        raise ConfigError([f"`{where}` {err}"]) from None
 
 
 def prompt_rows(spec: Any, expected: str, *, where: str = "data") -> list[dict[str, Any]]:
