@@ -76,6 +76,7 @@ def check_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(resolved, indent=2))
     else:
-        print(f"# {path}: a valid {kind} recipe; resolved (defaults filled in, overrides applied, paths made absolute):")
+        done = "defaults filled in, overrides applied" + (", data paths beside it made absolute" if kind == "run" else "")
+        print(f"# {path}: a valid {kind} recipe, resolved ({done}):")
         print(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), end="")
     return 0
