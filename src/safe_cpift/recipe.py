@@ -29,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PydanticUserError,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
@@ -355,23 +356,24 @@ def _check_training(training: Any) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"unknown key `{key}` in `training` (not a trl.SFTConfig field)"
                             + (f" — did you mean `{guess}`?" if guess else ""))
         else:
+            out[key] = value
             try:
                 out[key] = _adapter(fields[key]).validate_python(value)
+            except PydanticUserError:  # a type pydantic cannot check: SFTConfig itself will
+                pass
             except ValidationError as err:
                 problems += problems_from(err, _lenient(fields[key]), f"training.{key}")
-            except Exception:  # an SFTConfig type pydantic cannot check: SFTConfig itself will
-                out[key] = value
     return out, problems
 
 
 def _rules(recipe: Recipe, world_tasks: tuple[str, ...] | None) -> list[str]:
     """Cross-field problems; `recipe` may be a `draft` (unvalidated values), so types are checked first."""
-    problems = []
-    tasks = [t for t in recipe.tasks if isinstance(t.name, str) and isinstance(t.source, str)]
+    problems, names = [], []
     for i, task in enumerate(recipe.tasks):
         where = f"tasks[{i}]"
-        if task not in tasks:
+        if not (isinstance(task.name, str) and isinstance(task.source, str)):
             continue
+        names.append(task.name)
         if task.metric == "regex" and not task.answer_pattern:
             problems.append(f"`{where}.answer_pattern` is required with `metric: regex`")
         if task.source == TOYWORLD:
@@ -382,7 +384,6 @@ def _rules(recipe: Recipe, world_tasks: tuple[str, ...] | None) -> list[str]:
         elif task.test_source is None and _is_local(task.source):
             problems.append(f"`{where}.test_source` is required: `{where}.source` is a local file ({task.source}), "
                             "which holds one split — give the test file")
-    names = [t.name for t in tasks]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"task name `{dup}` is used twice in `tasks`; names must be unique")
     model, core = recipe.model, recipe.safety.core

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 DATA_SUITES = ("refusal", "overrefusal", "tasks")
+DEFAULT_SUITES = ["refusal", "overrefusal", "tasks"]
 HIGHER_IS_BETTER = {"refusal": True, "overrefusal": False, "tasks": True}
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -125,7 +126,7 @@ class EvalRecipe(Section):
                               "toy:aligned / toy:base (the tiny world's); --model overrides it.")
     suites: Annotated[list[str], BeforeValidator(_suites), WithJsonSchema(
         {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})] = Field(
-        ["refusal", "overrefusal", "tasks"], description="refusal | overrefusal | tasks | lm-eval:<task>[,<task>] "
+        DEFAULT_SUITES, description="refusal | overrefusal | tasks | lm-eval:<task>[,<task>] "
         "(a list, or one comma-separated string).")
     tokenizer: str | None = Field(None, description="Tokenizer source; defaults to the model's.")
     data: _default(EvalData) = Field({}, description="Suite name -> its data. Without `refusal`/`overrefusal` data: "
@@ -189,7 +190,11 @@ def load_eval_recipe(config: str | Path | Mapping[str, Any], overrides: Iterable
         recipe = EvalRecipe.model_validate(config)
     except ValidationError as err:
         problems = problems_from(err, EvalRecipe)
-    data, suites = config.get("data"), recipe.suites if recipe else None
+    try:  # checked apart from the rest, so that the rule below runs beside every other problem
+        suites = _suites(config.get("suites", DEFAULT_SUITES))
+    except ValueError:
+        suites = None
+    data = config.get("data")
     if isinstance(data, Mapping) and suites is not None:
         problems += [f"`data.{key}` is given but `{key}` is not in `suites`" for key in data
                      if key in DATA_SUITES and key not in suites]
