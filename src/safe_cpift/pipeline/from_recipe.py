@@ -8,7 +8,6 @@ sets of `safe_cpift.evals.defaults` are used (the tiny world's for a toyworld mo
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -226,7 +225,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         freeze_safety_core=cp.freeze_safety_core, freeze_earlier_groups=cp.freeze_earlier_groups,
         mix_safety=cp.mix_safety, replay_fraction=cp.replay_fraction, track_stages=cp.track_stages,
         protections=tuple(recipe.protect.safe_cpift),
-        protect_settings={k: v for k, v in dataclasses.asdict(recipe.protect).items() if k != "safe_cpift"},
+        protect_settings=recipe.protect.model_dump(exclude={"safe_cpift"}),
         methods=tuple(recipe.methods),
         train=TrainSettings(learning_rate=lr, batch_size=batch, max_length=max_length, overrides=training,
                             precision=model.precision),
