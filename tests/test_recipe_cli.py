@@ -111,3 +111,8 @@ def test_cli_recipe_check_reports_every_problem_one_line_each(tmp_path, capsys):
     allowed = typo.split("(allowed: ")[1].rstrip(")").split(", ")
     assert allowed == sorted(allowed) and {"scope", "tau", "top_p"} <= set(allowed)
     assert seed == "  - `seed` must be >= 0, got -1"
+    assert main(["recipe", "check", str(tmp_path / "nope.yaml")]) == 2
+    assert "recipe not found" in capsys.readouterr().err
+    recipe.write_bytes(b"model: \xff\xfe\n")
+    assert main(["recipe", "check", str(recipe)]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err

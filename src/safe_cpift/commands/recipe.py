@@ -63,7 +63,7 @@ def check_main(args: argparse.Namespace) -> int:
     if kind == "auto":
         try:
             kind = recipe_kind(yaml.safe_load(path.read_text(encoding="utf-8")))
-        except (OSError, yaml.YAMLError):
+        except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
             kind = "run"  # the loader below reports the problem
     if kind == "eval":
         from safe_cpift.evals.eval_recipe import load_eval_recipe
