@@ -202,7 +202,7 @@ GOOD = "--suite refusal --data {E}/jsonl/good.jsonl --out {O}/e.json"
     Case("bad_judge", f"eval --model {{E}}/base {GOOD} --judge robots", ("`judge` must be 'rules' or 'model:PATH'",)),
     Case("negative_tokens", f"eval --model {{E}}/base {GOOD} --max-new-tokens -3", ("`max_new_tokens` must be >= 1",)),
     Case("bad_regex", "eval --model {E}/base --suite tasks --data {E}/jsonl/good.jsonl --metric regex:[ --out {O}/e.json",
-         ("invalid regular expression",)),
+         ("is not a valid regular expression",)),
     Case("zero_limit", f"eval --model {{E}}/base {GOOD} --limit 0", ("`--limit` must be >= 1",)),
 )
 def test_eval_rejects_malformed_input(case, inputs, tmp_path, capsys):
