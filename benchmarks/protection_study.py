@@ -1,14 +1,19 @@
 """The protection study: each protection alone and in compositions, beside the baselines, over seeds.
 
-For every seed, one *reference* run of the recipe trains every baseline (multitask_sft,
-safety_mix_sft = SafeInstr, the peer baselines sppft and resta, cpift) and safe_cpift with the
-recipe's composition. Then each composition row runs safe_cpift alone, reusing the reference run's
-stages that do not depend on the composition (aligned eval, safety core, probes, single-task scores,
-task cores, clusters, and the fusion when the row freezes the core as the reference does), so every
-row pays only for its own pipelined SFT and evaluation. All rows train on the same examples.
+For every seed a *reference* run of the recipe trains its baselines (multitask_sft, sequential_sft,
+safety_mix_sft = SafeInstr, cpift) and safe_cpift with the recipe's composition — either run here, or
+taken from a multi-seed run directory (`--reference-root D`, e.g. from `safe-cpift demo --seeds 0 1 2
+--output-dir D`). Then each row runs only what it changes, reusing the reference's stages that do not
+depend on it (aligned eval, safety core, probes, single-task scores, task cores, clusters,
+multitask_sft, and the fusion when the row freezes the core as the reference does):
 
-    python benchmarks/protection_study.py --seeds 0 1 2 --output-root runs/study
-    python benchmarks/protection_study.py --seeds 0 --rows freeze freeze+safety_mix --output-root /tmp/s budget.examples_per_method=600
+* a composition row runs safe_cpift's pipelined SFT (and repair) with `protect.safe_cpift` = the row;
+* a peer row (`sppft`, `resta`) runs that peer baseline beside the reference's safe_cpift.
+
+Every method and row trains on the same number of examples.
+
+    safe-cpift demo --seeds 0 1 2 --output-dir runs/demo3
+    python benchmarks/protection_study.py --seeds 0 1 2 --reference-root runs/demo3 --output-root runs/study
 
 Prints one table (mean ± sample sd, then the per-seed values) and, with `--json`, writes every number.
 """
@@ -35,30 +40,38 @@ ROWS = {
     "freeze+safety_mix+repair": ["freeze", "safety_mix", "repair"],
     "all": ["freeze", "safety_mix", "direction", "projection", "token_kl", "repair"],
 }
-BASELINES = ["multitask_sft", "safety_mix_sft", "sppft", "resta", "cpift"]
-SHARED_STAGES = ("aligned_eval", "safety_core", "single_task", "task_cores", "clusters")
+PEERS = ("sppft", "resta")
+SHARED_STAGES = ("aligned_eval", "safety_core", "single_task", "task_cores", "clusters", "multitask_sft",
+                 "eval_multitask_sft")
 METRICS = ("refusal_rate", "over_refusal_rate", "task_mean", "train_seconds")
 
 
-def reuse_stages(reference: Path, target: Path, spec, with_fusion: bool) -> list[str]:
-    """Open `target` as a run of `spec` and copy the composition-independent stages of `reference` into it."""
+def reuse_stages(reference: Path, target: Path, spec, *, with_fusion: bool, with_safe_cpift: bool) -> list[str]:
+    """Open `target` as a run of `spec` and copy the reference's stages that `spec` would compute identically."""
     from safe_cpift.pipeline.rundir import RunDirectory
 
     inputs = {"aligned_model": str(spec.aligned_model), "base_model": str(spec.base_model)}
     RunDirectory.open(target, spec.recipe, seed=spec.seed, resume=False, name=spec.name, inputs=inputs)
-    names = [*SHARED_STAGES, *[p.name for p in reference.glob("probe_*")], *(["fusion"] if with_fusion else [])]
+    names = [*SHARED_STAGES, *[p.name for p in reference.glob("probe_*")]]
+    if with_fusion or with_safe_cpift:
+        names.append("fusion")
+    if with_safe_cpift:
+        names += [p.name for p in reference.glob("sft_group_*")] + ["repair", "eval_safe_cpift"]
+    copied = []
     for name in names:
         if (reference / name / "stage.json").is_file():
             shutil.copytree(reference / name, target / name)
-    return names
+            copied.append(name)
+    return copied
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="toy")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=[*ROWS, *PEERS], choices=[*ROWS, *PEERS])
     parser.add_argument("--output-root", default="runs/study")
+    parser.add_argument("--reference-root", help="a multi-seed run directory holding seed_<n>/ reference runs")
     parser.add_argument("--json", help="write every number to this file")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
@@ -82,30 +95,34 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in args.seeds:
         base = [*args.overrides, f"seed={seed}"]
-        recipe = load_recipe(path, overrides=[*base, f"baselines={json.dumps(BASELINES)}"])
+        recipe = load_recipe(path, overrides=base)
         configure_runtime(recipe.num_threads)
-        ref_dir = root / f"seed_{seed}" / "reference"
-        start = time.perf_counter()
-        ref = run_pipeline(recipe, ref_dir, resume=(ref_dir / "manifest.json").is_file())
-        wall[f"{seed}/reference"] = time.perf_counter() - start
-        for m in ["aligned", *BASELINES]:
-            record(m, ref["methods"][m])
-        record(f"safe_cpift[{'+'.join(recipe.protect.safe_cpift)}] (reference)", ref["methods"]["safe_cpift"])
+        if args.reference_root:
+            ref_dir = Path(args.reference_root) / f"seed_{seed}"
+            ref = json.loads((ref_dir / "results.json").read_text())
+        else:
+            ref_dir = root / f"seed_{seed}" / "reference"
+            start = time.perf_counter()
+            ref = run_pipeline(recipe, ref_dir, resume=(ref_dir / "manifest.json").is_file())
+            wall[f"{seed}/reference"] = time.perf_counter() - start
+        for m, result in ref["methods"].items():
+            record(m if m != "safe_cpift" else f"safe_cpift[{'+'.join(recipe.protect.safe_cpift)}] (reference)", result)
         for row in args.rows:
-            comp = ROWS[row]
-            r = load_recipe(path, overrides=[*base, "baselines=[]", f"protect.safe_cpift={json.dumps(comp)}"])
-            spec = spec_from_recipe(r)
+            peer = row in PEERS
+            extra = [f"baselines=[{row}]"] if peer else ["baselines=[]", f"protect.safe_cpift={json.dumps(ROWS[row])}"]
+            spec = spec_from_recipe(load_recipe(path, overrides=[*base, *extra]))
             out = root / f"seed_{seed}" / row
             start = time.perf_counter()
             if not (out / "manifest.json").is_file():
-                reuse_stages(ref_dir, out, spec, with_fusion="freeze" in comp and "freeze" in recipe.protect.safe_cpift)
+                freeze = "freeze" in spec.protections and "freeze" in recipe.protect.safe_cpift
+                reuse_stages(ref_dir, out, spec, with_fusion=freeze, with_safe_cpift=peer)
             res = run_spec(spec, out, resume=True)
             wall[f"{seed}/{row}"] = time.perf_counter() - start
-            record(f"safe_cpift[{row}]", res["methods"]["safe_cpift"])
-            print(f"seed {seed} {row}: refusal {res['methods']['safe_cpift']['refusal_rate']:.3f} "
-                  f"over-refusal {res['methods']['safe_cpift']['over_refusal_rate']:.3f} "
-                  f"task {res['methods']['safe_cpift']['task_mean']:.3f} ({wall[f'{seed}/{row}']:.0f}s)",
-                  file=sys.stderr, flush=True)
+            name = row if peer else f"safe_cpift[{row}]"
+            got = res["methods"][row if peer else "safe_cpift"]
+            record(name, got)
+            print(f"seed {seed} {name}: refusal {got['refusal_rate']:.3f} over-refusal {got['over_refusal_rate']:.3f} "
+                  f"task {got['task_mean']:.3f} ({wall[f'{seed}/{row}']:.0f}s)", file=sys.stderr, flush=True)
 
     summary = {row: {k: summarize(v) for k, v in metrics.items()} for row, metrics in values.items()}
     print(f"protection study: {args.recipe} {' '.join(args.overrides)} over seeds {args.seeds}; mean ± sample sd "
