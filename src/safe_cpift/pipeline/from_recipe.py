@@ -214,7 +214,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         load_safety=functools.partial(_load_safety, recipe, world),
         evaluate=evaluator,
         seed=recipe.seed,
-        top_p=cp.top_p, scope=cp.scope, tau=cp.tau, slerp_t=cp.slerp_t, task_scorer=cp.scorer,
+        top_p=cp.top_p, scope=cp.scope, tau=cp.tau, slerp_t=cp.slerp_t, slerp_weights=cp.slerp_weights, task_scorer=cp.scorer,
         safety_top_p=core.top_p, safety_scope=core.scope, safety_scorer=core.scorer,
         safety_mix=recipe.safety.mix_fraction,
         safety_probe_examples=core.probe_examples,
