@@ -5,7 +5,7 @@
 Writes a base and a tuned checkpoint (Llama-like tensor shapes, float32, `--gb` GB each, 256 MB
 shards) to a temporary directory, then times, each in a fresh subprocess so peak RSS is its own:
 
-- `raw`: read every byte of both checkpoints' .safetensors files (64 MB `readinto`, no parsing);
+- `raw`: read every byte of both checkpoints' .safetensors files (16 MB `readinto`, no parsing);
 - `touch`: open both with `safe_cpift.io.open_checkpoint` and sum every tensor (mmap + one pass);
 - `extract`: `CoreRegion.from_update(base_dir, tuned_dir, top_p)` (global exact threshold).
 
@@ -25,30 +25,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from _bench_util import AnonPeak, drop_cache, files, llama_shapes, read_files, status_kb
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shapes(gb: float, hidden: int = 1024, inter: int = 2816, vocab: int = 32000) -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     fixed = 2 * vocab * hidden + hidden
     layers = max(1, -(-int(gb * 1e9 / 4 - fixed) // per_layer))
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[p + f"self_attn.{m}.weight"] = (hidden, hidden)
-        out[p + "mlp.gate_proj.weight"] = (inter, hidden)
-        out[p + "mlp.up_proj.weight"] = (inter, hidden)
-        out[p + "mlp.down_proj.weight"] = (hidden, inter)
-        out[p + "input_layernorm.weight"] = (hidden,)
-        out[p + "post_attention_layernorm.weight"] = (hidden,)
-    out["model.norm.weight"] = (hidden,)
-    out["lm_head.weight"] = (vocab, hidden)
-    return out
+    return llama_shapes(layers, hidden, inter, vocab)
 
 
 def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
@@ -69,47 +58,16 @@ def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
     return root / "base", root / "tuned", total
 
 
-def files(*dirs: Path) -> list[Path]:
-    return sorted(p for d in dirs for p in d.glob("*.safetensors"))
-
-
-def drop_cache(paths: list[Path]) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _anon_sampler(stop: threading.Event, peak: list[int]) -> None:
-    while not stop.is_set():
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                peak[0] = max(peak[0], int(line.split()[1]))
-        stop.wait(0.02)
-
-
 def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
     """Run one measurement in this process (called in a child)."""
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    stop, peak = threading.Event(), [0]
-    sampler = threading.Thread(target=_anon_sampler, args=(stop, peak), daemon=True)
-    sampler.start()
+    anon = AnonPeak().__enter__()
     extra = {}
     t = time.perf_counter()
     if kind == "raw":
-        buf = bytearray(64 * 2**20)
-        view = memoryview(buf)
-        n = 0
-        for p in files(Path(base), Path(tuned)):
-            with open(p, "rb", buffering=0) as f:
-                while (r := f.readinto(view)) > 0:
-                    n += r
-        extra["bytes"] = n
+        extra["bytes"] = read_files(files(Path(base), Path(tuned)))
     elif kind == "touch":
         from safe_cpift.io import open_checkpoint
 
@@ -125,10 +83,9 @@ def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
         region = CoreRegion.from_update(base, tuned, top_p=top_p, progress=False)
         extra["entries"] = region.num_selected
     elapsed = time.perf_counter() - t
-    stop.set()
-    sampler.join()
-    hwm = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
-    return {"kind": kind, "seconds": elapsed, "peak_rss_mb": hwm / 1024, "peak_anon_mb": peak[0] / 1024, **extra}
+    anon.__exit__()
+    return {"kind": kind, "seconds": elapsed, "peak_rss_mb": status_kb("VmHWM") / 1024,
+            "peak_anon_mb": anon.peak_kb / 1024, **extra}
 
 
 def child(kind: str, base: Path, tuned: Path, top_p: float) -> dict:
