@@ -50,6 +50,7 @@ from safe_cpift.io import (
     dtype_name,
     state_dict_fingerprint,
 )
+from safe_cpift.merge.background import BackgroundWriter
 from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, spherical_mean
 from safe_cpift.merge.writer import PlannedShardWriter
 from safe_cpift.models import as_state_dict
@@ -464,10 +465,13 @@ def fuse_with_manifest(
         # shapes are the base's, dtypes the output's: plan the shards up front, stream each tensor
         writer = PlannedShardWriter(tmp, {n: (base_fp[n][0], out_dtypes[n]) for n in names},
                                     max_shard_bytes=max_shard_bytes)
+        background = BackgroundWriter(writer)  # writing tensor i overlaps computing tensor i + 1
         try:
             for name, tensor in tensors():
-                writer.add(name, tensor)
+                background.add(name, tensor)
+            background.close()
         except BaseException:
+            background.abort()
             writer.abort()  # close the open shard; atomic_directory removes the temp dir
             raise
         shards = writer.close()
