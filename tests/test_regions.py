@@ -317,3 +317,21 @@ def test_random_regions_round_trip_through_jaccard_identity():
         ib = sorted(rnd.sample(range(49), 5))
         r = region_of({"a": ia, "b": ib}, shapes)
         assert r.union(r) == r and r.intersection(r) == r and r.overlap(r) == 1.0
+
+
+def test_indices_above_equals_torch_nonzero():
+    from safe_cpift.region_select import indices_above
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10_000, generator=g).abs()
+    x[::7] = 0.5  # ties at the value
+    x[3] = float("nan")
+    for value in (0.5, 0.1, 3.0, float(x[11])):
+        for strict in (False, True):
+            want = torch.nonzero(x > value if strict else x >= value).squeeze(1)
+            got = indices_above(x, value, strict)
+            assert got.dtype == torch.int64 and torch.equal(got, want)
+            # other layouts/dtypes take torch's path and agree too
+            assert torch.equal(indices_above(x.double(), value, strict), want)
+            wide = torch.stack([x, x], 1)[:, 0]  # non-contiguous view
+            assert torch.equal(indices_above(wide, value, strict), want)

@@ -19,6 +19,7 @@ import math
 import re
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,28 @@ def kth_largest(scores: torch.Tensor, k: int) -> float:
     return float(torch.kthvalue(scores, scores.numel() - k + 1).values)
 
 
+def indices_above(scores: torch.Tensor, value: float, strict: bool = False) -> torch.Tensor:
+    """Flat int64 indices of the entries `>= value` (`> value` when `strict`), ascending.
+
+    Same result as `torch.nonzero(scores >= value)`, where the value is compared as a scalar of the
+    scores' dtype; for contiguous float32 CPU scores numpy's comparison and `flatnonzero` do it
+    ~3x faster on one thread (this is most of a region extraction's compute with a warm cache).
+    """
+    if scores.dtype == torch.float32 and scores.device.type == "cpu" and scores.is_contiguous() and scores.dim() == 1:
+        arr = scores.numpy()
+        v = np.float32(value)
+        return torch.from_numpy(np.flatnonzero(arr > v if strict else arr >= v))
+    mask = scores > value if strict else scores >= value
+    return torch.nonzero(mask.reshape(-1)).squeeze(1)
+
+
+def _ascending(idx: torch.Tensor) -> torch.Tensor:
+    """`idx` sorted; pieces fed in (tensor, offset) order are already sorted, which is checked in O(n)."""
+    if idx.numel() < 2 or bool((idx[1:] > idx[:-1]).all()):
+        return idx
+    return torch.sort(idx).values
+
+
 def _check_finite(scores: torch.Tensor) -> None:
     if torch.isnan(scores).any():
         raise ValueError("a score is NaN (a NaN or infinite weight in the models?); cannot rank entries")
@@ -83,7 +106,7 @@ def prefilter(scores: torch.Tensor, k: int) -> torch.Tensor:
     m = sample.numel()
     rank = min(m, max(1, math.ceil(2 * k * m / n)))
     cut = float(torch.kthvalue(sample, m - rank + 1).values)
-    idx = torch.nonzero(scores >= cut).squeeze(1)
+    idx = indices_above(scores, cut)
     if k <= idx.numel() <= max(4 * k, 1 << 20):
         return idx
     return stable_topk(scores, k)
@@ -109,9 +132,9 @@ class GlobalTopK:
             return
         if self.threshold is not None:
             # later entries lose ties against the pool, so only strictly larger scores can enter
-            idx = torch.nonzero(scores > self.threshold).squeeze(1)
+            idx = indices_above(scores, self.threshold, strict=True)
         elif self.floor is not None:
-            idx = torch.nonzero(scores >= self.floor).squeeze(1)
+            idx = indices_above(scores, self.floor)
         else:
             n = scores.numel()
             idx = prefilter(scores, self.k) if n > 2 * self.k else torch.arange(n)
@@ -155,7 +178,7 @@ class GlobalTopK:
         out: dict[int, list[torch.Tensor]] = {}
         for tid, idx, _ in self.pieces:
             out.setdefault(tid, []).append(idx)
-        return {tid: torch.sort(torch.cat(parts).to(torch.int64)).values for tid, parts in out.items()}
+        return {tid: _ascending(torch.cat(parts).to(torch.int64)) for tid, parts in out.items()}
 
 
 def sample_scores(src: ScoreSource, budget: int = SAMPLE_BUDGET) -> list[tuple[int, torch.Tensor, float]]:
