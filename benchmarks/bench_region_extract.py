@@ -1,6 +1,7 @@
 """Region extraction throughput on a synthetic sharded checkpoint pair vs a raw read of the same files.
 
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_region_extract.py [--gb 1.0] [--top-p 0.01] [--keep DIR]
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_region_extract.py [--gb 1.0] [--top-p 0.01] [--threads N] [--keep DIR]
+    OMP_NUM_THREADS=1 python benchmarks/bench_region_extract.py --quick     # 2 x 0.5 GB, one repeat: under 3 min
 
 Writes a base and a tuned checkpoint (Llama-like tensor shapes, float32, `--gb` GB each, 256 MB
 shards) to a temporary directory, then times, each in a fresh subprocess so peak RSS is its own:
@@ -12,7 +13,10 @@ shards) to a temporary directory, then times, each in a fresh subprocess so peak
 Each is measured warm (files in the page cache) and cold (pages of these files dropped with
 `posix_fadvise(DONTNEED)`, which touches no other process's cache). Prints throughput, the ratio
 raw_time / extract_time (target >= 0.8) and peak RSS (VmHWM, which counts mapped file pages) plus
-the peak anonymous RSS sampled every 20 ms. Deletes the files unless `--keep` is given.
+the peak anonymous RSS sampled every 20 ms, and ends with one line a script can read:
+`warm_ratio=<raw/extract, warm> cold_ratio=<raw/extract, cold> peak_anon_mb=<extract's> ...`.
+`--threads N` gives `CoreRegion.from_update(num_threads=N)` (worker threads scoring chunks).
+Deletes the files unless `--keep` is given.
 """
 
 from __future__ import annotations
@@ -58,13 +62,14 @@ def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
     return root / "base", root / "tuned", total
 
 
-def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
+def measure(kind: str, base: str, tuned: str, top_p: float, threads: int = 1) -> dict:
     """Run one measurement in this process (called in a child)."""
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     anon = AnonPeak().__enter__()
     extra = {}
+    cpu = time.process_time()
     t = time.perf_counter()
     if kind == "raw":
         extra["bytes"] = read_files(files(Path(base), Path(tuned)))
@@ -80,31 +85,36 @@ def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
     else:
         from safe_cpift.regions import CoreRegion
 
-        region = CoreRegion.from_update(base, tuned, top_p=top_p, progress=False)
+        region = CoreRegion.from_update(base, tuned, top_p=top_p, progress=False, num_threads=threads)
         extra["entries"] = region.num_selected
     elapsed = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     anon.__exit__()
-    return {"kind": kind, "seconds": elapsed, "peak_rss_mb": status_kb("VmHWM") / 1024,
+    return {"kind": kind, "seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mb": status_kb("VmHWM") / 1024,
             "peak_anon_mb": anon.peak_kb / 1024, **extra}
 
 
-def child(kind: str, base: Path, tuned: Path, top_p: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(base), str(tuned), str(top_p)],
+def child(kind: str, base: Path, tuned: Path, top_p: float, threads: int = 1) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(base), str(tuned), str(top_p), str(threads)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, base, tuned, top_p = sys.argv[2:6]
-        print(json.dumps(measure(kind, base, tuned, float(top_p))))
+        kind, base, tuned, top_p, threads = sys.argv[2:7]
+        print(json.dumps(measure(kind, base, tuned, float(top_p), int(threads))))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gb", type=float, default=1.0, help="size of EACH checkpoint in GB (float32)")
     p.add_argument("--top-p", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="num_threads of the extraction")
+    p.add_argument("--quick", action="store_true", help="2 x 0.5 GB, one repeat (under 3 minutes)")
     p.add_argument("--keep", default=None, help="write the checkpoints here and keep them")
     a = p.parse_args()
+    if a.quick:
+        a.gb, a.repeats = 0.5, 1
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-region-"))
     try:
         t = time.perf_counter()
@@ -125,17 +135,23 @@ def main() -> int:
                         drop_cache(files(base, tuned))
                     else:
                         child("raw", base, tuned, a.top_p)  # bring the files into the page cache
-                    results.setdefault((cache, kind), []).append(child(kind, base, tuned, a.top_p))
+                    results.setdefault((cache, kind), []).append(child(kind, base, tuned, a.top_p, a.threads))
+        ratios = {}
         for cache in ("warm", "cold"):
             sec = {k: statistics.median(r["seconds"] for r in results[(cache, k)]) for k in ("raw", "touch", "extract")}
             for k in ("raw", "touch", "extract"):
                 r = results[(cache, k)][-1]
-                print(f"{cache:4s} {k:7s}: {sec[k]:6.2f} s  {size / sec[k] / 1e9:5.2f} GB/s  "
+                print(f"{cache:4s} {k:7s}: {sec[k]:6.2f} s  {size / sec[k] / 1e9:5.2f} GB/s  cpu {r['cpu_seconds']:5.2f} s  "
                       f"peak RSS {r['peak_rss_mb']:7.0f} MB  peak anon {r['peak_anon_mb']:6.0f} MB"
                       + (f"  entries {r['entries']}" if "entries" in r else ""))
-            print(f"{cache:4s} ratio raw/extract = {sec['raw'] / sec['extract']:.2f}, "
+            ratios[cache] = sec["raw"] / sec["extract"]
+            print(f"{cache:4s} ratio raw/extract = {ratios[cache]:.2f}, "
                   f"touch/extract = {sec['touch'] / sec['extract']:.2f}  (median of {a.repeats})")
-        print(f"load average at end {os.getloadavg()[0]:.2f}")
+        load = os.getloadavg()[0]
+        print(f"load average at end {load:.2f}")
+        anon = max(r["peak_anon_mb"] for c in ("warm", "cold") for r in results[(c, "extract")])
+        print(f"warm_ratio={ratios['warm']:.3f} cold_ratio={ratios['cold']:.3f} peak_anon_mb={anon:.0f} "
+              f"threads={a.threads} gb={size / 2 / 1e9:.2f} load={load:.2f}")
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)

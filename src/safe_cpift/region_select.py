@@ -17,6 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,7 +28,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20  # elements scored at once (4 MiB of float32: stays in cache between passes)
+CHUNK = 1 << 18  # elements scored at once (1 MiB of float32: stays in L2 between sub, abs, compare)
 SAMPLE_BUDGET = 1 << 20
 SAMPLE_BLOCK = 8192
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -35,6 +39,8 @@ class ScoreSource(Protocol):
     numels: list[int]
 
     def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor: ...
+
+    def scorer(self, tid: int, stop: int) -> Callable[[int, int, torch.Tensor], torch.Tensor]: ...
 
 
 def layer_index(name: str) -> int | None:
@@ -138,10 +144,23 @@ class GlobalTopK:
         else:
             n = scores.numel()
             idx = prefilter(scores, self.k) if n > 2 * self.k else torch.arange(n)
+        self._append(tid, offset, idx, scores[idx])
+
+    def add_candidates(self, tid: int, offset: int, idx: torch.Tensor, values: torch.Tensor) -> None:
+        """Like `add` for the entries of a chunk already cut at this pool's floor (or any lower value):
+        chunk-relative indices `idx` (ascending) and their scores `values`."""
+        if self.k <= 0:
+            return
+        if self.threshold is not None:
+            keep = indices_above(values, self.threshold, strict=True)
+            idx, values = idx[keep], values[keep]
+        self._append(tid, offset, idx, values)
+
+    def _append(self, tid: int, offset: int, idx: torch.Tensor, values: torch.Tensor) -> None:
         if idx.numel() == 0:
             return
-        small = offset + scores.numel() < 2**31
-        self.pieces.append((tid, (idx + offset).to(torch.int32 if small else torch.int64), scores[idx]))
+        small = offset + int(idx[-1]) < 2**31
+        self.pieces.append((tid, (idx + offset).to(torch.int32 if small else torch.int64), values))
         self.count += idx.numel()
         if self.count >= 2 * self.k or (self.floor is None and self.threshold is None and self.count >= self.k):
             self._reduce()
@@ -247,15 +266,59 @@ def iter_chunks(src: ScoreSource, tids: list[int] | None = None, progress: bool 
         bar.close()
 
 
-def _select_global(src: ScoreSource, top_p: float, progress: bool) -> tuple[dict[int, torch.Tensor], dict]:
+def iter_candidates(src: ScoreSource, floor: float, threads: int, progress: bool = True
+                    ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Yield (tensor id, offset, chunk-relative indices, scores) of the entries >= `floor`, in
+    tie-break order; chunks are scored and cut on `threads` worker threads (torch and numpy kernels
+    release the GIL), a bounded window of chunks ahead of the consumer."""
+    from tqdm.auto import tqdm
+
+    local = threading.local()
+
+    def work(score: Callable, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = torch.empty(CHUNK, dtype=torch.float32)
+        scores = score(start, stop, buf)
+        idx = indices_above(scores, floor)
+        return idx, scores[idx]
+
+    bar = tqdm(total=sum(src.numels), unit="param", unit_scale=True, desc="scoring", disable=not progress or None)
+    window: deque = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="safe-cpift-score") as pool:
+            for tid, n in enumerate(src.numels):
+                for start in range(0, n, CHUNK):
+                    stop = min(n, start + CHUNK)
+                    window.append((tid, start, stop, pool.submit(work, src.scorer(tid, stop), start, stop)))
+                    if len(window) > 2 * threads:
+                        t, s0, s1, fut = window.popleft()
+                        yield (t, s0, *fut.result())
+                        bar.update(s1 - s0)
+            while window:
+                t, s0, s1, fut = window.popleft()
+                yield (t, s0, *fut.result())
+                bar.update(s1 - s0)
+    finally:
+        for *_, fut in window:
+            fut.cancel()
+        bar.close()
+
+
+def _select_global(src: ScoreSource, top_p: float, progress: bool,
+                   threads: int = 1) -> tuple[dict[int, torch.Tensor], dict]:
     total = sum(src.numels)
     k = target_count(top_p, total)
     if k >= total:
         return {t: torch.arange(n) for t, n in enumerate(src.numels) if n}, {}
     floor = estimate_floor(sample_scores(src), _margin(k))
     pool = GlobalTopK(k, floor)
-    for tid, off, s in iter_chunks(src, progress=progress):
-        pool.add(tid, off, s)
+    if floor is not None and threads > 1 and hasattr(src, "scorer"):
+        for tid, off, idx, values in iter_candidates(src, floor, threads, progress):
+            pool.add_candidates(tid, off, idx, values)
+    else:
+        for tid, off, s in iter_chunks(src, progress=progress):
+            pool.add(tid, off, s)
     if not pool.complete:
         logger.info("sampled floor %.6g kept only %d of %d entries; second pass without it", floor, pool.count, k)
         pool = GlobalTopK(k)
@@ -310,10 +373,18 @@ def _select_layer(src: ScoreSource, top_p: float, progress: bool) -> tuple[dict[
     return out, {"layers": sorted(chosen), "layer_scores": {str(i): sums[i] for i in sorted(sums)}}
 
 
-def select(src: ScoreSource, top_p: float, scope: str, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Top-p selection over a score source. Returns (sorted int64 indices per name, extra metadata)."""
+def select(src: ScoreSource, top_p: float, scope: str, progress: bool = True,
+           num_threads: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Top-p selection over a score source. Returns (sorted int64 indices per name, extra metadata).
+
+    `num_threads` (default: `torch.get_num_threads()`) worker threads score and cut the chunks of a
+    `global` selection; the result is the same for any number.
+    """
+    threads = torch.get_num_threads() if num_threads is None else int(num_threads)
+    if threads < 1:
+        raise ValueError(f"`num_threads` must be >= 1, got {num_threads}")
     if scope == "global":
-        picked, info = _select_global(src, top_p, progress)
+        picked, info = _select_global(src, top_p, progress, threads)
     elif scope == "tensor":
         picked, info = _select_tensor(src, top_p, progress), {}
     elif scope == "layer":
