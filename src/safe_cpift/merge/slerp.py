@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["slerp", "lerp", "spherical_mean", "DOT_THRESHOLD"]
 
 DOT_THRESHOLD = 0.9995
-_CHUNK = 1 << 20  # elements per chunk for weighted sums
+_SUM_CHUNK = 1 << 18  # elements per chunk of the weighted sums (buffers stay in L2)
 _DOT_CHUNK = 1 << 16  # elements per float64 dot product (converted chunks stay in cache)
 _MAX_ITER = 500  # fixed-point steps of the spherical mean (it settles in tens for fine-tuned models)
 
@@ -66,17 +66,30 @@ def _weighted_sum(weights: Sequence[float], vectors: Sequence[torch.Tensor], lik
     """sum_i weights[i] * vectors[i], computed in float32 (float64 for float64) chunk by chunk.
 
     Products are rounded before they are added (no fused multiply-add), so equal weights make the
-    sum bitwise independent of the order of two inputs.
+    sum bitwise independent of the order of two inputs. Two preallocated chunk buffers are reused
+    (fresh multi-MB temporaries would each be page-faulted in again), and an output in the compute
+    dtype is written in place.
     """
     cdtype = _compute_dtype(like.dtype)
     flats = [v.reshape(-1) for v in vectors]
-    out = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-    for start in range(0, out.numel(), _CHUNK):
-        stop = start + _CHUNK
-        acc = flats[0][start:stop].to(cdtype) * weights[0]
-        for w, f in zip(weights[1:], flats[1:], strict=True):
-            acc += f[start:stop].to(cdtype) * w
-        out[start:stop] = acc
+    numel = like.numel()
+    out = torch.empty(numel, dtype=like.dtype, device=like.device)
+    size = min(_SUM_CHUNK, numel)
+    tmp = torch.empty(size, dtype=cdtype, device=like.device)
+    acc_buf = None if like.dtype == cdtype else torch.empty(size, dtype=cdtype, device=like.device)
+    for start in range(0, numel, _SUM_CHUNK):
+        stop = min(numel, start + _SUM_CHUNK)
+        acc = out[start:stop] if acc_buf is None else acc_buf[: stop - start]
+        for i, (w, f) in enumerate(zip(weights, flats, strict=True)):
+            part = f[start:stop]
+            dst = acc if i == 0 else tmp[: stop - start]
+            if part.dtype != cdtype:
+                part = dst.copy_(part)
+            torch.mul(part, w, out=dst)
+            if i:
+                acc.add_(dst)
+        if acc_buf is not None:
+            out[start:stop] = acc
     return out.view(like.shape)
 
 
