@@ -101,7 +101,7 @@ def test_fusion_stage_uses_the_recipes_slerp_weights(tmp_path):
 
     class Ctx:
         spec = SimpleNamespace(task_names=["a", "b", "c"], slerp_t=0.5, slerp_weights=weights,
-                               freeze_safety_core=False)
+                               freeze_safety_core=False, track_stages=False)
 
         def theta0(self):
             return tmp_path / "base"

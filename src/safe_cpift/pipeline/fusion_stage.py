@@ -67,10 +67,11 @@ def run_fusion(ctx: RunContext, tmp: Path, method: str) -> dict[str, Any]:
         ctx.theta0(), {n: ctx.model_dir(probe_stage(n)) for n in names}, task_regions(ctx),
         protect=protect, protect_source=source, t=t, weights=weights, out_dir=Path(tmp) / MODEL_DIR)
     seconds = time.perf_counter() - start
-    summary = {"method": method, "t": t, "weights": manifest.get("weights"), "protected": protect is not None, "counts": manifest.get("counts"),
-               "fusion_seconds": seconds}
+    summary = {"method": method, "t": t, "weights": manifest.get("weights"), "protected": protect is not None,
+               "counts": manifest.get("counts"), "fusion_seconds": seconds}
     if len(names) > 2 and spec.slerp_t != 0.5 and weights is None:
-        summary["note"] = f"slerp_t={spec.slerp_t} ignored: with {len(names)} tasks the fusion weighs models equally (use slerp_weights)"
+        summary["note"] = (f"slerp_t={spec.slerp_t} ignored: with {len(names)} tasks the fusion weighs models "
+                           "equally (use slerp_weights)")
     # the fused directory gets the tokenizer from θ0's side files; make sure it is there
     if not (Path(tmp) / MODEL_DIR / "tokenizer_config.json").exists():
         ctx.tokenizer().save_pretrained(Path(tmp) / MODEL_DIR)
