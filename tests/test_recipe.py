@@ -295,7 +295,9 @@ def test_slerp_weights_checked_against_tasks():
     problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {names[0]: 1.0}}})
     assert problems == [f"`cpift.slerp_weights` needs a weight for every task (missing: {', '.join(names[1:])})"]
     problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {n: -1.0 for n in names}}})
-    assert all(p.endswith("must be a finite number >= 0, got -1.0") for p in problems) and len(problems) == len(names)
+    assert problems == [f"`cpift.slerp_weights.{n}` must be >= 0.0, got -1.0" for n in names]
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {n: float("inf") for n in names}}})
+    assert len(problems) == len(names) and all("finite" in p for p in problems)
     problems = problems_of({**MINIMAL, "cpift": {"slerp_t": 0.3, "slerp_weights": {n: 1.0 for n in names}}})
     assert problems == ["set either `cpift.slerp_t` or `cpift.slerp_weights`, not both (two tasks: weights "
                         "(1-t, t) are slerp_t=t)"]
