@@ -1,18 +1,22 @@
 """Region extraction throughput on a synthetic sharded checkpoint pair vs a raw read of the same files.
 
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_region_extract.py [--gb 1.0] [--top-p 0.01] [--keep DIR]
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_region_extract.py [--gb 1.0] [--top-p 0.01] [--threads N] [--keep DIR]
+    OMP_NUM_THREADS=1 python benchmarks/bench_region_extract.py --quick     # 2 x 0.5 GB, one repeat: under 3 min
 
 Writes a base and a tuned checkpoint (Llama-like tensor shapes, float32, `--gb` GB each, 256 MB
 shards) to a temporary directory, then times, each in a fresh subprocess so peak RSS is its own:
 
-- `raw`: read every byte of both checkpoints' .safetensors files (64 MB `readinto`, no parsing);
+- `raw`: read every byte of both checkpoints' .safetensors files (16 MB `readinto`, no parsing);
 - `touch`: open both with `safe_cpift.io.open_checkpoint` and sum every tensor (mmap + one pass);
 - `extract`: `CoreRegion.from_update(base_dir, tuned_dir, top_p)` (global exact threshold).
 
 Each is measured warm (files in the page cache) and cold (pages of these files dropped with
 `posix_fadvise(DONTNEED)`, which touches no other process's cache). Prints throughput, the ratio
 raw_time / extract_time (target >= 0.8) and peak RSS (VmHWM, which counts mapped file pages) plus
-the peak anonymous RSS sampled every 20 ms. Deletes the files unless `--keep` is given.
+the peak anonymous RSS sampled every 20 ms, and ends with one line a script can read:
+`warm_ratio=<raw/extract, warm> cold_ratio=<raw/extract, cold> peak_anon_mb=<extract's> ...`.
+`--threads N` gives `CoreRegion.from_update(num_threads=N)` (worker threads scoring chunks).
+Deletes the files unless `--keep` is given.
 """
 
 from __future__ import annotations
@@ -25,30 +29,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from _bench_util import AnonPeak, drop_cache, files, llama_shapes, read_files, status_kb
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shapes(gb: float, hidden: int = 1024, inter: int = 2816, vocab: int = 32000) -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     fixed = 2 * vocab * hidden + hidden
     layers = max(1, -(-int(gb * 1e9 / 4 - fixed) // per_layer))
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[p + f"self_attn.{m}.weight"] = (hidden, hidden)
-        out[p + "mlp.gate_proj.weight"] = (inter, hidden)
-        out[p + "mlp.up_proj.weight"] = (inter, hidden)
-        out[p + "mlp.down_proj.weight"] = (hidden, inter)
-        out[p + "input_layernorm.weight"] = (hidden,)
-        out[p + "post_attention_layernorm.weight"] = (hidden,)
-    out["model.norm.weight"] = (hidden,)
-    out["lm_head.weight"] = (vocab, hidden)
-    return out
+    return llama_shapes(layers, hidden, inter, vocab)
 
 
 def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
@@ -69,47 +62,17 @@ def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
     return root / "base", root / "tuned", total
 
 
-def files(*dirs: Path) -> list[Path]:
-    return sorted(p for d in dirs for p in d.glob("*.safetensors"))
-
-
-def drop_cache(paths: list[Path]) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _anon_sampler(stop: threading.Event, peak: list[int]) -> None:
-    while not stop.is_set():
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                peak[0] = max(peak[0], int(line.split()[1]))
-        stop.wait(0.02)
-
-
-def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
+def measure(kind: str, base: str, tuned: str, top_p: float, threads: int = 1) -> dict:
     """Run one measurement in this process (called in a child)."""
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    stop, peak = threading.Event(), [0]
-    sampler = threading.Thread(target=_anon_sampler, args=(stop, peak), daemon=True)
-    sampler.start()
+    anon = AnonPeak().__enter__()
     extra = {}
+    cpu = time.process_time()
     t = time.perf_counter()
     if kind == "raw":
-        buf = bytearray(64 * 2**20)
-        view = memoryview(buf)
-        n = 0
-        for p in files(Path(base), Path(tuned)):
-            with open(p, "rb", buffering=0) as f:
-                while (r := f.readinto(view)) > 0:
-                    n += r
-        extra["bytes"] = n
+        extra["bytes"] = read_files(files(Path(base), Path(tuned)))
     elif kind == "touch":
         from safe_cpift.io import open_checkpoint
 
@@ -122,32 +85,36 @@ def measure(kind: str, base: str, tuned: str, top_p: float) -> dict:
     else:
         from safe_cpift.regions import CoreRegion
 
-        region = CoreRegion.from_update(base, tuned, top_p=top_p, progress=False)
+        region = CoreRegion.from_update(base, tuned, top_p=top_p, progress=False, num_threads=threads)
         extra["entries"] = region.num_selected
     elapsed = time.perf_counter() - t
-    stop.set()
-    sampler.join()
-    hwm = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
-    return {"kind": kind, "seconds": elapsed, "peak_rss_mb": hwm / 1024, "peak_anon_mb": peak[0] / 1024, **extra}
+    cpu = time.process_time() - cpu
+    anon.__exit__()
+    return {"kind": kind, "seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mb": status_kb("VmHWM") / 1024,
+            "peak_anon_mb": anon.peak_kb / 1024, **extra}
 
 
-def child(kind: str, base: Path, tuned: Path, top_p: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(base), str(tuned), str(top_p)],
+def child(kind: str, base: Path, tuned: Path, top_p: float, threads: int = 1) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(base), str(tuned), str(top_p), str(threads)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, base, tuned, top_p = sys.argv[2:6]
-        print(json.dumps(measure(kind, base, tuned, float(top_p))))
+        kind, base, tuned, top_p, threads = sys.argv[2:7]
+        print(json.dumps(measure(kind, base, tuned, float(top_p), int(threads))))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gb", type=float, default=1.0, help="size of EACH checkpoint in GB (float32)")
     p.add_argument("--top-p", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="num_threads of the extraction")
+    p.add_argument("--quick", action="store_true", help="2 x 0.5 GB, one repeat (under 3 minutes)")
     p.add_argument("--keep", default=None, help="write the checkpoints here and keep them")
     a = p.parse_args()
+    if a.quick:
+        a.gb, a.repeats = 0.5, 1
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-region-"))
     try:
         t = time.perf_counter()
@@ -168,17 +135,23 @@ def main() -> int:
                         drop_cache(files(base, tuned))
                     else:
                         child("raw", base, tuned, a.top_p)  # bring the files into the page cache
-                    results.setdefault((cache, kind), []).append(child(kind, base, tuned, a.top_p))
+                    results.setdefault((cache, kind), []).append(child(kind, base, tuned, a.top_p, a.threads))
+        ratios = {}
         for cache in ("warm", "cold"):
             sec = {k: statistics.median(r["seconds"] for r in results[(cache, k)]) for k in ("raw", "touch", "extract")}
             for k in ("raw", "touch", "extract"):
                 r = results[(cache, k)][-1]
-                print(f"{cache:4s} {k:7s}: {sec[k]:6.2f} s  {size / sec[k] / 1e9:5.2f} GB/s  "
+                print(f"{cache:4s} {k:7s}: {sec[k]:6.2f} s  {size / sec[k] / 1e9:5.2f} GB/s  cpu {r['cpu_seconds']:5.2f} s  "
                       f"peak RSS {r['peak_rss_mb']:7.0f} MB  peak anon {r['peak_anon_mb']:6.0f} MB"
                       + (f"  entries {r['entries']}" if "entries" in r else ""))
-            print(f"{cache:4s} ratio raw/extract = {sec['raw'] / sec['extract']:.2f}, "
+            ratios[cache] = sec["raw"] / sec["extract"]
+            print(f"{cache:4s} ratio raw/extract = {ratios[cache]:.2f}, "
                   f"touch/extract = {sec['touch'] / sec['extract']:.2f}  (median of {a.repeats})")
-        print(f"load average at end {os.getloadavg()[0]:.2f}")
+        load = os.getloadavg()[0]
+        print(f"load average at end {load:.2f}")
+        anon = max(r["peak_anon_mb"] for c in ("warm", "cold") for r in results[(c, "extract")])
+        print(f"warm_ratio={ratios['warm']:.3f} cold_ratio={ratios['cold']:.3f} peak_anon_mb={anon:.0f} "
+              f"threads={a.threads} gb={size / 2 / 1e9:.2f} load={load:.2f}")
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -67,3 +67,36 @@ def test_cli_bad_task_spec(setup, tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     assert rc == 2 and "no core region" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_weighted_tasks(setup, tmp_path, capsys):
+    root = setup
+    args = ["fuse", "--base", str(root / "base"), "--out", str(tmp_path / "w3"), "--json"]
+    for k, w in (("math", "2"), ("code", "1"), ("chat", "1.0")):
+        args += ["--task", f"{k}={root / k}:{root / f'core_{k}'}:{w}"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["weights"] == {"math": 0.5, "code": 0.25, "chat": 0.25}
+    names = ("math", "code", "chat")
+    want = fuse(str(root / "base"), {k: str(root / k) for k in names},
+                {k: CoreRegion.load(root / f"core_{k}") for k in names},
+                weights={"math": 0.5, "code": 0.25, "chat": 0.25})
+    got = open_checkpoint(tmp_path / "w3")
+    assert all(torch.equal(got.get(n), want[n]) for n in want)
+    # a weight on some tasks only is an error naming the fix
+    mixed = ["fuse", "--base", str(root / "base"), "--out", str(tmp_path / "m"),
+             "--task", f"math={root / 'math'}:{root / 'core_math'}:2", "--task", f"code={root / 'code'}:{root / 'core_code'}"]
+    assert main(mixed) == 2
+    assert "WEIGHT to every" in capsys.readouterr().err
+    bad = ["fuse", "--base", str(root / "base"), "--out", str(tmp_path / "b"),
+           "--task", f"math={root / 'math'}:{root / 'core_math'}:-1"]
+    assert main(bad) == 2 and "WEIGHT" in capsys.readouterr().err
+
+
+def test_parse_task_weight():
+    from safe_cpift.commands.fuse import parse_task
+
+    assert parse_task("a=m:r") == ("a", "m", "r", None)
+    assert parse_task("a=m:r:0.25") == ("a", "m", "r", 0.25)
+    assert parse_task("a=dir:with:colon:r") == ("a", "dir:with:colon", "r", None)
+    assert parse_task("a=m:0.5") == ("a", "m", "0.5", None)  # a lone number after MODEL is the region

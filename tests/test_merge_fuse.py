@@ -139,6 +139,52 @@ def test_two_models_t_and_order(world):
     assert torch.equal(t0[UP], B[UP])
 
 
+def test_weighted_models_order_free(world):
+    base = world["base"]
+    models = {"x": world["A"], "y": world["B"], "z": world["C"]}
+    regions = {"x": make_region(base, {Q: [0, 1]}), "y": make_region(base, {UP: [5]}), "z": make_region(base, {})}
+    weights = {"x": 2.0, "y": 1.0, "z": 1.0}
+    out, manifest = fuse_with_manifest(base, models, regions, weights=weights)
+    assert manifest["weights"] == {"x": 0.5, "y": 0.25, "z": 0.25}
+    mask = regions["y"].mask(UP)
+    want = spherical_mean([models[k][UP] for k in "xyz"], [0.5, 0.25, 0.25])
+    assert torch.equal(out[UP][~mask], want[~mask])
+    assert not torch.allclose(out[UP][~mask], spherical_mean([models[k][UP] for k in "xyz"])[~mask], atol=1e-5)
+    for order in (["z", "x", "y"], ["y", "z", "x"]):  # given order does not matter: bitwise
+        again = fuse(base, {k: models[k] for k in order}, {k: regions[k] for k in order},
+                     weights={k: weights[k] for k in reversed(order)})
+        assert all(torch.equal(out[n], again[n]) for n in base)
+    # a task of weight 0 leaves the non-core entries as the other tasks' SLERP (its core is still transplanted)
+    empty = make_region(base, {})
+    zero = fuse(base, models, {k: empty for k in models}, weights={"x": 0.3, "y": 0.7, "z": 0.0})
+    pair = fuse(base, {"x": models["x"], "y": models["y"]}, {"x": empty, "y": empty}, t=0.7)
+    assert all(torch.allclose(zero[n], pair[n], atol=1e-7, rtol=0) for n in base)
+
+
+def test_weights_for_two_models_are_slerp_t(world):
+    base, A, B = world["base"], world["A"], world["B"]
+    r = make_region(base, {Q: [0]})
+    by_t = fuse(base, {"b": B, "a": A}, {"b": r, "a": r}, t=0.3)  # t weighs the second given task (a)
+    by_w = fuse(base, {"a": A, "b": B}, {"a": r, "b": r}, weights={"a": 0.3, "b": 0.7})
+    for n in base:
+        assert torch.allclose(by_t[n], by_w[n], atol=1e-6, rtol=0), n
+    assert torch.equal(by_w[UP], slerp(0.7, A[UP], B[UP]))  # sorted order: a, b; t = w_b
+
+
+def test_bad_weights(world):
+    base, A, B = world["base"], world["A"], world["B"]
+    r = make_region(base, {})
+    models, regions = {"a": A, "b": B}, {"a": r, "b": r}
+    with pytest.raises(ValueError, match="missing: \\['b'\\]"):
+        fuse(base, models, regions, weights={"a": 1.0})
+    with pytest.raises(ValueError, match="`weights\\['b'\\]`"):
+        fuse(base, models, regions, weights={"a": 1.0, "b": -1.0})
+    with pytest.raises(ValueError, match="all 0"):
+        fuse(base, models, regions, weights={"a": 0.0, "b": 0.0})
+    with pytest.raises(ValueError, match="not both"):
+        fuse(base, models, regions, weights={"a": 1.0, "b": 1.0}, t=0.3)
+
+
 def test_layer_schedule(world):
     base, A, B = world["base"], world["A"], world["B"]
     empty = make_region(base, {})

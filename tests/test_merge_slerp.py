@@ -114,17 +114,111 @@ def test_spherical_mean_two_equals_slerp_half():
     assert torch.allclose(spherical_mean([c, 2 * c]), lerp(0.5, c, 2 * c), atol=0, rtol=1e-6)
 
 
-def test_spherical_mean_order_free_and_norm_preserving():
-    g = torch.Generator().manual_seed(6)
-    vs = [torch.randn(300, generator=g) for _ in range(4)]
-    vs = [v / v.norm() * 2.0 for v in vs]  # equal norms
-    out = spherical_mean(vs)
-    # permutations agree to float rounding (allclose, not bitwise: sums are reassociated)
-    for perm in ([3, 1, 0, 2], [2, 3, 1, 0]):
-        assert torch.allclose(spherical_mean([vs[i] for i in perm]), out, atol=1e-6, rtol=0)
-    assert abs(float(out.norm()) - 2.0) < 1e-5
-    direction = sum(v.double() / v.double().norm() for v in vs)
-    assert rel(out / out.norm(), (direction / direction.norm()).float()) < 1e-6
+def ref_spherical_mean(vs, ws, iters=20000):
+    """Float64 reference in the ambient space: Buss-Fillmore iteration on the unit vectors, then the
+    coefficients of the mean in the unit vectors (least squares) applied to the original tensors."""
+    V = torch.stack([v.double().flatten() for v in vs])
+    U = V / V.norm(dim=1, keepdim=True)
+    w = torch.tensor(ws, dtype=torch.float64)
+    w = w / w.sum()
+    q = w @ U
+    q = q / q.norm()
+    for _ in range(iters):
+        c = (U @ q).clamp(-1, 1)
+        th = torch.arccos(c)
+        k = torch.where(th < 1e-8, torch.ones_like(th), th / torch.sin(th))
+        step = w @ (k[:, None] * (U - c[:, None] * q[None]))
+        n = step.norm()
+        if n < 1e-15:
+            break
+        q = torch.cos(n) * q + torch.sin(n) * step / n
+        q = q / q.norm()
+    a = torch.linalg.lstsq(U.T, q[:, None]).solution[:, 0]
+    return (a @ V).view(vs[0].shape)
+
+
+@pytest.mark.parametrize("n", [3, 4, 6])
+def test_weighted_mean_matches_float64_reference(n):
+    g = torch.Generator().manual_seed(10 + n)
+    vs = [(1.0 + i) * torch.randn(40, 9, generator=g) for i in range(n)]  # different norms
+    ws = (0.1 + torch.rand(n, generator=g)).tolist()
+    got = spherical_mean(vs, ws)
+    assert got.shape == vs[0].shape and got.dtype == torch.float32
+    assert rel(got, ref_spherical_mean(vs, ws)) < 1e-6
+    # not the linear mean, and not the equal-weight mean
+    assert rel(got, sum(w * v for w, v in zip(ws, vs, strict=True)) / sum(ws)) > 1e-3
+    assert rel(got, spherical_mean(vs)) > 1e-3
+    assert rel(spherical_mean(vs), ref_spherical_mean(vs, [1.0] * n)) < 1e-6
+
+
+@pytest.mark.parametrize("t", [0.0, 0.1, 0.3, 0.5, 0.77, 1.0])
+def test_weighted_two_models_is_slerp(t):
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.randn(30, 7, generator=g), 2.5 * torch.randn(30, 7, generator=g)
+    assert torch.equal(spherical_mean([a, b], [1 - t, t]), slerp(t, a, b))
+    assert torch.equal(spherical_mean([a, b], [3 * (1 - t), 3 * t]), slerp(t, a, b))  # weights are normalised
+    assert rel(spherical_mean([a, b], [1 - t, t]), ref_slerp(t, a, b)) < 1e-6
+    if 0 < t < 1:  # the N-model definition itself (reference iteration) agrees with SLERP for N = 2
+        assert rel(ref_spherical_mean([a, b], [1 - t, t]).float(), ref_slerp(t, a, b)) < 1e-6
+
+
+def test_weighted_mean_order_free():
+    g = torch.Generator().manual_seed(12)
+    vs = [torch.randn(500, generator=g) * (0.5 + i) for i in range(5)]
+    ws = [0.4, 0.1, 0.2, 0.25, 0.05]
+    out = spherical_mean(vs, ws)
+    for perm in ([3, 1, 0, 2, 4], [4, 2, 3, 0, 1]):
+        again = spherical_mean([vs[i] for i in perm], [ws[i] for i in perm])
+        assert torch.allclose(again, out, atol=1e-6, rtol=0)  # sums reassociated: float rounding only
+    # permuting the tensors but not the weights does change the result
+    assert not torch.allclose(spherical_mean([vs[i] for i in [3, 1, 0, 2, 4]], ws), out, atol=1e-3)
+
+
+def test_weighted_mean_zero_weight_drops_the_tensor():
+    g = torch.Generator().manual_seed(13)
+    a, b, c, d = (torch.randn(64, generator=g) for _ in range(4))
+    assert torch.equal(spherical_mean([a, b, c], [0.0, 1.0, 0.0]), b)
+    assert torch.equal(spherical_mean([a, d, b], [0.6, 0.0, 0.4]), slerp(0.4, a, b))
+    assert torch.equal(spherical_mean([a, b, d, c], [0.2, 0.3, 0.0, 0.5]), spherical_mean([a, b, c], [0.2, 0.3, 0.5]))
+
+
+def test_equal_norms_stay_on_the_sphere_at_the_weighted_mean():
+    g = torch.Generator().manual_seed(14)
+    vs = [torch.randn(300, generator=g, dtype=torch.float64) for _ in range(4)]
+    vs = [v / v.norm() * 2.0 for v in vs]
+    ws = [0.1, 0.2, 0.3, 0.4]
+    out = spherical_mean(vs, ws)
+    assert out.dtype == torch.float64 and abs(float(out.norm()) - 2.0) < 1e-12
+    # first-order optimality of the Karcher mean: sum_i w_i log_m(u_i) = 0
+    m = out / out.norm()
+    grad = torch.zeros_like(m)
+    for w, v in zip(ws, vs, strict=True):
+        u = v / v.norm()
+        c = float(u @ m)
+        th = math.acos(c)
+        grad += w * th / math.sin(th) * (u - c * m)
+    assert float(grad.norm()) < 1e-10
+
+
+def test_weighted_mean_fallbacks():
+    g = torch.Generator().manual_seed(15)
+    v = torch.randn(64, generator=g)
+    near = [v, 1.5 * v + 1e-6 * torch.randn(64, generator=g), 0.7 * v + 1e-6 * torch.randn(64, generator=g)]
+    ws = [0.2, 0.3, 0.5]
+    linear = 0.2 * near[0].double() + 0.3 * near[1].double() + 0.5 * near[2].double()
+    assert rel(spherical_mean(near, ws), linear) < 1e-6  # all colinear: linear mean, as slerp does
+    opposite = [v, -v + 1e-6 * torch.randn(64, generator=g), torch.randn(64, generator=g)]
+    linear = sum(w * x.double() for w, x in zip(ws, opposite, strict=True))
+    assert rel(spherical_mean(opposite, ws), linear) < 1e-6  # an opposite pair: no mean direction
+    zero = [torch.zeros(64), v, torch.randn(64, generator=g)]
+    assert torch.isfinite(spherical_mean(zero, ws)).all()
+
+
+def test_weighted_mean_bad_weights():
+    vs = [torch.randn(4) for _ in range(3)]
+    for bad in ([1.0, 2.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, float("nan"), 1.0], "abc"):
+        with pytest.raises(ValueError, match="`weights`"):
+            spherical_mean(vs, bad)
 
 
 def test_spherical_mean_needs_two():

@@ -69,3 +69,44 @@ def test_plan_is_enforced(tmp_path):
     with pytest.raises(ValueError, match="`y` was planned but never written"):
         w.close()
     w.abort()
+
+
+def test_background_writer_keeps_order_and_reports_errors(tmp_path):
+    import threading
+
+    from safe_cpift.merge.background import BackgroundWriter
+
+    class Recorder:
+        def __init__(self):
+            self.seen, self.threads = [], set()
+
+        def add(self, name, tensor):
+            if name == "bad":
+                raise ValueError("tensor `bad` written out of order")
+            self.seen.append((name, float(tensor.sum())))
+            self.threads.add(threading.get_ident())
+
+    rec = Recorder()
+    bg = BackgroundWriter(rec)
+    for i in range(20):
+        bg.add(f"t{i}", torch.full((3,), float(i)))
+    bg.close()
+    assert rec.seen == [(f"t{i}", 3.0 * i) for i in range(20)]
+    assert threading.get_ident() not in rec.threads  # written on the worker thread
+    bg = BackgroundWriter(Recorder())
+    bg.add("bad", torch.zeros(1))
+    with pytest.raises(ValueError, match="out of order"):
+        for i in range(10):  # the error surfaces on a later add or at close
+            bg.add(f"t{i}", torch.zeros(1))
+        bg.close()
+    bg.abort()
+    # a real PlannedShardWriter behind it writes the same files as without it
+    sd = {"a": torch.arange(6.0).view(2, 3), "b": torch.ones(4, dtype=torch.float64)}
+    writer = PlannedShardWriter(tmp_path, state_dict_fingerprint(sd), max_shard_bytes=1 << 20)
+    bg = BackgroundWriter(writer)
+    for name, tensor in sd.items():
+        bg.add(name, tensor)
+    bg.close()
+    writer.close()
+    got = load_file(str(tmp_path / SINGLE_FILE))
+    assert all(torch.equal(got[n], sd[n]) for n in sd)

@@ -79,3 +79,44 @@ def test_verify_compares_bits_not_values():
     w3 = w.clone()
     w3.view(-1)[1] = 7.0  # outside the core: does not matter
     assert verify_safety_core({"w": w3}, region, protected)["intact"]
+
+
+def test_fusion_stage_uses_the_recipes_slerp_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from conftest import make_tiny_llama
+
+    from safe_cpift.io import open_checkpoint, state_dict_fingerprint
+    from safe_cpift.merge import fuse
+    from safe_cpift.pipeline import fusion_stage
+    from safe_cpift.pipeline.common import REGION_DIR
+
+    for name, seed in (("base", 0), ("a", 1), ("b", 2), ("c", 3)):
+        make_tiny_llama(seed).save_pretrained(tmp_path / name)
+    fp = state_dict_fingerprint(dict(open_checkpoint(tmp_path / "base").iter_tensors()))
+    regions = {t: CoreRegion({}, fp, top_p=0.01, scope="global", scorer="update") for t in "abc"}
+    for t, r in regions.items():
+        r.save(tmp_path / "cores" / t / REGION_DIR)
+    weights = {"a": 2.0, "b": 1.0, "c": 1.0}
+
+    class Ctx:
+        spec = SimpleNamespace(task_names=["a", "b", "c"], slerp_t=0.5, slerp_weights=weights,
+                               freeze_safety_core=False, track_stages=False)
+
+        def theta0(self):
+            return tmp_path / "base"
+
+        def model_dir(self, stage):
+            return tmp_path / stage.removeprefix("probe_")
+
+        def stage_dir(self, stage):
+            return tmp_path / "cores"
+
+        def tokenizer(self):
+            return SimpleNamespace(save_pretrained=lambda d: (d / "tokenizer_config.json").write_text("{}"))
+
+    summary = fusion_stage.run_fusion(Ctx(), tmp_path / "out", "cpift")
+    assert summary["weights"] == {"a": 0.5, "b": 0.25, "c": 0.25} and "note" not in summary
+    want = fuse(tmp_path / "base", {t: tmp_path / t for t in "abc"}, regions, weights=weights)
+    got = open_checkpoint(tmp_path / "out" / "model")
+    assert all(torch.equal(got.get(n), want[n]) for n in want)

@@ -280,3 +280,26 @@ def test_attack_section():
     problems = problems_of({**MINIMAL, "attack": {"data": "toyworld", "fraction": 1.5, "fractoin": 1}})
     assert any("`attack.fraction` must be < 1.0" in p for p in problems)
     assert any("did you mean `fraction`" in p for p in problems)
+
+
+def test_slerp_weights_checked_against_tasks():
+    from safe_cpift.recipe import _world_tasks
+
+    names = list(_world_tasks())
+    good = recipe_from_dict({**MINIMAL, "cpift": {"slerp_weights": {n: i + 1 for i, n in enumerate(names)}}})
+    assert good.cpift.slerp_weights == {n: i + 1 for i, n in enumerate(names)}
+    wrong = {names[0]: 1.0, names[1] + "x": 1.0}
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": wrong}})
+    assert any(p.startswith(f"`cpift.slerp_weights.{names[1]}x`: no task") and f"did you mean `{names[1]}`" in p
+               for p in problems), problems
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {names[0]: 1.0}}})
+    assert problems == [f"`cpift.slerp_weights` needs a weight for every task (missing: {', '.join(names[1:])})"]
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {n: -1.0 for n in names}}})
+    assert problems == [f"`cpift.slerp_weights.{n}` must be >= 0.0, got -1.0" for n in names]
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {n: float("inf") for n in names}}})
+    assert len(problems) == len(names) and all("finite" in p for p in problems)
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_t": 0.3, "slerp_weights": {n: 1.0 for n in names}}})
+    assert problems == ["set either `cpift.slerp_t` or `cpift.slerp_weights`, not both (two tasks: weights "
+                        "(1-t, t) are slerp_t=t)"]
+    problems = problems_of({**MINIMAL, "cpift": {"slerp_weights": {n: 0 for n in names}}})
+    assert problems == ["`cpift.slerp_weights` are all 0: give at least one task a positive weight"]

@@ -91,9 +91,10 @@ def reference_topk(scores: dict, k: int) -> dict:
     return {n: sorted(v) for n, v in out.items()}
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("floor", ["sampled", "none", "too_high", "too_low"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_streaming_topk_matches_brute_force_with_many_ties(monkeypatch, seed, floor):
+def test_streaming_topk_matches_brute_force_with_many_ties(monkeypatch, seed, floor, threads):
     monkeypatch.setattr(region_select, "CHUNK", 7)  # many chunks per tensor, pool reductions
     monkeypatch.setattr(region_select, "SAMPLE_BLOCK", 4)
     fixed = {"none": None, "too_high": 1e9, "too_low": -1.0}
@@ -104,7 +105,7 @@ def test_streaming_topk_matches_brute_force_with_many_ties(monkeypatch, seed, fl
     scores = {n: torch.randint(0, 4, s, generator=g).float() for n, s in shapes.items()}
     total = sum(v.numel() for v in scores.values())
     for k in (1, 5, 17, 60, total - 1):
-        region = CoreRegion.from_scores(scores, top_p=k / total, scorer="custom")
+        region = CoreRegion.from_scores(scores, top_p=k / total, scorer="custom", num_threads=threads)
         got = {n: region.indices(n).tolist() for n in region.names()}
         assert got == reference_topk(scores, k), k
         per_tensor = CoreRegion.from_scores(scores, top_p=k / total, scope="tensor", scorer="custom")
@@ -317,3 +318,44 @@ def test_random_regions_round_trip_through_jaccard_identity():
         ib = sorted(rnd.sample(range(49), 5))
         r = region_of({"a": ia, "b": ib}, shapes)
         assert r.union(r) == r and r.intersection(r) == r and r.overlap(r) == 1.0
+
+
+def test_indices_above_equals_torch_nonzero():
+    from safe_cpift.region_select import indices_above
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10_000, generator=g).abs()
+    x[::7] = 0.5  # ties at the value
+    x[3] = float("nan")
+    for value in (0.5, 0.1, 3.0, float(x[11])):
+        for strict in (False, True):
+            want = torch.nonzero(x > value if strict else x >= value).squeeze(1)
+            got = indices_above(x, value, strict)
+            assert got.dtype == torch.int64 and torch.equal(got, want)
+            # other layouts/dtypes take torch's path and agree too
+            assert torch.equal(indices_above(x.double(), value, strict), want)
+            wide = torch.stack([x, x], 1)[:, 0]  # non-contiguous view
+            assert torch.equal(indices_above(wide, value, strict), want)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_threads_give_the_same_region(monkeypatch, tmp_path, threads):
+    monkeypatch.setattr(region_select, "CHUNK", 1000)  # several chunks per tensor, pool reductions mid-scan
+    used = []
+    real = region_select.iter_candidates
+    monkeypatch.setattr(region_select, "iter_candidates", lambda *a, **k: used.append(a[2]) or real(*a, **k))
+    base, tuned, planted = planted_pair(seed=3, frac=0.05)
+    one = CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=1)
+    assert used == []
+    many = CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=threads)
+    assert used == [threads]  # the threaded scan ran
+    assert many == one and one.num_selected > 0
+    from safe_cpift.io import ShardedWriter
+
+    for name, sd in (("base", base), ("tuned", tuned)):  # checkpoints: mmap views scored on worker threads
+        with ShardedWriter(tmp_path / name, max_shard_bytes=1 << 14) as w:
+            for n, v in sd.items():
+                w.add(n, v)
+    assert CoreRegion.from_update(tmp_path / "base", tmp_path / "tuned", top_p=0.03, num_threads=threads) == one
+    with pytest.raises(ValueError, match="`num_threads`"):
+        CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=0)

@@ -191,6 +191,10 @@ class CpiftConfig(Section):
     scorer: Literal["update", "importance"] = Field("update", description="Task core scorer.")
     tau: Unit = Field(0.1, description="Core-overlap threshold: tasks whose cores overlap more share a group.")
     slerp_t: Unit = Field(0.5, description="SLERP interpolation factor for non-core parameters.")
+    slerp_weights: dict[str, number(ge=0.0, allow_inf_nan=False)] | None = Field(
+        None, description="Weight of each task in the N-model SLERP of the non-core parameters, e.g. {math: 2, "
+        "code: 1}; one per task, normalised to sum 1 (default: equal). Two tasks: weights (1-t, t) are "
+        "slerp_t=t; not together with slerp_t.")
     probe_examples: Count = Field(256, description="Training examples (one epoch) of each task's probe SFT that "
                                   "locates its core.")
     freeze_safety_core: bool = Field(True, description="safe_cpift: keep the safety core's entries frozen in every stage.")
@@ -394,6 +398,31 @@ def _rules(recipe: Recipe, world_tasks: tuple[str, ...] | None) -> list[str]:
                         "(no safety probe is trained otherwise)")
     if isinstance(recipe.baselines, list) and "safety_mix_sft" in recipe.baselines and recipe.safety.mix_fraction == 0:
         problems.append("`safety.mix_fraction` is 0, so `safety_mix_sft` would equal `multitask_sft`; set e.g. 0.05")
+    problems += _slerp_weight_rules(recipe.cpift, names)
+    return problems
+
+
+def _slerp_weight_rules(cpift: Any, names: list[str]) -> list[str]:
+    """`cpift.slerp_weights` against the task names (types and bounds are checked by the schema)."""
+    weights = getattr(cpift, "slerp_weights", None)
+    if not isinstance(weights, Mapping):
+        return []
+    problems = []
+    unknown = [k for k in weights if k not in names]
+    for k in unknown:
+        problems.append(f"`cpift.slerp_weights.{k}`: no task named {k!r}"
+                        + (f" — did you mean `{g}`?" if (g := did_you_mean(str(k), names)) else "")
+                        + f" (tasks: {', '.join(names)})")
+    missing = [n for n in names if n not in weights]
+    if missing and not unknown:
+        problems.append(f"`cpift.slerp_weights` needs a weight for every task (missing: {', '.join(missing)})")
+    values = list(weights.values())
+    numeric = all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in values)
+    if values and numeric and not sum(values) > 0:
+        problems.append("`cpift.slerp_weights` are all 0: give at least one task a positive weight")
+    if getattr(cpift, "slerp_t", 0.5) != 0.5:
+        problems.append("set either `cpift.slerp_t` or `cpift.slerp_weights`, not both (two tasks: weights "
+                        "(1-t, t) are slerp_t=t)")
     return problems
 
 

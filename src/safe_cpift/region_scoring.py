@@ -183,16 +183,26 @@ class UpdateScores:
 
     def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor:
         """Scores of entries [start, stop) of tensor `tid`; valid until the next call."""
+        if self._buf.numel() < stop - start:
+            self._buf = torch.empty(max(stop - start, CHUNK), dtype=torch.float32)
+        return self.scorer(tid, stop)(start, stop, self._buf)
+
+    def scorer(self, tid: int, stop: int) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
+        """A function `(start, stop, buf) -> scores` of tensor `tid` that is safe to call from worker
+        threads (it writes float32 scores into `buf` when both models are float32). Call this on the
+        thread that drives the scan: it reads ahead up to entry `stop` of tensor `tid`."""
         b, t = self._pair(tid)
         if self.prefetch and (tid, stop + PREFETCH // 2) > self._ahead:
             self._read_ahead(tid, stop)
-        bc, tc = b[start:stop], t[start:stop]
-        if bc.dtype == torch.float32 and tc.dtype == torch.float32:
-            if self._buf.numel() < stop - start:
-                self._buf = torch.empty(max(stop - start, CHUNK), dtype=torch.float32)
-            return torch.sub(tc, bc, out=self._buf[: stop - start]).abs_()
-        wide = torch.float64 if torch.float64 in (bc.dtype, tc.dtype) else torch.float32
-        return (tc.to(wide) - bc.to(wide)).abs_().to(torch.float32)
+
+        def score(start: int, stop: int, buf: torch.Tensor) -> torch.Tensor:
+            bc, tc = b[start:stop], t[start:stop]
+            if bc.dtype == torch.float32 and tc.dtype == torch.float32:
+                return torch.sub(tc, bc, out=buf[: stop - start]).abs_()
+            wide = torch.float64 if torch.float64 in (bc.dtype, tc.dtype) else torch.float32
+            return (tc.to(wide) - bc.to(wide)).abs_().to(torch.float32)
+
+        return score
 
 
 class PrecomputedScores:
@@ -205,6 +215,10 @@ class PrecomputedScores:
 
     def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor:
         return self._flat[tid][start:stop]
+
+    def scorer(self, tid: int, stop: int) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
+        flat = self._flat[tid]
+        return lambda start, stop, buf: flat[start:stop]
 
 
 def _batches_from_rows(rows: Any, tokenizer: Any, batch_size: int, max_length: int) -> Iterator[dict]:

@@ -142,7 +142,8 @@ class CoreRegion:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_update(cls, base: Any, tuned: Any, top_p: float = 0.01, scope: str = "global",
-                    scorer: str = "update", *, progress: bool = True) -> CoreRegion:
+                    scorer: str = "update", *, progress: bool = True,
+                    num_threads: int | None = None) -> CoreRegion:
         """The entries that moved most between two models: score |θ_tuned − θ_base|.
 
         Args:
@@ -156,12 +157,14 @@ class CoreRegion:
                 decoder layers ranked by summed score until top_p of all entries is covered).
             scorer (`str`, *optional*, defaults to `"update"`): the label, `"update"` or `"alignment"`.
             progress (`bool`, *optional*, defaults to `True`): tqdm bar (on terminals only).
+            num_threads (`int`, *optional*, defaults to `torch.get_num_threads()`): worker threads that
+                score and cut chunks of a `global` selection (the region is the same for any number).
         """
         top_p = check_top_p(top_p)
         _check_choice("scope", scope, SCOPES)
         _check_choice("scorer", scorer, ("update", "alignment"))
         b, t = TensorSource(base), TensorSource(tuned)
-        indices, info = select(UpdateScores(b, t), top_p, scope, progress)
+        indices, info = select(UpdateScores(b, t), top_p, scope, progress, num_threads)
         meta = {"base": b.label, "tuned": t.label, **info}
         region = cls(indices, b.fingerprint(), top_p=top_p, scope=scope, scorer=scorer, metadata=meta)
         logger.info("core region: %d of %d entries (%s, scope=%s, top_p=%g)", region.num_selected,
@@ -174,14 +177,16 @@ class CoreRegion:
     @classmethod
     def from_scores(cls, scores: Mapping[str, torch.Tensor], top_p: float = 0.01, scope: str = "global",
                     scorer: str = "importance", *, fingerprint: Mapping[str, tuple[list[int], str]] | None = None,
-                    metadata: dict[str, Any] | None = None) -> CoreRegion:
-        """The top-p entries of precomputed per-tensor scores (higher = more core)."""
+                    metadata: dict[str, Any] | None = None, num_threads: int | None = None) -> CoreRegion:
+        """The top-p entries of precomputed per-tensor scores (higher = more core); `num_threads` as in
+        `from_update`."""
         top_p = check_top_p(top_p)
         _check_choice("scope", scope, SCOPES)
         names = sorted(scores, key=natural_key)
         fp = dict(fingerprint) if fingerprint is not None else {
             n: (list(scores[n].shape), str(scores[n].dtype).removeprefix("torch.")) for n in names}
-        indices, info = select(PrecomputedScores(scores, names), top_p, scope, progress=False)
+        indices, info = select(PrecomputedScores(scores, names), top_p, scope, progress=False,
+                               num_threads=num_threads)
         return cls(indices, fp, top_p=top_p, scope=scope, scorer=scorer, metadata={**(metadata or {}), **info})
 
     @classmethod

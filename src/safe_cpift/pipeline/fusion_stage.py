@@ -58,18 +58,20 @@ def run_fusion(ctx: RunContext, tmp: Path, method: str) -> dict[str, Any]:
 
     spec = ctx.spec
     names = list(spec.task_names)
-    t = spec.slerp_t if len(names) == 2 else 0.5
+    weights = spec.slerp_weights
+    t = spec.slerp_t if len(names) == 2 and weights is None else 0.5
     protect = ctx.region(SAFETY_CORE) if method == "safe_cpift" and spec.freeze_safety_core else None
     source = protect_source_dir(ctx) if protect is not None else None
     start = time.perf_counter()
     _, manifest = fuse_with_manifest(
         ctx.theta0(), {n: ctx.model_dir(probe_stage(n)) for n in names}, task_regions(ctx),
-        protect=protect, protect_source=source, t=t, out_dir=Path(tmp) / MODEL_DIR)
+        protect=protect, protect_source=source, t=t, weights=weights, out_dir=Path(tmp) / MODEL_DIR)
     seconds = time.perf_counter() - start
-    summary = {"method": method, "t": t, "protected": protect is not None, "counts": manifest.get("counts"),
-               "fusion_seconds": seconds}
-    if len(names) > 2 and spec.slerp_t != 0.5:
-        summary["note"] = f"slerp_t={spec.slerp_t} ignored: with {len(names)} tasks the fusion weighs models equally"
+    summary = {"method": method, "t": t, "weights": manifest.get("weights"), "protected": protect is not None,
+               "counts": manifest.get("counts"), "fusion_seconds": seconds}
+    if len(names) > 2 and spec.slerp_t != 0.5 and weights is None:
+        summary["note"] = (f"slerp_t={spec.slerp_t} ignored: with {len(names)} tasks the fusion weighs models "
+                           "equally (use slerp_weights)")
     # the fused directory gets the tokenizer from θ0's side files; make sure it is there
     if not (Path(tmp) / MODEL_DIR / "tokenizer_config.json").exists():
         ctx.tokenizer().save_pretrained(Path(tmp) / MODEL_DIR)

@@ -183,6 +183,8 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
         "budget": budget,
         "notes": notes,
     }
+    if spec.slerp_weights is not None:
+        results["settings"]["slerp_weights"] = dict(spec.slerp_weights)
     sizes = getattr(spec.evaluate, "sizes", None)
     if callable(sizes):
         results["eval_sizes"] = sizes()

@@ -72,6 +72,8 @@ class PipelineSpec:
         top_p / scope (task cores; the paper: global 1%).
         tau (`float`): Jaccard threshold joining tasks into one group.
         slerp_t (`float`): SLERP factor of the fusion (0.5 for three or more tasks).
+        slerp_weights (`dict[str, float]`, *optional*): one weight per task for the weighted N-model
+            SLERP of the fusion (`safe_cpift.merge.fuse(weights=...)`); equal weights when `None`.
         safety_top_p / safety_scope / safety_scorer: the safety core.
         safety_mix (`float`): share of safety examples in each pipelined stage and in `safety_mix_sft`.
         protect_source (`str`): `aligned` (θ0's values are protected) or `safety_probe` (the values
@@ -116,6 +118,7 @@ class PipelineSpec:
     scope: str = "global"
     tau: float = 0.1
     slerp_t: float = 0.5
+    slerp_weights: dict[str, float] | None = None
     safety_top_p: float = 0.01
     safety_scope: str = "global"
     safety_scorer: str = "update"
