@@ -67,7 +67,10 @@ class FrozenEntries:
     """
 
     def __init__(self, model: torch.nn.Module, region: CoreRegion, *, reference: Source | None = None) -> None:
+        from safe_cpift.architectures import check_architecture
+
         self.region = region
+        check_architecture(model)  # quantized or oddly tied weights: a ValueError naming the architecture
         params = region.resolve(model)  # ValueError naming the first differing tensor
         get_ref = _lookup(reference, region) if reference is not None else None
         self._entries: list[tuple[str, torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []

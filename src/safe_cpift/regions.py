@@ -319,7 +319,20 @@ class CoreRegion:
             norm = normalize_name(n)
             if norm is not None and (norm not in params or ".modules_to_save." in n):
                 params[norm] = p
-        return {name: params[normalize_name(name) or name] for name in self._indices}
+        out = {name: params[normalize_name(name) or name] for name in self._indices}
+        owner: dict[int, str] = {}
+        for name, p in out.items():
+            if id(p) in owner:  # e.g. a region of an untied model applied to a model with tied embeddings
+                from safe_cpift.architectures import describe_architecture
+
+                raise ValueError(
+                    f"the region has core entries in both `{owner[id(p)]}` and `{name}`, which are one tied tensor "
+                    f"in this {describe_architecture(model)} model; the region was extracted from a model where they "
+                    "are separate. Extract the region from this model (tied tensors count once) instead of "
+                    "untying it silently"
+                )
+            owner[id(p)] = name
+        return out
 
     # ------------------------------------------------------------------ set operations
     def _pairs(self, other: CoreRegion) -> list[tuple[str, np.ndarray, np.ndarray]]:

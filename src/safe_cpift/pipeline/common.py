@@ -113,24 +113,28 @@ class RunContext:
 
 
 def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: bool = False) -> Any:
-    """Load a causal LM the way the run's spec says (dtype, remote code).
+    """Load a causal LM the way the run's spec says (dtype, remote code); refuse architectures it cannot handle.
 
     Args:
         train (`bool`, *optional*): load trainable weights in the dtype the run's precision trains
             (float32 master weights, or bf16 for `bf16-sr`); otherwise in the run's `dtype`
             (`auto`: the checkpoint's own dtype). See docs/dtypes.md.
     """
+    from safe_cpift.architectures import check_architecture
     from safe_cpift.models import load_causal_lm
 
     if spec is None:
-        return load_causal_lm(str(source))
-    if train:
-        from safe_cpift.precision import load_dtype
-
-        dtype: Any = load_dtype(spec.train.precision)
+        model = load_causal_lm(str(source))
     else:
-        dtype = spec.dtype
-    return load_causal_lm(str(source), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        if train:
+            from safe_cpift.precision import load_dtype
+
+            dtype: Any = load_dtype(spec.train.precision)
+        else:
+            dtype = spec.dtype
+        model = load_causal_lm(str(source), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    check_architecture(model)  # quantized or oddly tied weights: a ValueError naming the architecture
+    return model
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: Path) -> Path:
