@@ -89,11 +89,13 @@ def test_supported_setups_pass(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "env", "mode"),
     [
-        ({"fsdp": "full_shard auto_wrap"}, {}, "FSDP"),
-        ({"fsdp": ["full_shard"]}, {}, "FSDP"),
-        ({"deepspeed": "ds_zero2.json"}, {}, "DEEPSPEED"),
-        ({}, {"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
-        ({}, {"ACCELERATE_USE_DEEPSPEED": "true"}, "DEEPSPEED"),
+        ({"fsdp": "full_shard auto_wrap"}, {}, "FSDP1"),
+        ({"fsdp": ["full_shard"], "fsdp_config": {"version": 1}}, {}, "FSDP1"),
+        ({"deepspeed": {"zero_optimization": {"stage": 3}}}, {}, "DeepSpeed ZeRO-3"),
+        ({"deepspeed": "missing_ds_config.json"}, {}, "DeepSpeed ZeRO-3"),
+        ({}, {"ACCELERATE_USE_FSDP": "true"}, "FSDP1"),
+        ({}, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1"),
+        ({}, {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO-3"),
     ],
 )
 def test_sharded_setups_are_refused_by_config(monkeypatch, args, env, mode):
@@ -101,44 +103,83 @@ def test_sharded_setups_are_refused_by_config(monkeypatch, args, env, mode):
 
     from safe_cpift.distributed import check_supported
 
-    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    ns = SimpleNamespace(**{"fsdp": None, "deepspeed": None, **args})
-    with pytest.raises(ValueError, match=f"does not support {mode} training.*docs/distributed.md"):
+    ns = SimpleNamespace(**{"fsdp": None, "fsdp_config": None, "deepspeed": None, **args})
+    with pytest.raises(ValueError, match=f"does not support {mode} training.*FSDP2.*docs/distributed.md"):
         check_supported(tiny_llama(), ns, who="CoreFreezeCallback")
 
 
-@pytest.mark.parametrize("version", ["fsdp1", "fsdp2"])
-def test_fsdp_wrapped_models_are_refused(one_process_group, version):
-    """Real FSDP wrappers on CPU: v1 (flat parameters) and v2 (`fully_shard`, DTensor parameters)."""
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [({"fsdp": True, "fsdp_config": {"version": 2}}, {}), ({}, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}),
+     ({"deepspeed": {"zero_optimization": {"stage": 2}}}, {}),
+     ({}, {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"})],
+)
+def test_fsdp2_and_zero12_by_config_are_accepted(monkeypatch, args, env):
+    from types import SimpleNamespace
+
+    from safe_cpift.distributed import check_supported, detect_parallelism
+
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION", "WORLD_SIZE",
+                "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    ns = SimpleNamespace(**{"fsdp": None, "fsdp_config": None, "deepspeed": None, **args})
+    expected = "zero12" if (args.get("deepspeed") or env.get("ACCELERATE_USE_DEEPSPEED")) else "fsdp2"
+    assert detect_parallelism(None, ns) == expected
+    if expected == "fsdp2":  # a model not sharded (accelerate falls back to DDP on CPU) holds whole tensors
+        assert check_supported(tiny_llama(), ns) == "single"
+
+
+def test_fsdp1_wrapped_models_are_refused_naming_fsdp2(one_process_group):
+    """A real FSDP1 wrapper on CPU (flat parameters): refused by both callbacks, pointing at FSDP2."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from safe_cpift.distributed import check_supported
     from safe_cpift.guard import RefusalProbe, SafetyGuardCallback
 
-    model = tiny_llama()
-    if version == "fsdp1":
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        model = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
-    else:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
-    with pytest.raises(ValueError, match="does not support FSDP training"):
+    model = FullyShardedDataParallel(tiny_llama(), use_orig_params=True, device_id=torch.device("cpu"))
+    with pytest.raises(ValueError, match="does not support FSDP1 training.*fsdp_version: 2"):
         check_supported(model)
     guard = SafetyGuardCallback(RefusalProbe(["what is 1 ?"], judge=bool))
     args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
-    with pytest.raises(ValueError, match="SafetyGuardCallback does not support FSDP"):
+    with pytest.raises(ValueError, match="SafetyGuardCallback does not support FSDP1"):
         guard.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
-    from scripts.tiny import random_region as region_of
-
     from safe_cpift import CoreFreezeCallback
 
-    freeze = CoreFreezeCallback(region_of(tiny_llama()))
-    with pytest.raises(ValueError, match="CoreFreezeCallback does not support FSDP"):
+    freeze = CoreFreezeCallback(random_region(tiny_llama()))
+    with pytest.raises(ValueError, match="CoreFreezeCallback does not support FSDP1"):
         freeze.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+
+
+def test_fsdp2_models_are_accepted_and_other_dtensor_layouts_refused(one_process_group):
+    """`fully_shard` (DTensors sharded on dim 0) is supported; a DTensor sharded on dim 1 is not."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from safe_cpift import FrozenEntries
+    from safe_cpift.distributed import check_supported, detect_parallelism
+
+    model = tiny_llama()
+    region = random_region(tiny_llama())
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    assert check_supported(model) == "fsdp2"
+    frozen = FrozenEntries(model, region)
+    assert frozen.sharded and frozen.local_entries == frozen.num_entries == region.num_selected
+    assert frozen.verify(all_ranks=True)
+
+    other = tiny_llama()
+    mesh = init_device_mesh("cpu", (1,))
+    proj = other.model.layers[0].mlp.down_proj
+    proj.weight = torch.nn.Parameter(distribute_tensor(proj.weight.detach(), mesh, [Shard(1)]))
+    assert detect_parallelism(other) == "dtensor"
+    with pytest.raises(ValueError, match="does not support DTensor-sharded training.*Use FSDP2"):
+        check_supported(other)

@@ -15,8 +15,10 @@ core entries are touched, with one `index_copy_` each.
   cannot be frozen one by one, so train the adapters, `merge_and_unload()`, then put the protected
   values back from `source` (the aligned model).
 
-Supported: one process and DDP. FSDP and DeepSpeed are refused before the first step
-(`safe_cpift.distributed.check_supported`): sharded parameters cannot be restored by flat index.
+Supported: one process, DDP, FSDP2 (each rank restores the entries of its own dim-0 shard; see
+`safe_cpift.sharding`) and DeepSpeed ZeRO-1/2 (the optimizer's fp32 partitions are restored too).
+FSDP1, ZeRO-3 and tensor parallelism are refused before the first step
+(`safe_cpift.distributed.check_supported`), naming FSDP2 as the way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from transformers import TrainerCallback
 
 from safe_cpift.region_scoring import TensorSource
 from safe_cpift.regions import CoreRegion, normalize_name
+from safe_cpift.sharding import is_sharded, local_tensor, shard_placement_problem, to_local_indices
 
 logger = logging.getLogger(__name__)
 
@@ -75,38 +78,59 @@ class FrozenEntries:
         get_ref = _lookup(reference, region) if reference is not None else None
         self._entries: list[tuple[str, torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
         self._hooks: list[Any] = []
+        self.sharded = False
+        self.num_entries = 0
         for name, p in params.items():
             idx = region.indices(name)
             if idx.numel() == 0:
                 continue
+            self.num_entries += idx.numel()
+            problem = shard_placement_problem(p)
+            if problem is not None:
+                raise ValueError(f"cannot freeze `{name}`: its DTensor has {problem}")
+            self.sharded |= is_sharded(p)
+            local_idx, pos = to_local_indices(p, idx)  # FSDP2: the entries of this rank's rows only
+            data = local_tensor(p.detach())
             if get_ref is not None:
-                saved = get_ref(name).reshape(-1)[idx].to(device=p.device, dtype=p.dtype)
+                saved = get_ref(name).reshape(-1)[idx][pos].to(device=data.device, dtype=data.dtype)
             else:
-                saved = p.detach().reshape(-1)[idx.to(p.device)].clone()
-            self._entries.append((name, p, idx.to(p.device), saved))
-        self.num_entries = sum(e[2].numel() for e in self._entries)
+                saved = data.reshape(-1)[local_idx.to(data.device)].clone()
+            self._entries.append((name, p, local_idx.to(data.device), saved))
+        self.local_entries = sum(e[2].numel() for e in self._entries)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Write the saved values back into the frozen entries (call after `optimizer.step()`)."""
         for _, p, idx, saved in self._entries:
-            data = p.data
+            data = local_tensor(p.data)
             if data.is_contiguous():
                 data.view(-1).index_copy_(0, idx, saved)
             else:
                 data[torch.unravel_index(idx, data.shape)] = saved
+            if getattr(p, "_hp_mapping", None) is not None:
+                _restore_master(p._hp_mapping, idx, saved)
 
     @torch.no_grad()
-    def count_changed(self) -> int:
-        """How many frozen entries differ (bitwise) from their saved values."""
+    def count_changed(self, all_ranks: bool = False) -> int:
+        """How many frozen entries differ (bitwise) from their saved values.
+
+        Args:
+            all_ranks (`bool`, *optional*, defaults to `False`): with sharded (FSDP2) parameters, sum
+                the count over all ranks (a collective: every rank must call it); otherwise this
+                rank's entries only.
+        """
         changed = 0
         for _, p, idx, saved in self._entries:
-            changed += int((_bits(p.detach().reshape(-1)[idx]) != _bits(saved)).sum())
+            changed += int((_bits(local_tensor(p.detach()).reshape(-1)[idx]) != _bits(saved)).sum())
+        if all_ranks and self.sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = torch.tensor([changed], dtype=torch.int64)
+            torch.distributed.all_reduce(total)
+            changed = int(total.item())
         return changed
 
-    def verify(self) -> bool:
-        """True when every frozen entry is bit-identical to its saved value."""
-        return self.count_changed() == 0
+    def verify(self, all_ranks: bool = False) -> bool:
+        """True when every frozen entry is bit-identical to its saved value (`all_ranks`: see `count_changed`)."""
+        return self.count_changed(all_ranks) == 0
 
     def zero_frozen_grads(self, enable: bool = True) -> None:
         """Zero the frozen entries' gradients as they accumulate, so that gradient clipping ignores them.
@@ -129,6 +153,21 @@ class FrozenEntries:
         return self.num_entries
 
 
+def _restore_master(mapping: Any, idx: torch.Tensor, saved: torch.Tensor) -> None:
+    """DeepSpeed ZeRO-1/2: write the frozen values into this rank's fp32 master partition too.
+
+    The optimizer updates its own fp32 copy and copies it into the model after each step; restoring
+    only the model would let the frozen entries drift in the master copy (and in its checkpoints).
+    `mapping` (`param._hp_mapping`) says which flat range of the parameter this rank's partition holds.
+    """
+    start, numel = mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel
+    lo = int(torch.searchsorted(idx, torch.tensor(start, dtype=idx.dtype, device=idx.device)))
+    hi = int(torch.searchsorted(idx, torch.tensor(start + numel, dtype=idx.dtype, device=idx.device)))
+    if hi > lo:
+        hp = mapping.get_hp_fragment().view(-1)
+        hp.index_copy_(0, (idx[lo:hi] - start).to(hp.device), saved[lo:hi].to(device=hp.device, dtype=hp.dtype))
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """Reinterpret as integers of the same width, so NaN and -0.0 compare bit for bit."""
     return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
@@ -139,6 +178,7 @@ def _make_zero_hook(idx: torch.Tensor) -> Callable[[torch.Tensor], None]:
         g = p.grad
         if g is None:
             return
+        g = local_tensor(g)  # FSDP2: this rank's shard, `idx` are its local indices
         if g.is_contiguous():
             g.view(-1).index_fill_(0, idx, 0)
         else:
@@ -194,7 +234,7 @@ class CoreFreezeCallback(TrainerCallback):
             raise ValueError("CoreFreezeCallback needs the `model` the Trainer passes to callbacks")
         from safe_cpift.distributed import check_supported
 
-        check_supported(model, args, who="CoreFreezeCallback")  # FSDP / DeepSpeed: refuse clearly
+        check_supported(model, args, who="CoreFreezeCallback")  # FSDP1 / ZeRO-3 / tensor parallel: refuse clearly
         self.entries = FrozenEntries(model, self.region, reference=self.reference)
         if self.reference is not None:
             moved = self.entries.count_changed()
@@ -202,7 +242,8 @@ class CoreFreezeCallback(TrainerCallback):
                 logger.warning("%d frozen entries differed from `reference` at train start; restored them", moved)
                 self.entries.restore()
         self.entries.zero_frozen_grads(self.zero_frozen_grads)
-        logger.info("freezing %d core entries in %d tensors", self.entries.num_entries, len(self.entries._entries))
+        logger.info("freezing %d core entries in %d tensors%s", self.entries.num_entries, len(self.entries._entries),
+                    f" ({self.entries.local_entries} on this rank's shards)" if self.entries.sharded else "")
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any):
         if self.entries is not None:
@@ -214,7 +255,7 @@ class CoreFreezeCallback(TrainerCallback):
         self.entries.zero_frozen_grads(False)
         if not self.verify:
             return
-        changed = self.entries.count_changed()
+        changed = self.entries.count_changed(all_ranks=True)
         record = {"frozen_entries": self.entries.num_entries, "frozen_intact": changed == 0,
                   "step": getattr(state, "global_step", None)}
         self.last_check = record

@@ -26,6 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 from safe_cpift.guard_probe import ProbeResult, RefusalProbe
+from safe_cpift.sharding import local_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,10 @@ class SafetyGuardCallback(TrainerCallback):
 
     Rollback cost: the snapshot holds every trainable parameter (a LoRA adapter only, for a PEFT
     model) in its training dtype — 4 bytes per parameter in fp32, so 28 GB of CPU RAM for a full
-    7B fine-tune, per process. Use `snapshot_dir` on a fast disk for large models. It is refreshed
-    at every passing probe. The optimizer state is not rolled back: training stops after a rollback,
-    unless `resume_lr_factor` is set, which resets the optimizer state and resumes at a lower rate.
+    7B fine-tune, per process (under FSDP2, each rank keeps only its own shards: 1/N of that). Use
+    `snapshot_dir` on a fast disk for large models. It is refreshed at every passing probe. The
+    optimizer state is not rolled back: training stops after a rollback, unless `resume_lr_factor`
+    is set, which resets the optimizer state and resumes at a lower rate.
 
     Logging goes through the base `Trainer.log` of the Trainer the guard runs in (found on the
     callback's call stack at init and train start; `guard.attach(trainer)` makes it explicit), so
@@ -167,6 +169,7 @@ class SafetyGuardCallback(TrainerCallback):
         self._trainer_ref: Any = None
         self._pending: dict[str, float] | None = None
         self._last_probed_step: int | None = None
+        self._sharded = False
 
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, trainer: Any) -> SafetyGuardCallback:
@@ -193,7 +196,7 @@ class SafetyGuardCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from safe_cpift.distributed import check_supported
 
-        check_supported(model, args, who="SafetyGuardCallback")
+        self._sharded = check_supported(model, args, who="SafetyGuardCallback") == "fsdp2"
         self._locate_trainer()
         # a new `train()` call (e.g. resuming): fresh decision state; `history` keeps accumulating
         self.triggered_step, self.last_good_step, self.rolled_back = None, None, False
@@ -247,8 +250,10 @@ class SafetyGuardCallback(TrainerCallback):
             return self.probe.run(model, self.tokenizer)
         # Data parallel: every rank holds the same weights; rank 0 probes and shares the numbers so
         # that all ranks take the same decision (a disagreement would hang the next collective).
+        # FSDP2: every forward all-gathers the shards, so every rank generates in step with rank 0;
+        # rank 0's numbers still decide for all.
         payload: list[Any] = [None]
-        if rank == 0:
+        if rank == 0 or self._sharded:
             result = self.probe.run(model, self.tokenizer)
             payload = [(result.refusal_rate, result.over_refusal_rate, result.seconds)]
         torch.distributed.broadcast_object_list(payload, src=0)
@@ -348,7 +353,9 @@ class SafetyGuardCallback(TrainerCallback):
         return self.resume_lr_factor ** (len(self.resumed) + 1)
 
     def _save_snapshot(self, model: Any, step: int) -> None:
-        tensors = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        # FSDP2: each rank keeps its own shard (a 1/N share of the memory), restored in place
+        tensors = {n: local_tensor(p.detach()).to("cpu", copy=True) for n, p in model.named_parameters()
+                   if p.requires_grad}
         if not tensors:
             raise ValueError("the model has no trainable parameters to snapshot for `action=\"rollback\"`")
         self._snapshot_step = step
@@ -380,7 +387,8 @@ class SafetyGuardCallback(TrainerCallback):
             raise RuntimeError(f"cannot roll back: parameter `{missing[0]}` of the snapshot is not in the model")
         with torch.no_grad():
             for name, saved in snapshot.items():
-                params[name].copy_(saved.to(params[name].device))
+                target = local_tensor(params[name].data)
+                target.copy_(saved.to(target.device))
 
     def snapshot_state(self) -> dict[str, torch.Tensor]:
         """The last good weights the guard holds (trainable parameters, on CPU); for tests and tooling."""

@@ -120,8 +120,12 @@ def generate_responses(
     was_training = model.training
     model.eval()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    # FSDP2 all-gathers into buffers it reuses in training: inference tensors would poison them
+    from safe_cpift.sharding import is_sharded
+
+    no_autograd = torch.no_grad if any(is_sharded(p) for p in model.parameters()) else torch.inference_mode
     try:
-        with seeded(seed), torch.inference_mode():
+        with seeded(seed), no_autograd():
             for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
                 width = max(len(encoded[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

@@ -1,0 +1,180 @@
+"""Launched by tests/test_fsdp.py with torchrun (2 CPU processes, gloo), or alone as the 1-process reference.
+
+Modes:
+- `plugin`: SFTTrainer with accelerate's FSDP plugin, version 2 (`fsdp=True, fsdp_config={"version": 2}`),
+  CoreFreezeCallback and a SafetyGuardCallback that rolls back at the probe of step 4.
+- `single`: the same run in one process (no FSDP; per-device batch = the 2 ranks' global batch).
+- `fully_shard`: plain `fully_shard` per decoder layer and root, `FrozenEntries` in a hand-written loop.
+- `resume`: plugin run saved at step 2 (sharded checkpoint), then a fresh Trainer resumes it to step 4.
+
+Writes into OUT_DIR: `final.safetensors` (gathered weights, from rank 0), `step2.safetensors` (gathered at
+step 2, where the guard's last good probe is) and `rank{R}.json` (what each rank saw).
+
+accelerate turns FSDP off on CPU (its FSDP path is for accelerators): on a machine without GPUs
+`cpu_fsdp` puts the FSDP2 plugin back into the accelerator state before training, so the Trainer
+prepares the model with accelerate's own `fully_shard` code, as it does on GPUs.
+
+Usage: torchrun --nproc_per_node 2 tests/scripts/fsdp_train.py OUT_DIR MODE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tiny import random_region, sft_dataset, tiny_llama, word_tokenizer  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
+from safe_cpift.guard import RefusalProbe  # noqa: E402
+
+FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+               "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "state_dict_type": "SHARDED_STATE_DICT"}
+
+
+def rank_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gathered(model) -> dict[str, torch.Tensor]:
+    """Every parameter whole (a collective under FSDP2: all ranks call it)."""
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.detach()
+        out[name] = (t.full_tensor() if hasattr(t, "full_tensor") else t).cpu().contiguous().clone()
+    return out
+
+
+class GatherAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step, self.weights = step, None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            self.weights = gathered(model)
+
+
+def cpu_fsdp(trainer) -> None:
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if trainer.args.fsdp and state.distributed_type != DistributedType.FSDP:
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        trainer.is_fsdp_enabled = True
+
+
+def make_trainer(out_dir: Path, mode: str, callbacks: list, max_steps: int, save: bool = False):
+    from trl import SFTConfig, SFTTrainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # the process group starts with the Trainer's arguments
+    sharded = mode != "single"
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"), max_steps=max_steps, per_device_train_batch_size=4 // world,
+        learning_rate=1e-2, weight_decay=0.1, max_grad_norm=1.0, max_length=32, use_cpu=True, bf16=False,
+        activation_checkpointing=False, report_to="none", logging_steps=1, seed=0, disable_tqdm=True,
+        train_sampling_strategy="sequential",  # the same examples in each global batch, whatever the world size
+        save_strategy="steps" if save else "no", save_steps=2,
+        **({"fsdp": True, "fsdp_config": dict(FSDP_CONFIG)} if sharded else {}),
+    )
+    trainer = SFTTrainer(model=tiny_llama(seed=0), args=args, train_dataset=sft_dataset(),
+                         processing_class=word_tokenizer(), callbacks=callbacks)
+    if sharded:
+        cpu_fsdp(trainer)
+    return trainer
+
+
+def run_trainer(out_dir: Path, mode: str) -> dict:
+    region = random_region(tiny_llama(seed=0))
+    probes = []
+    # refuses (counts as safe) for the probes at steps 0 and 2, answers at step 4: the guard rolls back
+    probe = RefusalProbe(["what is the a ?", "what is 1 ?"], judge=lambda text: probes.append(text) or len(probes) <= 4,
+                         max_new_tokens=3)
+    guard = SafetyGuardCallback(probe, every_n_steps=2, min_refusal=0.5, action="rollback")
+    at2 = GatherAt(2)
+    freeze = CoreFreezeCallback(region)
+    trainer = make_trainer(out_dir, mode, [freeze, guard, at2], max_steps=6)
+    trainer.train()
+    final = gathered(trainer.model)
+    info = {"global_step": trainer.state.global_step, "frozen": freeze.last_check, "guard_history": guard.history,
+            "rolled_back": guard.rolled_back, "last_good_step": guard.last_good_step, "judge_calls": len(probes),
+            "param_type": type(next(trainer.model.parameters())).__name__}
+    return {"final": final, "step2": at2.weights, "info": info}
+
+
+def run_resume(out_dir: Path) -> dict:
+    region = random_region(tiny_llama(seed=0))
+    first = make_trainer(out_dir, "resume", [CoreFreezeCallback(region)], max_steps=2, save=True)
+    first.train()
+    checkpoints = sorted((out_dir / "trainer").glob("checkpoint-*"))
+    freeze = CoreFreezeCallback(region)
+    second = make_trainer(out_dir, "resume", [freeze], max_steps=4, save=False)
+    second.train(resume_from_checkpoint=str(checkpoints[-1]))
+    info = {"global_step": second.state.global_step, "frozen": freeze.last_check,
+            "checkpoints": [c.name for c in checkpoints],
+            "checkpoint_files": sorted(p.name for p in checkpoints[-1].rglob("*") if p.is_file())}
+    return {"final": gathered(second.model), "step2": None, "info": info}
+
+
+def run_fully_shard(out_dir: Path) -> dict:
+    from torch.distributed.fsdp import fully_shard
+
+    from safe_cpift import FrozenEntries
+
+    model = tiny_llama(seed=0)
+    region = random_region(model)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    frozen = FrozenEntries(model, region)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    tok = word_tokenizer()
+    rank, _ = rank_world()
+    for step in range(3):
+        text = [f"user : what is {(step + rank) % 10} ? . assistant : the {step} yes ."] * 2
+        batch = tok(text, return_tensors="pt", padding=True)
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        frozen.restore()
+    info = {"frozen": {"frozen_entries": frozen.num_entries, "frozen_intact": frozen.verify(all_ranks=True),
+                       "local_entries": frozen.local_entries},
+            "param_type": type(next(model.parameters())).__name__}
+    return {"final": gathered(model), "step2": None, "info": info}
+
+
+def main(out_dir: Path, mode: str) -> None:
+    torch.set_num_threads(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if mode in ("plugin", "single"):
+        result = run_trainer(out_dir, mode)
+    elif mode == "resume":
+        result = run_resume(out_dir)
+    elif mode == "fully_shard":
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        result = run_fully_shard(out_dir)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    rank, world = rank_world()
+    info = {"rank": rank, "world_size": world, **result["info"]}
+    if rank == 0:
+        save_file(result["final"], str(out_dir / "final.safetensors"))
+        if result["step2"] is not None:
+            save_file(result["step2"], str(out_dir / "step2.safetensors"))
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(info, default=str))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])

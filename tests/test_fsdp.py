@@ -1,0 +1,94 @@
+"""The protections under FSDP2 with two CPU processes (gloo): accelerate's FSDP plugin (version 2) in
+SFTTrainer and plain `fully_shard`. Frozen entries bit-identical on the gathered model, trainable
+entries equal to a one-process run with the same data order, a guard rollback restoring the sharded
+weights, and a sharded checkpoint resumed with the core still frozen."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from scripts.tiny import random_region, snapshot, tiny_llama
+
+SCRIPT = Path(__file__).parent / "scripts" / "fsdp_train.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(out: Path, mode: str, processes: int) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")])}
+    if processes == 1:
+        cmd = [sys.executable, str(SCRIPT)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(_free_port()), str(SCRIPT)]
+    proc = subprocess.run([*cmd, str(out), mode], env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, f"{mode} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+
+
+def _frozen_and_moved(weights: dict[str, torch.Tensor]) -> int:
+    start = snapshot(tiny_llama(seed=0))
+    region = random_region(tiny_llama(seed=0))
+    assert weights.keys() == start.keys()
+    for name, t in weights.items():
+        idx = region.indices(name)
+        assert torch.equal(t.reshape(-1)[idx], start[name].reshape(-1)[idx]), f"frozen entries of {name} moved"
+    return sum(int((weights[n] != start[n]).sum()) for n in start)
+
+
+@pytest.mark.slow
+def test_fsdp2_plugin_in_sft_trainer_freezes_matches_one_process_and_rolls_back(tmp_path):
+    infos = _run(tmp_path / "fsdp", "plugin", 2)
+    _run(tmp_path / "single", "single", 1)
+    region = random_region(tiny_llama(seed=0))
+    for info in infos:
+        assert info["param_type"] == "DTensor"  # really sharded
+        assert info["frozen"]["frozen_intact"] is True and info["frozen"]["frozen_entries"] == region.num_selected
+        assert info["rolled_back"] is True and info["last_good_step"] == 2 and info["global_step"] == 4
+        assert [h["ok"] for h in info["guard_history"]] == [True, True, False]
+    assert infos[0]["guard_history"] == infos[1]["guard_history"]
+    fsdp = load_file(str(tmp_path / "fsdp" / "final.safetensors"))
+    single = load_file(str(tmp_path / "single" / "final.safetensors"))
+    moved = _frozen_and_moved(fsdp)
+    assert moved > 0.5 * sum(t.numel() for t in fsdp.values())
+    for name in fsdp:  # same data order and global batch: the same training up to float reassociation
+        torch.testing.assert_close(fsdp[name], single[name], rtol=1e-5, atol=1e-5)
+    # the rollback at step 4 put back the sharded weights of step 2 (the last good probe), exactly
+    step2 = load_file(str(tmp_path / "fsdp" / "step2.safetensors"))
+    for name in fsdp:
+        assert torch.equal(fsdp[name], step2[name]), name
+
+
+@pytest.mark.slow
+def test_plain_fully_shard_with_frozen_entries(tmp_path):
+    infos = _run(tmp_path, "fully_shard", 2)
+    region = random_region(tiny_llama(seed=0))
+    for info in infos:
+        assert info["param_type"] == "DTensor"
+        assert info["frozen"]["frozen_intact"] is True and info["frozen"]["frozen_entries"] == region.num_selected
+    local = [info["frozen"]["local_entries"] for info in infos]
+    assert sum(local) == region.num_selected and min(local) > 0  # each rank restores its own rows only
+    assert _frozen_and_moved(load_file(str(tmp_path / "final.safetensors"))) > 0
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resume_keeps_the_core_frozen(tmp_path):
+    infos = _run(tmp_path, "resume", 2)
+    for info in infos:
+        assert info["checkpoints"] == ["checkpoint-2"] and info["global_step"] == 4
+        assert any(f.endswith(".distcp") for f in info["checkpoint_files"])  # a sharded (DCP) checkpoint
+        assert info["frozen"]["frozen_intact"] is True
+    assert _frozen_and_moved(load_file(str(tmp_path / "final.safetensors"))) > 0
