@@ -1,4 +1,4 @@
-"""Process-wide runtime settings for CPU training: threads, denormals, offline mode.
+"""Process-wide runtime settings: the device, CPU threads, denormals, offline mode.
 
 Only the CLI (and test setup) calls `configure_runtime`; library functions leave process-wide state
 alone, or change it for the length of a call and restore it (`scoped_threads`, `seeded`).
@@ -15,6 +15,30 @@ logger = logging.getLogger(__name__)
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
 THREADS_VARIABLE = "SAFE_CPIFT_NUM_THREADS"
+DEVICE_VARIABLE = "SAFE_CPIFT_DEVICE"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The device the pipeline trains and evaluates on: `"cpu"`, `"cuda"` or `"cuda:N"`.
+
+    Args:
+        device (`str`, *optional*): `"auto"` (a GPU when one is present, else the CPU), `"cpu"`,
+            `"cuda"` or `"cuda:N"`. Defaults to `$SAFE_CPIFT_DEVICE` (set by `--device`), else `"auto"`.
+
+    Raises:
+        `ValueError`: an unknown device, or `cuda` asked for where torch sees no GPU.
+    """
+    import torch
+
+    value = (device or os.environ.get(DEVICE_VARIABLE) or "auto").strip().lower()
+    if value not in DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
+        raise ValueError(f"`device` must be one of {', '.join(DEVICES)} or cuda:N, got {value!r}")
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {value!r} but torch sees no GPU here; use `--device cpu` (or `auto`)")
+    return value
 
 
 def set_offline() -> None:

@@ -1,7 +1,8 @@
-"""A thin, CPU-safe wrapper around TRL's `SFTTrainer` (used for user-task SFT in the pipeline).
+"""A thin wrapper around TRL's `SFTTrainer` (used for user-task SFT in the pipeline).
 
 TRL 1.16's `SFTConfig` defaults suit GPUs (bf16, gradient checkpointing); on CPU they make a tiny
-model ~10x slower. `sft_config` sets CPU-safe defaults; `train_sft` trains and measures.
+model ~10x slower. `sft_config` sets safe defaults (the device from `resolve_device`, float32 unless
+asked); `train_sft` trains and measures.
 """
 
 from __future__ import annotations
@@ -42,12 +43,6 @@ LIBRARY_OWNED = {
 }
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _checkpointing(kwargs: dict[str, Any], fields: Any) -> None:
     """Make `gradient_checkpointing` (the name recipes use) reach transformers 5 as written.
 
@@ -68,7 +63,8 @@ def _checkpointing(kwargs: dict[str, Any], fields: Any) -> None:
 def sft_config(output_dir: str, tokenizer: Any = None, **overrides: Any):
     """A `trl.SFTConfig` with safe defaults; keyword `overrides` reach it as written.
 
-    Defaults: `use_cpu` when no CUDA device is present, `bf16=False`, activation (gradient)
+    Defaults: `use_cpu` unless `safe_cpift.runtime.resolve_device()` picks a GPU (`--device`,
+    `$SAFE_CPIFT_DEVICE`, or `auto`: a GPU when one is present), `bf16=False`, activation (gradient)
     checkpointing off, `report_to="none"`, `save_strategy="no"`, `max_length=256`, no packing,
     `logging_steps=10`, no tqdm bars, `dataloader_num_workers=0`, `assistant_only_loss=True` when
     `tokenizer`'s chat template has `{% generation %}` markers. `gradient_checkpointing` is passed on
@@ -80,8 +76,10 @@ def sft_config(output_dir: str, tokenizer: Any = None, **overrides: Any):
     """
     from trl import SFTConfig
 
+    from safe_cpift.runtime import resolve_device
+
     kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir), use_cpu=not _cuda_available(), bf16=False, fp16=False,
+        output_dir=str(output_dir), use_cpu=resolve_device() == "cpu", bf16=False, fp16=False,
         report_to="none", save_strategy="no", max_length=256, packing=False, logging_steps=10,
         disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type="constant_with_warmup",
         warmup_steps=0.05, weight_decay=0.0, seed=0,

@@ -97,7 +97,9 @@ def run_aligned_only(output_dir: str | Path, seed: int = 0, quick: bool = False,
     path = world.aligned_model_path()
     build_seconds = time.perf_counter() - start
     info = build_info(path)
-    aligned = dict(world.evaluate(load_causal_lm(path), load_tokenizer(path)))
+    from safe_cpift.runtime import resolve_device
+
+    aligned = dict(world.evaluate(load_causal_lm(path, device=resolve_device()), load_tokenizer(path)))
     aligned["train_seconds"] = 0.0 if cached else float(info.get("train_seconds", 0.0))
     aligned["train_seconds_source"] = "cached" if cached else "built"
     aligned["build_seconds"] = 0.0 if cached else build_seconds
@@ -129,8 +131,11 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from safe_cpift.commands.run import apply_device
+
     if args.seed < 0:
         raise ValueError(f"`--seed` must be >= 0, got {args.seed}")
+    apply_device(args)
     if not args.aligned_only:
         from safe_cpift.commands.run import run_with_console
         from safe_cpift.runtime import configure_runtime, set_offline
@@ -158,7 +163,7 @@ def register(subparsers: Any) -> None:
     from safe_cpift.commands.run import add_console_arguments
 
     p = subparsers.add_parser(
-        "demo", help="Safe-CPI-FT and its baselines on the built-in tiny world (offline, CPU)",
+        "demo", help="Safe-CPI-FT and its baselines on the built-in tiny world (offline; CPU, or a GPU with --device)",
         description="Run recipes/toy.yaml: the aligned tiny Llama learns six tasks with every method; "
                     "the report shows task gains against safety retention.",
     )

@@ -31,10 +31,12 @@ def register(subparsers: Any) -> None:
 
 
 def add_console_arguments(p: argparse.ArgumentParser) -> None:
-    """`--seeds`, `--json` and `--verbose`, shared by `run` and `demo`."""
+    """`--seeds`, `--json`, `--device` and `--verbose`, shared by `run` and `demo`."""
     p.add_argument("--seeds", type=int, nargs="+", metavar="N",
                    help="run once per seed into OUTPUT_DIR/seed_<n>/ and aggregate (mean, sd, per-seed values)")
     p.add_argument("--json", action="store_true", help="print results.json instead of the summary table")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="train and evaluate on this device (default: $SAFE_CPIFT_DEVICE, else auto = a GPU when present)")
     p.add_argument("--verbose", dest="run_verbose", action="store_true",
                    help="show library logs, warnings and progress bars on the terminal (always in run.log)")
 
@@ -49,10 +51,22 @@ def _recipe_path(name: str) -> str:
     return str(find_recipe(name))
 
 
+def apply_device(args: argparse.Namespace) -> None:
+    """Make `--device` the process's device (checked now, so `cuda` without a GPU fails before any stage)."""
+    import os
+
+    from safe_cpift.runtime import DEVICE_VARIABLE, resolve_device
+
+    if getattr(args, "device", None):
+        resolve_device(args.device)
+        os.environ[DEVICE_VARIABLE] = args.device
+
+
 def main(args: argparse.Namespace) -> int:
     from safe_cpift.recipe import load_recipe
     from safe_cpift.runtime import configure_runtime
 
+    apply_device(args)
     path = _recipe_path(args.recipe)
     recipe = load_recipe(path, overrides=args.overrides)
     configure_runtime(recipe.num_threads)

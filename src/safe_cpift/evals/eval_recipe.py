@@ -222,9 +222,11 @@ def load_model(spec: str, *, tokenizer: str | None = None, dtype: str = "float32
     import torch
 
     from safe_cpift.models import load_causal_lm, load_tokenizer
+    from safe_cpift.runtime import resolve_device
 
     path = resolve_model_path(spec)
-    model = load_causal_lm(path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+    model = load_causal_lm(path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+                           device=resolve_device())
     tok = load_tokenizer(resolve_model_path(tokenizer) if tokenizer else path, trust_remote_code=trust_remote_code)
     return model, tok
 

@@ -252,7 +252,7 @@ def run_suites(
     if lm_tasks:
         from safe_cpift.evals.lm_eval_bridge import run_lm_eval
 
-        lm_kwargs = {"seed": seed, **dict(lm_eval or {})}
+        lm_kwargs = {"seed": seed, "device": str(next(model.parameters()).device), **dict(lm_eval or {})}
         lm = run_lm_eval(model, tokenizer, lm_tasks, **lm_kwargs)
         for task in lm_tasks:
             results[f"lm-eval:{task}"] = lm["tasks"][task]

@@ -65,7 +65,7 @@ class RunContext:
         if Path(src).is_dir():
             return Path(src)
         if self._theta0 is None:
-            self._theta0 = load_model(src, self.spec)
+            self._theta0 = load_model(src, self.spec, device="cpu")  # streamed by regions and fusion, on CPU
         return self._theta0
 
     def region(self, name: str) -> Any:
@@ -112,19 +112,22 @@ class RunContext:
         return self._safety
 
 
-def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: bool = False) -> Any:
-    """Load a causal LM the way the run's spec says (dtype, remote code); refuse architectures it cannot handle.
+def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: bool = False,
+               device: str | None = None) -> Any:
+    """Load a causal LM the way the run's spec says (dtype, device, remote code); refuse architectures it cannot handle.
 
     Args:
         train (`bool`, *optional*): load trainable weights in the dtype the run's precision trains
             (float32 master weights, or bf16 for `bf16-sr`); otherwise in the run's `dtype`
             (`auto`: the checkpoint's own dtype). See docs/dtypes.md.
+        device (`str`, *optional*): overrides the run's device (`spec.device`, `--device`, auto).
     """
     from safe_cpift.architectures import check_architecture
     from safe_cpift.models import load_causal_lm
+    from safe_cpift.runtime import resolve_device
 
     if spec is None:
-        model = load_causal_lm(str(source))
+        model = load_causal_lm(str(source), device=resolve_device(device))
     else:
         if train:
             from safe_cpift.precision import load_dtype
@@ -132,7 +135,8 @@ def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: b
             dtype: Any = load_dtype(spec.train.precision)
         else:
             dtype = spec.dtype
-        model = load_causal_lm(str(source), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        model = load_causal_lm(str(source), dtype=dtype, trust_remote_code=spec.trust_remote_code,
+                               device=resolve_device(device or spec.device))
     check_architecture(model)  # quantized or oddly tied weights: a ValueError naming the architecture
     return model
 

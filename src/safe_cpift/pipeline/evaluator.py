@@ -141,7 +141,7 @@ class Evaluator:
         from safe_cpift.evals.lm_eval_bridge import run_lm_eval
 
         res = run_lm_eval(model, tokenizer, self.lm_eval_tasks, apply_chat_template=True,
-                          batch_size=self.batch_size)
+                          batch_size=self.batch_size, device=str(next(model.parameters()).device))
         scores = {task: r["score"] for task, r in res["tasks"].items()}
         return scores, {task: {"metric": r["metric"], "n": r["n"], "records": r["records"]}
                         for task, r in res["tasks"].items()}
