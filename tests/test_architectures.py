@@ -224,5 +224,8 @@ def test_whole_pipeline_runs_on_the_architecture(arch, tmp_path):
     final = AutoModelForCausalLM.from_pretrained(root / "final_model", dtype=torch.float32)
     assert is_tied(final) is TIED[arch]
     assert verify_safety_core(root / "final_model", region, root / "safety_core" / PROTECTED_FILE)["intact"]
+    stages = json.loads((root / "manifest.json").read_text())["stages"]
+    assert all(e["disk_bytes"] >= 0 and e["peak_rss_bytes"] > 0 for e in stages)  # each stage's footprint
+    assert max(e["disk_bytes"] for e in stages if e["name"].startswith("probe_")) > 0
     start = AutoModelForCausalLM.from_pretrained(aligned, dtype=torch.float32)
     assert any(not torch.equal(a, b) for a, b in zip(final.parameters(), start.parameters(), strict=True))

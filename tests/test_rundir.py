@@ -148,3 +148,23 @@ def test_kill_between_rename_and_manifest_save_counts_the_stage_as_done(tmp_path
     assert again.completed() == ["a"] and not again.run("a", lambda d: {"n": 2})
     assert again.stage_info("a")["n"] == 1
     assert "finished" not in again.stage_info("a")  # stage.json holds no timestamps
+
+
+def test_manifest_records_each_stages_disk_written_and_peak_memory(tmp_path):
+    """Disk is the stage directory's bytes; the peak is the stage's own (the high-water mark is reset per stage)."""
+    import torch
+
+    run = RunDirectory.open(tmp_path / "run", RECIPE, seed=0)
+    with run.stage("big") as tmp:
+        (tmp / "weights.bin").write_bytes(b"\0" * 3_000_000)
+        big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        assert float(big.sum()) > 0
+        del big
+    with run.stage("small") as tmp:
+        (tmp / "note.txt").write_text("x")
+    entries = {e["name"]: e for e in json.loads((tmp_path / "run" / MANIFEST).read_text())["stages"]}
+    assert entries["big"]["disk_bytes"] >= 3_000_000 and entries["small"]["disk_bytes"] < 1000
+    assert entries["big"]["peak_rss_bytes"] >= 64 * 2**20
+    if entries["small"]["peak_rss_scope"] == "stage":  # Linux: the 64 MiB of the first stage do not count here
+        assert entries["small"]["peak_rss_bytes"] < entries["big"]["peak_rss_bytes"] - 48 * 2**20
+    assert "disk_bytes" not in json.loads((run.stage_path("big") / STAGE_FILE).read_text())  # results stay reproducible

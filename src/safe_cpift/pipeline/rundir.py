@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from safe_cpift.footprint import PeakMemory, dir_bytes
 from safe_cpift.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -261,9 +262,12 @@ class RunDirectory:
         tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; a finished stage gets the usual permissions
         start = time.perf_counter()
         info = {} if info is None else info
+        memory = PeakMemory()
+        memory.start()
         try:
             yield tmp
             seconds = time.perf_counter() - start
+            cost = {"disk_bytes": dir_bytes(tmp), **memory.stop()}  # the manifest only: results stay reproducible
             # no timestamps here: stage.json feeds results, which must not depend on when a stage ran
             atomic_write_json(tmp / STAGE_FILE, {**_jsonable(info), "name": name, "stage_seconds": seconds})
             os.replace(tmp, final)
@@ -273,7 +277,7 @@ class RunDirectory:
                           "seconds": round(time.perf_counter() - start, 3)})
             self._save()
             raise
-        entry.update({"status": "done", "finished": _now(), "seconds": round(seconds, 3)})
+        entry.update({"status": "done", "finished": _now(), "seconds": round(seconds, 3), **cost})
         self._save()
         logger.info("stage %s done in %.1fs", name, seconds)
 
