@@ -183,3 +183,21 @@ def test_fsdp2_models_are_accepted_and_other_dtensor_layouts_refused(one_process
     assert detect_parallelism(other) == "dtensor"
     with pytest.raises(ValueError, match="does not support DTensor-sharded training.*Use FSDP2"):
         check_supported(other)
+
+
+def test_gradient_protections_refuse_fsdp2_clearly(one_process_group):
+    """The gradient-combining protections are not sharding-aware yet: a clear refusal, not a silent miscomputation."""
+    from torch.distributed.fsdp import fully_shard
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from safe_cpift.protect.direction import AlignmentDirectionPenalty
+
+    model = tiny_llama()
+    sd = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fully_shard(model)
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    penalty = AlignmentDirectionPenalty(sd, {n: t + 0.01 for n, t in sd.items()})
+    with pytest.raises(ValueError, match="AlignmentDirectionPenalty does not support FSDP2 training yet.*one process or under DDP"):
+        penalty.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+    plain = tiny_llama()
+    penalty.on_train_begin(args, TrainerState(), TrainerControl(), model=plain)  # one process: fine

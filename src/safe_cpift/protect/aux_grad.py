@@ -44,6 +44,19 @@ class GradientProtection(TrainerCallback):
     def adjust(self, model: Any, step: int) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        from safe_cpift.distributed import check_supported
+
+        who = type(self).__name__
+        mode = check_supported(model, args, who=who)
+        if mode in ("fsdp2", "zero12"):
+            raise ValueError(
+                f"{who} does not support {'FSDP2' if mode == 'fsdp2' else 'DeepSpeed ZeRO-1/2'} training yet: it "
+                "combines gradients across whole tensors (dot products, projections), which sharded or "
+                "partitioned gradients do not hold on one rank. Use it in one process or under DDP; the frozen "
+                "core (CoreFreezeCallback) and the guard do support FSDP2 (docs/distributed.md)"
+            )
+
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is None or state.global_step % self.every:
             return
