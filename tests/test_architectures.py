@@ -190,14 +190,9 @@ def chat_rows(pairs):
                               for q, a in pairs])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ARCHS)
-def test_whole_pipeline_runs_on_the_architecture(arch, tmp_path):
-    from transformers import AutoModelForCausalLM
-
+def pipeline_spec(arch, tmp_path, **overrides):
+    """A tiny run of the whole pipeline on `arch`: two word tasks, a few safety chats, test-size budgets."""
     from safe_cpift.pipeline.evaluator import Evaluator, TaskEval
-    from safe_cpift.pipeline.runner import run_spec
-    from safe_cpift.pipeline.safety_core import PROTECTED_FILE, verify_safety_core
     from safe_cpift.pipeline.spec import PipelineSpec, TrainSettings
 
     aligned = tmp_path / "aligned"
@@ -210,11 +205,24 @@ def test_whole_pipeline_runs_on_the_architecture(arch, tmp_path):
                                              lambda r, ref: float(r.strip() == ref)) for n, rows in data.items()},
                           harmful=["what is a ?"], benign=["what is 2 ?"], max_new_tokens=4)
     spec = PipelineSpec(aligned_model=str(aligned), task_names=list(data), load_task=lambda n: chat_rows(data[n]),
-                        load_safety=lambda: chat_rows(safety), evaluate=evaluator, methods=("aligned", "safe_cpift"),
+                        load_safety=lambda: chat_rows(safety), evaluate=evaluator,
                         safety_probe_examples=8, probe_examples=8, examples_per_method=8, top_p=0.05,
                         safety_top_p=0.05, safety_mix=0.2, scope="tensor",
                         train=TrainSettings(learning_rate=1e-2, batch_size=4, max_length=32,
-                                            overrides={"weight_decay": 0.1}))
+                                            overrides={"weight_decay": 0.1}),
+                        **{"methods": ("aligned", "safe_cpift"), **overrides})
+    return spec, aligned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_whole_pipeline_runs_on_the_architecture(arch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from safe_cpift.pipeline.runner import run_spec
+    from safe_cpift.pipeline.safety_core import PROTECTED_FILE, verify_safety_core
+
+    spec, aligned = pipeline_spec(arch, tmp_path)
     results = run_spec(spec, tmp_path / "run")
     assert results["safety_core"]["intact"] is True and results["safety_core"]["entries"] > 0
     root = tmp_path / "run"
@@ -229,3 +237,29 @@ def test_whole_pipeline_runs_on_the_architecture(arch, tmp_path):
     assert max(e["disk_bytes"] for e in stages if e["name"].startswith("probe_")) > 0
     start = AutoModelForCausalLM.from_pretrained(aligned, dtype=torch.float32)
     assert any(not torch.equal(a, b) for a, b in zip(final.parameters(), start.parameters(), strict=True))
+
+
+@pytest.mark.slow
+def test_pruned_run_keeps_final_models_frees_the_rest_and_resumes(tmp_path):
+    """`prune_models`: the same results, each read-once checkpoint deleted when its readers are done."""
+    from safe_cpift.pipeline.results import strip_timing
+    from safe_cpift.pipeline.runner import run_spec
+
+    methods = ("aligned", "safe_cpift", "cpift", "sequential_sft")
+    full = run_spec(pipeline_spec("qwen2", tmp_path / "a", methods=methods)[0], tmp_path / "a" / "run")
+    spec, _ = pipeline_spec("qwen2", tmp_path / "b", methods=methods, prune_models=True)
+    assert run_spec(spec, tmp_path / "b" / "run", stop_after="fusion")["stopped_after"] == "fusion"
+    root = tmp_path / "b" / "run"
+    assert (root / "probe_add" / "model").is_dir()  # cpift_fusion has not read it yet
+    pruned = run_spec(spec, root, resume=True)
+    assert strip_timing(pruned) == strip_timing(full)
+    entries = {e["name"]: e for e in json.loads((root / "manifest.json").read_text())["stages"]}
+    gone = sorted(n for n, e in entries.items() if e.get("pruned_model_bytes"))
+    assert gone == ["cpift_fusion", "fusion", "probe_add", "probe_echo", "sequential_sft_0_add"]
+    for name in gone:
+        assert not (root / name / "model").exists() and (root / name / "stage.json").is_file()
+    # what remains is each method's final model (the two tasks form one group here)
+    assert sorted(p.parent.name for p in root.glob("*/model")) == ["cpift_sft_group_0", "sequential_sft_1_echo",
+                                                                   "sft_group_0"]
+    assert len(list((tmp_path / "a" / "run").glob("*/model"))) == 8
+    assert (root / "final_model" / "model.safetensors").is_file()

@@ -295,6 +295,11 @@ class RunDirectory:
             info.update(body(tmp) or {})
         return True
 
+    def annotate(self, name: str, **fields: Any) -> None:
+        """Add `fields` to stage `name`'s manifest entry (e.g. what pruning freed)."""
+        self._record(name).update(_jsonable(fields))
+        self._save()
+
     def finish(self) -> None:
         """Mark the run complete in the manifest."""
         self.manifest["status"] = "complete"

@@ -210,6 +210,10 @@ def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False
         if observer is not None:
             observer.stage_started(name)
         ran = run.run(name, body)
+        if spec.prune_models:
+            from safe_cpift.pipeline.prune import prune_models
+
+            prune_models(ctx, run)
         if observer is not None:
             observer.stage_finished(name, run.stage_info(name), ran)
         if stop_after is not None and name == stop_after:

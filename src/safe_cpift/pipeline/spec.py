@@ -100,6 +100,8 @@ class PipelineSpec:
         dtype (`str`): the dtype models are evaluated and the final model is written in; `auto` = the
             checkpoint's own dtype. Training loads weights in the precision's dtype (docs/dtypes.md).
         trust_remote_code: how models are loaded (`safe_cpift.models.load_causal_lm`).
+        prune_models (`bool`): delete each stage's model once every stage that reads it is done
+            (`safe_cpift.pipeline.prune`); final models stay.
         device (`str`, *optional*): where models train and are evaluated; `None` follows `--device` /
             `$SAFE_CPIFT_DEVICE`, else `auto` (a GPU when present). See `safe_cpift.runtime.resolve_device`.
         num_threads (`int`, *optional*): torch CPU threads (`configure_runtime`).
@@ -142,6 +144,7 @@ class PipelineSpec:
     train: TrainSettings = field(default_factory=TrainSettings)
     dtype: str = "auto"
     device: str | None = None
+    prune_models: bool = False
     trust_remote_code: bool = False
     num_threads: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
