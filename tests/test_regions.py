@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from safe_cpift import region_scoring, region_select
 from safe_cpift.regions import CoreRegion, normalize_name
+from safe_cpift.regions import scoring as region_scoring
+from safe_cpift.regions import select as region_select
 
 
 def planted_pair(seed=0, frac=0.02):
@@ -266,7 +267,7 @@ def test_stats_by_module_type_and_layer():
     assert s["by_layer"]["0"]["selected"] == s["by_layer"]["1"]["selected"]
     assert s["num_selected"] == s["num_total"] == region.num_total
 
-    from safe_cpift.region_stats import module_type
+    from safe_cpift.regions.stats import module_type
 
     assert module_type("model.layers.0.post_attention_layernorm.weight") == "norm"
     assert module_type("transformer.h.0.attn.c_attn.weight") == "attn"
@@ -321,7 +322,7 @@ def test_random_regions_round_trip_through_jaccard_identity():
 
 
 def test_indices_above_equals_torch_nonzero():
-    from safe_cpift.region_select import indices_above
+    from safe_cpift.regions.select import indices_above
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10_000, generator=g).abs()

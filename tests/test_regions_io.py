@@ -7,10 +7,10 @@ import torch
 from conftest import make_tiny_llama
 from safetensors.torch import save_file
 
-from safe_cpift import region_select
 from safe_cpift.cli import main
 from safe_cpift.io import ShardedWriter, open_checkpoint
 from safe_cpift.regions import CoreRegion
+from safe_cpift.regions import select as region_select
 
 
 def write_sharded(state, path, shard_bytes=20_000):

@@ -73,8 +73,8 @@ def check_architecture(model: torch.nn.Module) -> ArchitectureInfo:
         `ValueError`: a non-floating (quantized) weight, or tensors that share memory without being
             plain aliases of each other.
     """
-    from safe_cpift.region_scoring import EXCLUDED_SUFFIXES
-    from safe_cpift.region_select import layer_index
+    from safe_cpift.regions.scoring import EXCLUDED_SUFFIXES
+    from safe_cpift.regions.select import layer_index
 
     arch = describe_architecture(model)
     by_storage: dict[tuple[Any, ...], str] = {}

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from safe_cpift.region_scoring import TensorSource
 from safe_cpift.regions import CoreRegion, normalize_name
+from safe_cpift.regions.scoring import TensorSource
 from safe_cpift.sharding import is_sharded, local_tensor, shard_placement_problem, to_local_indices
 
 logger = logging.getLogger(__name__)

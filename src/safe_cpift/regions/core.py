@@ -4,7 +4,7 @@ A region maps tensor names to the sorted flat indices of their core entries, plu
 needed to use it safely: `top_p`, `scope`, `scorer` and a fingerprint (names, shapes, dtypes) of the
 model it was extracted from. On disk it is a directory with `region.safetensors` (one integer
 tensor of indices per tensor with core entries; int32 unless a tensor has 2^31 entries or more)
-and `region.json` (metadata). Scoring and selection live in `safe_cpift.region_scoring`.
+and `region.json` (metadata). Scoring and selection live in `safe_cpift.regions.scoring`.
 
 Which tensors count: every floating-point tensor of the state dict or checkpoint you pass (for a
 module, its named parameters, tied weights once); integer tensors and rotary `inv_freq` buffers
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from safe_cpift.region_scoring import (
+from safe_cpift.regions.scoring import (
     PrecomputedScores,
     TensorSource,
     UpdateScores,
@@ -33,7 +33,7 @@ from safe_cpift.region_scoring import (
     importance_scores,
     natural_key,
 )
-from safe_cpift.region_select import select
+from safe_cpift.regions.select import select
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class CoreRegion:
 
     def stats(self) -> dict[str, Any]:
         """Share of the region by module type (embed/attn/mlp/norm/lm_head/other) and by layer."""
-        from safe_cpift.region_stats import region_stats
+        from safe_cpift.regions.stats import region_stats
 
         return region_stats(self.counts(), self._fingerprint)
 

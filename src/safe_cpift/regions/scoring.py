@@ -1,4 +1,4 @@
-"""Scoring parameter entries, streaming tensor by tensor (selection is in `region_select`).
+"""Scoring parameter entries, streaming tensor by tensor (selection is in `regions.select`).
 
 - *sources*: a model, a state dict or a safetensors checkpoint seen as an ordered list of floating
   tensors (`TensorSource`). Checkpoints are read lazily, one tensor (and one chunk) at a time.
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from safe_cpift.region_select import CHUNK
+from safe_cpift.regions.select import CHUNK
 
 PREFETCH = 1 << 24  # entries per model requested ahead of the scan (64 MiB of float32)
 

@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any
 
-from safe_cpift.region_select import layer_index
+from safe_cpift.regions.select import layer_index
 
 MODULE_TYPES = ("embed", "attn", "mlp", "norm", "lm_head", "other")
 
