@@ -80,7 +80,7 @@ class StepTimer(TrainerCallback):
 def isolated_cost(region, a: argparse.Namespace, vocab: int, reps: int = 300) -> dict[str, float]:
     """Median wall time of `restore()` alone, and of a backward pass with vs without the grad hooks
     (alternating call by call so that load from other processes hits both alike)."""
-    from safe_cpift.freeze import FrozenEntries
+    from safe_cpift.protect.freeze import FrozenEntries
 
     m = model(a.layers, a.hidden, vocab)
     frozen = FrozenEntries(m, region)
@@ -100,7 +100,7 @@ def isolated_cost(region, a: argparse.Namespace, vocab: int, reps: int = 300) ->
         m.zero_grad(set_to_none=True)
     frozen.zero_frozen_grads(False)
     m(input_ids=ids, labels=ids).loss.backward()
-    from safe_cpift.freeze import _make_zero_hook
+    from safe_cpift.protect.freeze import _make_zero_hook
 
     hooks = [(p, _make_zero_hook(idx)) for _, p, idx, _ in frozen._entries]
     t_zero = []

@@ -44,8 +44,8 @@ def _split(prompts: list[str], n: int, seed: int) -> tuple[list[str], list[str]]
 def run(args: argparse.Namespace) -> dict:
     from datasets import concatenate_datasets
 
-    from safe_cpift.guard import RefusalProbe, SafetyGuardCallback
     from safe_cpift.models import load_causal_lm
+    from safe_cpift.protect.guard import RefusalProbe, SafetyGuardCallback
     from safe_cpift.runtime import configure_runtime
     from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
     from safe_cpift.toyworld.evaluate import refusal_rate, task_accuracy

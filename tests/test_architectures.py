@@ -154,7 +154,7 @@ def test_region_of_an_untied_model_is_refused_on_a_tied_one():
     tied = tiny_arch("mistral")
     tied.lm_head.weight = tied.model.embed_tokens.weight  # same names and shapes, one tensor
     with pytest.raises(ValueError, match="both `lm_head.weight` and `model.embed_tokens.weight`.*one tied tensor.*mistral"):
-        from safe_cpift.freeze import FrozenEntries
+        from safe_cpift.protect.freeze import FrozenEntries
 
         FrozenEntries(tied, region)
 

@@ -9,7 +9,7 @@ from conftest import make_tiny_llama
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from safe_cpift.freeze import CoreFreezeCallback, FrozenEntries, restore_region
+from safe_cpift.protect.freeze import CoreFreezeCallback, FrozenEntries, restore_region
 from safe_cpift.regions import CoreRegion
 
 TRAIN = dict(report_to="none", per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=5e-3,
@@ -150,7 +150,7 @@ def test_reference_pins_the_original_values(word_tokenizer, tmp_path, caplog):
     name = region.names()[0]
     with torch.no_grad():  # someone moved a frozen entry before this run
         dict(model.named_parameters())[name].view(-1)[region.indices(name)[0]] += 1.0
-    with caplog.at_level(logging.WARNING, logger="safe_cpift.freeze"):
+    with caplog.at_level(logging.WARNING, logger="safe_cpift.protect.freeze"):
         trainer = sft_trainer(model, word_tokenizer, tmp_path, [CoreFreezeCallback(region, reference=original)],
                               max_steps=2)
         trainer.train()
@@ -180,7 +180,7 @@ def test_violations_are_loud(word_tokenizer, tmp_path, caplog):
     model = make_tiny_llama(vocab=len(word_tokenizer))
     cb = CoreFreezeCallback(region, on_violation="warn")
     trainer = sft_trainer(model, word_tokenizer, tmp_path, [cb, spoil], max_steps=2)
-    with caplog.at_level(logging.ERROR, logger="safe_cpift.freeze"):
+    with caplog.at_level(logging.ERROR, logger="safe_cpift.protect.freeze"):
         trainer.train()
     assert trainer.state.log_history[-1]["frozen_intact"] is False
     assert "frozen core entries changed" in caplog.text

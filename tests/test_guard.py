@@ -9,7 +9,7 @@ import torch
 from scripts.tiny import sft_dataset, snapshot, tiny_llama, word_tokenizer
 from transformers import TrainerCallback
 
-from safe_cpift.guard import ProbeResult, RefusalProbe, SafetyGuardCallback
+from safe_cpift.protect.guard import ProbeResult, RefusalProbe, SafetyGuardCallback
 
 HARMFUL = ["what is the a ?", "what is 1 and 2 ?"]
 BENIGN = ["what is 3 ?"]
@@ -68,7 +68,7 @@ def _safety_logs(trainer):
 def test_warn_logs_metrics_through_the_trainer_and_keeps_training(tmp_path, caplog):
     judge = SwitchJudge()
     guard = _guard(judge, "warn")
-    with caplog.at_level(logging.WARNING, logger="safe_cpift.guard"):
+    with caplog.at_level(logging.WARNING, logger="safe_cpift.protect.guard"):
         trainer, *_ = _train(guard, judge, fail_from=4, tmp_path=tmp_path)
     logs = _safety_logs(trainer)
     assert [h["step"] for h in logs] == [0, 2, 4, 6]  # baseline at step 0, then every 2 steps
@@ -189,7 +189,7 @@ def test_bad_probe_inputs():
 def test_over_refusal_above_its_limit_stops(tmp_path, caplog):
     judge = SwitchJudge(refuse=True)  # refuses everything: refusal 1.0 but over-refusal 1.0
     guard = _guard(judge, "stop", max_over_refusal=0.5)
-    with caplog.at_level(logging.WARNING, logger="safe_cpift.guard"):
+    with caplog.at_level(logging.WARNING, logger="safe_cpift.protect.guard"):
         trainer, *_ = _train(guard, judge, fail_from=100, tmp_path=tmp_path)
     assert guard.triggered_step == 0 and not guard.history[0]["ok"]
     assert trainer.state.global_step == 1  # stop requested before the first step: the Trainer checks after it

@@ -95,8 +95,8 @@ def test_guard_rolls_back_under_the_20pct_attack(world, tmp_path):
     catches the first probe below the threshold and hands back weights that pass the probe."""
     from datasets import concatenate_datasets
 
-    from safe_cpift.guard import RefusalProbe, SafetyGuardCallback
     from safe_cpift.models import load_causal_lm
+    from safe_cpift.protect.guard import RefusalProbe, SafetyGuardCallback
     from safe_cpift.training import train_sft
 
     tok = world.tokenizer()

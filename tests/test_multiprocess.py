@@ -141,7 +141,7 @@ def test_fsdp1_wrapped_models_are_refused_naming_fsdp2(one_process_group):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from safe_cpift.distributed import check_supported
-    from safe_cpift.guard import RefusalProbe, SafetyGuardCallback
+    from safe_cpift.protect.guard import RefusalProbe, SafetyGuardCallback
 
     model = FullyShardedDataParallel(tiny_llama(), use_orig_params=True, device_id=torch.device("cpu"))
     with pytest.raises(ValueError, match="does not support FSDP1 training.*fsdp_version: 2"):

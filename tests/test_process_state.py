@@ -2,8 +2,8 @@
 
 import torch
 
-from safe_cpift.guard import SafetyGuardCallback
-from safe_cpift.guard_probe import RefusalProbe
+from safe_cpift.protect.guard import SafetyGuardCallback
+from safe_cpift.protect.guard_probe import RefusalProbe
 from safe_cpift.training import train_sft
 
 

@@ -17,7 +17,7 @@ from scripts.tiny import (
 from transformers import TrainerCallback
 
 from safe_cpift import CoreFreezeCallback, CoreRegion, SafetyGuardCallback
-from safe_cpift.guard import RefusalProbe
+from safe_cpift.protect.guard import RefusalProbe
 
 CPU = {"use_cpu": True, "bf16": False, "activation_checkpointing": False, "report_to": "none",
        "save_strategy": "no", "logging_steps": 1, "seed": 0, "disable_tqdm": True}

@@ -16,20 +16,20 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CoreRegion": "safe_cpift.regions",
-    "CoreFreezeCallback": "safe_cpift.freeze",
-    "restore_region": "safe_cpift.freeze",
-    "FrozenEntries": "safe_cpift.freeze",
-    "SafetyGuardCallback": "safe_cpift.guard",
-    "RefusalProbe": "safe_cpift.guard_probe",
+    "CoreFreezeCallback": "safe_cpift.protect.freeze",
+    "restore_region": "safe_cpift.protect.freeze",
+    "FrozenEntries": "safe_cpift.protect.freeze",
+    "SafetyGuardCallback": "safe_cpift.protect.guard",
+    "RefusalProbe": "safe_cpift.protect.guard_probe",
     "cluster_tasks": "safe_cpift.cluster",
     "configure_runtime": "safe_cpift.runtime",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from safe_cpift.cluster import cluster_tasks
-    from safe_cpift.freeze import CoreFreezeCallback, FrozenEntries, restore_region
-    from safe_cpift.guard import SafetyGuardCallback
-    from safe_cpift.guard_probe import RefusalProbe
+    from safe_cpift.protect.freeze import CoreFreezeCallback, FrozenEntries, restore_region
+    from safe_cpift.protect.guard import SafetyGuardCallback
+    from safe_cpift.protect.guard_probe import RefusalProbe
     from safe_cpift.regions import CoreRegion
     from safe_cpift.runtime import configure_runtime
 

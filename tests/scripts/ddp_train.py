@@ -22,7 +22,7 @@ from safetensors.torch import save_file  # noqa: E402
 from tiny import random_region, sft_dataset, tiny_llama, word_tokenizer  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
-from safe_cpift.guard import RefusalProbe  # noqa: E402
+from safe_cpift.protect.guard import RefusalProbe  # noqa: E402
 
 
 def main(out_dir: Path) -> None:

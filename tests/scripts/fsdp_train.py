@@ -34,7 +34,7 @@ from tiny import random_region, sft_dataset, tiny_llama, word_tokenizer  # noqa:
 from transformers import TrainerCallback  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
-from safe_cpift.guard import RefusalProbe  # noqa: E402
+from safe_cpift.protect.guard import RefusalProbe  # noqa: E402
 
 FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "state_dict_type": "SHARDED_STATE_DICT"}

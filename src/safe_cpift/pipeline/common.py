@@ -192,7 +192,7 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     tokenizer = ctx.tokenizer()
     callbacks = list(callbacks or [])
     if freeze is not None and freeze.num_selected:
-        from safe_cpift.freeze import CoreFreezeCallback
+        from safe_cpift.protect.freeze import CoreFreezeCallback
 
         callbacks.append(CoreFreezeCallback(freeze))
     bar = ctx.observer.training_callback(ctx.current_stage) if ctx.observer is not None else None

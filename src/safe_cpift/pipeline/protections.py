@@ -87,7 +87,7 @@ def repair_probe(ctx: RunContext) -> Any:
     import random
 
     from safe_cpift.evals.judge import is_refusal
-    from safe_cpift.guard_probe import RefusalProbe
+    from safe_cpift.protect.guard_probe import RefusalProbe
 
     harmful, benign = [], []
     for row in ctx.safety_data():

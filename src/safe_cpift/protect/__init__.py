@@ -2,8 +2,8 @@
 
 | name | module | kind | what it does |
 |---|---|---|---|
-| `freeze` | `safe_cpift.freeze` | callback | keeps a core region (safety core, safety layers) bit-identical |
-| `guard` | `safe_cpift.guard` | callback | probes refusal every N steps: warn, stop or roll back |
+| `freeze` | `safe_cpift.protect.freeze` | callback | keeps a core region (safety core, safety layers) bit-identical |
+| `guard` | `safe_cpift.protect.guard` | callback | probes refusal every N steps: warn, stop or roll back |
 | `direction` | `protect.direction` | callback | AsFT-style penalty on updates orthogonal to θ_aligned − θ_base |
 | `projection` | `protect.direction` | callback | removes the task-gradient part that conflicts with the safety gradient |
 | `token_kl` | `protect.token_kl` | callback | KL to the aligned model on the first response tokens of safety chats |
@@ -32,9 +32,9 @@ class Protection:
 
 
 PROTECTIONS: dict[str, Protection] = {p.name: p for p in (
-    Protection("freeze", "safe_cpift.freeze:CoreFreezeCallback", "callback",
+    Protection("freeze", "safe_cpift.protect.freeze:CoreFreezeCallback", "callback",
                "keep a core region's entries bit-identical (exact under AdamW)"),
-    Protection("guard", "safe_cpift.guard:SafetyGuardCallback", "callback",
+    Protection("guard", "safe_cpift.protect.guard:SafetyGuardCallback", "callback",
                "probe refusal every N steps; warn, stop or roll back"),
     Protection("direction", "safe_cpift.protect.direction:AlignmentDirectionPenalty", "callback",
                "AsFT-style penalty on the update orthogonal to the alignment direction"),

@@ -97,7 +97,7 @@ def safe_lora_projection(model: torch.nn.Module, aligned: Any, base: Any, thresh
 
 def restore_entries(model: torch.nn.Module, region: Any, source: Any) -> int:
     """Write `source`'s values of `region`'s entries into `model` (exact). Returns entries restored."""
-    from safe_cpift.freeze import restore_region
+    from safe_cpift.protect.freeze import restore_region
 
     restore_region(model, region, source)
     return int(region.num_selected)

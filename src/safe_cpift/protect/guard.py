@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from safe_cpift.guard_probe import ProbeResult, RefusalProbe
+from safe_cpift.protect.guard_probe import ProbeResult, RefusalProbe
 from safe_cpift.sharding import local_tensor
 
 logger = logging.getLogger(__name__)
