@@ -189,14 +189,15 @@ def _build_once(final: Path, build: Callable[[Path], None]) -> Path:
 
 
 class ToyWorld:
-    """The built-in tiny world: six letter-string tasks, safety prompts, a tokenizer and two models.
+    """The built-in tiny world: six tasks (v2: sentence answers of three skills; v1: letter strings),
+    safety prompts, a tokenizer and two models.
 
     Example:
         ```python
         from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
         world = ToyWorld(ToyWorldConfig(seed=0))
-        world.task_names                 # ('sort_up', 'sort_down', 'copy', 'flip', 'code_shift', 'code_mirror')
-        train = world.task_train("flip") # datasets.Dataset with chat `messages`
+        world.task_names   # ('first_letter', 'last_letter', 'count_letters', 'count_a', 'capitals', 'commas')
+        train = world.task_train("count_a")  # datasets.Dataset with chat `messages`
         path = world.aligned_model_path()  # built on first use (minutes on 2 cores), then cached
         ```
     """
