@@ -79,3 +79,10 @@ def test_recipe_picks_the_world_version_before_expanding_its_tasks(tmp_path):
     assert recipe.toyworld.version == 1 and [t.name for t in recipe.tasks] == list(tasks.TASK_NAMES)
     with pytest.raises(ValueError, match="toyworld.version"):
         load_recipe("recipes/toy.yaml", overrides=["toyworld.version=5"])
+    from typing import get_args
+
+    from safe_cpift.recipe import ToyWorldSettings
+    from safe_cpift.toyworld.world import WORLD_VERSIONS
+
+    # the recipe schema lists the versions without importing the world (and torch)
+    assert set(get_args(get_args(ToyWorldSettings.model_fields["version"].annotation)[0])) == set(WORLD_VERSIONS)
