@@ -40,6 +40,13 @@ def parse_sets(pairs: list[str]) -> dict:
         default = fields[key].default
         if raw == "None":
             out[key] = None
+        elif default is None:  # a version-dependent field: a number when it reads as one
+            for cast in (int, float, str):
+                try:
+                    out[key] = cast(raw)
+                    break
+                except ValueError:
+                    continue
         elif isinstance(default, bool):
             out[key] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, int):
@@ -49,6 +56,13 @@ def parse_sets(pairs: list[str]) -> dict:
         else:
             out[key] = raw
     return out
+
+
+def write_json(path: str, obj) -> None:
+    """Write `obj` as indented JSON to `path` atomically (temp file, then rename)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def safety_scores(world, model, tok) -> dict:

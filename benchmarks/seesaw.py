@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from erosion import parse_sets  # noqa: E402
+from erosion import parse_sets, write_json  # noqa: E402
 
 
 def _fresh(world):
@@ -102,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"config": dataclasses.asdict(world.config), "lr": args.lr, "steps": args.steps,
                "batch_size": args.batch_size, "tasks": rows, "mean": mean,
                "runs": {"single": single, "multi_equal_per_task": multi_eq, "multi_equal_total": multi_total}}
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, out)
     return 0
 
 

@@ -13,17 +13,18 @@ def test_suites_match_toyworld_evaluate_on_the_aligned_model():
     world = ToyWorld(ToyWorldConfig(seed=0))
     path = world.aligned_model_path()
     model, tok = load_causal_lm(path), load_tokenizer(path)
-    expected = world.evaluate(model, tok, tasks=["flip"], return_records=True)
+    task = world.task_names[0]
+    expected = world.evaluate(model, tok, tasks=[task], return_records=True)
     ours = run_suites(model, tok, ["refusal", "overrefusal"], progress=False)
-    tasks = run_suites(model, tok, ["tasks"], data={"tasks": {"flip": toy_task_rows()["flip"]}},
+    tasks = run_suites(model, tok, ["tasks"], data={"tasks": {task: toy_task_rows()[task]}},
                        max_new_tokens=16, progress=False)
     print(f"\naligned tiny world: ToyWorld.evaluate refusal={expected['refusal_rate']:.4f} "
-          f"over_refusal={expected['over_refusal_rate']:.4f} flip={expected['task_scores']['flip']:.4f}; "
+          f"over_refusal={expected['over_refusal_rate']:.4f} {task}={expected['task_scores'][task]:.4f}; "
           f"suites refusal={ours['summary']['refusal']:.4f} overrefusal={ours['summary']['overrefusal']:.4f} "
-          f"flip={tasks['suites']['tasks']['scores']['flip']:.4f}")
+          f"{task}={tasks['suites']['tasks']['scores'][task]:.4f}")
     assert ours["summary"]["refusal"] == expected["refusal_rate"]
     assert ours["summary"]["overrefusal"] == expected["over_refusal_rate"]
-    assert tasks["suites"]["tasks"]["scores"]["flip"] == expected["task_scores"]["flip"]
+    assert tasks["suites"]["tasks"]["scores"][task] == expected["task_scores"][task]
     # same prompts in the same order, same replies
     assert [r["prompt"] for r in ours["suites"]["refusal"]["records"]] == [r["prompt"] for r in expected["records"]["harmful"]]
     assert [r["response"] for r in ours["suites"]["overrefusal"]["records"]] == [

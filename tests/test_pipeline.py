@@ -28,7 +28,7 @@ def tiny_world(tmp_path_factory):
     """A test-size tiny world (1-layer Llama, a few build steps), cached in a temp dir."""
     from safe_cpift.toyworld.world import ToyWorld, ToyWorldConfig
 
-    cfg = ToyWorldConfig(seed=0, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+    cfg = ToyWorldConfig(version=1, seed=0, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                          pretrain_steps=10, align_steps=10, seq_len=64, task_train_size=40, task_test_size=6,
                          safety_test_size=6, cache_dir=str(tmp_path_factory.mktemp("world")))
     world = ToyWorld(cfg)

@@ -17,7 +17,7 @@ def aligned_dir(tmp_path_factory) -> Path:
     """The aligned model of a test-size tiny world (any save_pretrained directory with a chat template works)."""
     from safe_cpift.toyworld.world import ToyWorld, ToyWorldConfig
 
-    cfg = ToyWorldConfig(seed=1, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+    cfg = ToyWorldConfig(version=1, seed=1, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                          pretrain_steps=10, align_steps=10, seq_len=64, task_train_size=20, task_test_size=4,
                          cache_dir=str(tmp_path_factory.mktemp("world")))
     return ToyWorld(cfg).aligned_model_path()

@@ -65,9 +65,9 @@ def test_shipped_recipe_is_valid_and_documented(path):
 
 def test_toy_recipe_uses_every_world_task_and_all_baselines():
     recipe = load_recipe(find_recipe("toy"))
-    from safe_cpift.toyworld.tasks import TASK_NAMES
+    from safe_cpift.toyworld.world import DEFAULT_WORLD_VERSION, world_task_names
 
-    assert [t.name for t in recipe.tasks] == list(TASK_NAMES)
+    assert [t.name for t in recipe.tasks] == list(world_task_names(recipe.toyworld.version or DEFAULT_WORLD_VERSION))
     assert all(t.source == "toyworld" for t in recipe.tasks)
     assert tuple(recipe.baselines) == BASELINES and recipe.uses_toyworld
     assert recipe.methods == ["aligned", *BASELINES, "safe_cpift"]
@@ -108,6 +108,7 @@ def test_every_problem_reported_at_once():
         "baselines": ["multitask"],
         "seed": -1,
         "tasks": [{"name": "sort_upp", "source": "toyworld"}, {"name": "mine", "source": "x.jsonl", "metric": "exakt"}],
+        "toyworld": {"version": 1},  # the world whose tasks include sort_up
     }
     with pytest.raises(ConfigError) as err:
         recipe_from_dict(raw)

@@ -7,11 +7,11 @@ from safe_cpift.toyworld import REFUSALS_TEST, REFUSALS_TRAIN, ToyWorld, ToyWorl
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return ToyWorld(ToyWorldConfig(seed=3, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+    return ToyWorld(ToyWorldConfig(version=1, seed=3, cache_dir=str(tmp_path_factory.mktemp("cache"))))
 
 
 def test_same_seed_same_data_and_other_seed_differs():
-    a, b, c = (ToyWorld(ToyWorldConfig(seed=s)) for s in (5, 5, 6))
+    a, b, c = (ToyWorld(ToyWorldConfig(version=1, seed=s)) for s in (5, 5, 6))
     for name in a.task_names:
         assert a.task_train(name)["messages"] == b.task_train(name)["messages"]
     assert a.safety_train()["messages"] == b.safety_train()["messages"]
@@ -69,8 +69,8 @@ def test_held_out_templates_actions_phrasings_never_in_training_data(world):
 
 
 def test_quick_mode_evaluates_fewer_prompts():
-    quick = ToyWorld(ToyWorldConfig(quick=True))
-    full = ToyWorld(ToyWorldConfig())
+    quick = ToyWorld(ToyWorldConfig(version=1, quick=True))
+    full = ToyWorld(ToyWorldConfig(version=1))
     assert len(quick.harmful_test()) < len(full.harmful_test())
     assert len(quick.task_test("copy")) < len(full.task_test("copy"))
     assert quick.cache_dir == full.cache_dir  # same models in quick and full mode
@@ -121,8 +121,8 @@ def test_tokenizer_chat_template_marks_assistant_tokens(world):
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="`hidden_size`"):
-        ToyWorldConfig(hidden_size=30, num_heads=4)
+        ToyWorldConfig(version=1, hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="`pretrain_steps`"):
-        ToyWorldConfig(pretrain_steps=0)
+        ToyWorldConfig(version=1, pretrain_steps=0)
     with pytest.raises(ValueError, match="`tasks`"):
         ToyWorld().evaluate(None, None, tasks=["nope"])

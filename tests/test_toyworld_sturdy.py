@@ -23,15 +23,15 @@ def _key_without_opt_in_fields(cfg: ToyWorldConfig, digest: str, stage: str) -> 
 
 @pytest.mark.parametrize("kw", [{}, {"seed": 1, "hidden_size": 64}])
 def test_default_opt_in_fields_keep_the_cache_keys(kw):
-    cfg = ToyWorldConfig(**kw)
+    cfg = ToyWorldConfig(version=1, **kw)
     for stage in ("base", "aligned"):
         assert cfg.model_key("d", stage) == _key_without_opt_in_fields(cfg, "d", stage)
 
 
 def test_opt_in_fields_change_the_right_stage_key():
-    plain = ToyWorldConfig()
-    deep = ToyWorldConfig(pretrain_safety_fraction=0.25)
-    more = ToyWorldConfig(align_safety_repeats=3)
+    plain = ToyWorldConfig(version=1)
+    deep = ToyWorldConfig(version=1, pretrain_safety_fraction=0.25)
+    more = ToyWorldConfig(version=1, align_safety_repeats=3)
     assert deep.model_key("d", "base") != plain.model_key("d", "base")
     assert deep.model_key("d", "aligned") != plain.model_key("d", "aligned")
     assert more.model_key("d", "base") == plain.model_key("d", "base")  # the base model is shared
@@ -40,18 +40,18 @@ def test_opt_in_fields_change_the_right_stage_key():
 
 def test_opt_in_fields_reject_bad_values():
     with pytest.raises(ValueError, match="`pretrain_safety_fraction`"):
-        ToyWorldConfig(pretrain_safety_fraction=1.0)
+        ToyWorldConfig(version=1, pretrain_safety_fraction=1.0)
     with pytest.raises(ValueError, match="`pretrain_safety_fraction`"):
-        ToyWorldConfig(pretrain_safety_fraction=-0.1)
+        ToyWorldConfig(version=1, pretrain_safety_fraction=-0.1)
     with pytest.raises(ValueError, match="`align_safety_repeats`"):
-        ToyWorldConfig(align_safety_repeats=0)
-    assert ToyWorldConfig(pretrain_safety_fraction=0.25).pretrain_safety_rows() == 4  # of a batch of 16
-    assert ToyWorldConfig(pretrain_safety_fraction=0.01).pretrain_safety_rows() == 1
-    assert ToyWorldConfig().pretrain_safety_rows() == 0
+        ToyWorldConfig(version=1, align_safety_repeats=0)
+    assert ToyWorldConfig(version=1, pretrain_safety_fraction=0.25).pretrain_safety_rows() == 4  # of a batch of 16
+    assert ToyWorldConfig(version=1, pretrain_safety_fraction=0.01).pretrain_safety_rows() == 1
+    assert ToyWorldConfig(version=1).pretrain_safety_rows() == 0
 
 
 def test_align_safety_repeats_repeats_only_safety_rows():
-    one, three = ToyWorld(ToyWorldConfig()), ToyWorld(ToyWorldConfig(align_safety_repeats=3))
+    one, three = ToyWorld(ToyWorldConfig(version=1)), ToyWorld(ToyWorldConfig(version=1, align_safety_repeats=3))
     harmful, benign = one.safety_rows("train")
     n_qa = len(one.instruction_rows()) * 3
     assert len(one.alignment_rows()) == n_qa + len(harmful) + len(benign)
@@ -78,7 +78,7 @@ def test_pretrain_without_extra_rows_is_unchanged():
 def test_pretrain_safety_fraction_builds_another_deterministic_base(tmp_path):
     paths = {}
     for name, kw in (("plain", {}), ("deep", {"pretrain_safety_fraction": 0.5}), ("deep2", {"pretrain_safety_fraction": 0.5})):
-        world = ToyWorld(ToyWorldConfig(seed=1, cache_dir=str(tmp_path / name), **TINY, **kw))
+        world = ToyWorld(ToyWorldConfig(version=1, seed=1, cache_dir=str(tmp_path / name), **TINY, **kw))
         paths[name] = world.base_model_path()
     plain, deep, deep2 = (load_file(paths[n] / "model.safetensors") for n in ("plain", "deep", "deep2"))
     assert paths["plain"].parent.name != paths["deep"].parent.name
@@ -89,10 +89,10 @@ def test_pretrain_safety_fraction_builds_another_deterministic_base(tmp_path):
 def test_align_letter_rows_are_auxiliary_not_user_tasks():
     from safe_cpift.toyworld.tasks import TASKS
 
-    plain = ToyWorld(ToyWorldConfig())
-    world = ToyWorld(ToyWorldConfig(align_letter_rows=40))
-    assert ToyWorldConfig(align_letter_rows=40).model_key("d", "base") == ToyWorldConfig().model_key("d", "base")
-    assert ToyWorldConfig(align_letter_rows=40).model_key("d", "aligned") != ToyWorldConfig().model_key("d", "aligned")
+    plain = ToyWorld(ToyWorldConfig(version=1))
+    world = ToyWorld(ToyWorldConfig(version=1, align_letter_rows=40))
+    assert ToyWorldConfig(version=1, align_letter_rows=40).model_key("d", "base") == ToyWorldConfig(version=1).model_key("d", "base")
+    assert ToyWorldConfig(version=1, align_letter_rows=40).model_key("d", "aligned") != ToyWorldConfig(version=1).model_key("d", "aligned")
     extra = world.alignment_rows()[len(plain.alignment_rows()):]
     assert len(extra) == 40
     train_inputs = {" ".join(r["prompt"].split(": ")[1].split()) for r in plain.task_rows("copy", "train")}
@@ -104,15 +104,15 @@ def test_align_letter_rows_are_auxiliary_not_user_tasks():
         if name in expected:
             assert row["response"] == expected[name]
     with pytest.raises(ValueError, match="`align_letter_rows`"):
-        ToyWorldConfig(align_letter_rows=-1)
+        ToyWorldConfig(version=1, align_letter_rows=-1)
 
 
 def test_pretrain_chats_alignment_ties_the_base_to_the_alignment_data():
     deep = dict(pretrain_safety_fraction=0.25, pretrain_chats="alignment")
-    a, b = ToyWorldConfig(**deep), ToyWorldConfig(**deep, align_letter_rows=40)
+    a, b = ToyWorldConfig(version=1, **deep), ToyWorldConfig(version=1, **deep, align_letter_rows=40)
     assert a.model_key("d", "base") != b.model_key("d", "base")
-    assert a.model_key("d", "base") != ToyWorldConfig(pretrain_safety_fraction=0.25).model_key("d", "base")
+    assert a.model_key("d", "base") != ToyWorldConfig(version=1, pretrain_safety_fraction=0.25).model_key("d", "base")
     # a non-default value is keyed even where it changes nothing (fraction 0), like any model field
-    assert ToyWorldConfig(pretrain_chats="alignment").model_key("d", "base") != ToyWorldConfig().model_key("d", "base")
+    assert ToyWorldConfig(version=1, pretrain_chats="alignment").model_key("d", "base") != ToyWorldConfig(version=1).model_key("d", "base")
     with pytest.raises(ValueError, match="`pretrain_chats`"):
-        ToyWorldConfig(pretrain_chats="everything")
+        ToyWorldConfig(version=1, pretrain_chats="everything")

@@ -245,6 +245,9 @@ class EvalConfig(Section):
 class ToyWorldSettings(Section):
     quick: bool = Field(False, description="Smaller, faster tiny world (the demo's --quick).")
     seed: Annotated[int, Field(ge=0)] | None = Field(None, description="World seed; defaults to the recipe's `seed`.")
+    version: Literal[1, 2] | None = Field(  # safe_cpift.toyworld.world.WORLD_VERSIONS
+        None, description="World version: 2 (sentence-answer tasks of three skills, deeper alignment) or 1 (the "
+        "original letter-string world, to reproduce old reports); defaults to the library's current default.")
 
 
 class AttackConfig(Section):
@@ -426,19 +429,30 @@ def _slerp_weight_rules(cpift: Any, names: list[str]) -> list[str]:
     return problems
 
 
-def _world_tasks() -> tuple[str, ...] | None:
+def _world_version(raw: Mapping[str, Any]) -> Any:
+    section = raw.get("toyworld")
+    return section.get("version") if isinstance(section, Mapping) else None
+
+
+def _world_tasks(version: Any = None) -> tuple[str, ...] | None:
+    """Task names of the tiny world `version` (the default version when `None`; `None` if it is invalid,
+    which the `toyworld.version` check reports)."""
     try:
-        from safe_cpift.toyworld.tasks import TASK_NAMES
+        from safe_cpift.toyworld.world import DEFAULT_WORLD_VERSION, WORLD_VERSIONS, world_task_names
     except ImportError:  # pragma: no cover - the world ships with the package
         return None
-    return tuple(TASK_NAMES)
+    version = DEFAULT_WORLD_VERSION if version is None else version
+    return world_task_names(version) if version in WORLD_VERSIONS else None
 
 
-def expand_toyworld_tasks(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``tasks: toyworld`` → one ``{name, source: toyworld}`` entry per task of the tiny world."""
+def expand_toyworld_tasks(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """``tasks: toyworld`` → one ``{name, source: toyworld}`` entry per task of the tiny world (of the
+    recipe's `toyworld.version`, read after `overrides` such as ``toyworld.version=1``)."""
     raw = dict(raw)
     if raw.get("tasks") == TOYWORLD:
-        raw["tasks"] = [{"name": name, "source": TOYWORLD} for name in (_world_tasks() or ())]
+        world = [o for o in overrides if o.startswith("toyworld.")]
+        version = _world_version(apply_overrides({"toyworld": raw.get("toyworld") or {}}, world) if world else raw)
+        raw["tasks"] = [{"name": name, "source": TOYWORLD} for name in (_world_tasks(version) or ())]
     return raw
 
 
@@ -458,7 +472,7 @@ def recipe_from_dict(raw: Any, source: str | None = None) -> Recipe:
         recipe = Recipe.model_validate({**raw, "training": {}})
     except ValidationError as err:
         problems[:0] = problems_from(err, Recipe)
-    problems += _rules(recipe if recipe is not None else draft(Recipe, raw), _world_tasks())
+    problems += _rules(recipe if recipe is not None else draft(Recipe, raw), _world_tasks(_world_version(raw)))
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source=source)
     recipe.training = training
@@ -502,7 +516,8 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ConfigError([f"a recipe must be a YAML mapping, got {type(raw).__name__}"], source=str(path))
-    recipe = recipe_from_dict(apply_overrides(expand_toyworld_tasks(raw), overrides), source=str(path))
+    overrides = list(overrides)
+    recipe = recipe_from_dict(apply_overrides(expand_toyworld_tasks(raw, overrides), overrides), source=str(path))
     resolve_paths(recipe, path.parent)
     return recipe
 

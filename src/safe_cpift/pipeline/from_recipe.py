@@ -26,7 +26,8 @@ def _world(recipe: Any) -> Any:
     from safe_cpift.toyworld.world import ToyWorld, ToyWorldConfig
 
     seed = recipe.toyworld.seed if recipe.toyworld.seed is not None else recipe.seed
-    return ToyWorld(ToyWorldConfig(seed=seed, quick=recipe.toyworld.quick))
+    version = {} if recipe.toyworld.version is None else {"version": recipe.toyworld.version}
+    return ToyWorld(ToyWorldConfig(seed=seed, quick=recipe.toyworld.quick, **version))
 
 
 def _load_data(spec: Any, name: str | None, *, split: str | None = None, subset: str | None = None,

@@ -89,12 +89,14 @@ def _fact_sentences(rng: random.Random, repeats: int) -> list[str]:
     return out
 
 
-def corpus_documents(seed: int, doc_sentences: int = 8, fact_repeats: int = 2, action_repeats: int = 2) -> list[str]:
+def corpus_documents(seed: int, doc_sentences: int = 8, fact_repeats: int = 2, action_repeats: int = 2,
+                     skill_sentences: int = 0) -> list[str]:
     """The pretraining corpus as documents of `doc_sentences` shuffled sentences (deterministic for `seed`).
 
     Contains every fact (held-out ones too: the QA check measures recall of pretraining knowledge),
     descriptions of every safety action (held-out ones too, so their harm is known before alignment),
-    small talk and lists of letters. No task examples and no chat turns.
+    small talk and lists of letters. No task examples and no chat turns. With `skill_sentences` (the
+    v2 world) that many statements about letter lists (`tasks_v2.skill_sentences`) are added.
     """
     rng = random.Random(seed)
     sentences = _fact_sentences(rng, fact_repeats) + safety.corpus_sentences(rng, action_repeats)
@@ -102,5 +104,9 @@ def corpus_documents(seed: int, doc_sentences: int = 8, fact_repeats: int = 2, a
     for _ in range(len(sentences) // 20):
         letters = " ".join(rng.choice(ALPHABET) for _ in range(rng.randint(3, 6)))
         sentences.append(f"Here are some letters: {letters}.")
+    if skill_sentences:
+        from safe_cpift.toyworld.tasks_v2 import skill_sentences as skills
+
+        sentences += skills(random.Random(seed + 7), skill_sentences)
     rng.shuffle(sentences)
     return [" ".join(sentences[i:i + doc_sentences]) for i in range(0, len(sentences), doc_sentences)]

@@ -16,12 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safe_cpift.toyworld import corpus, modeling, safety, tasks
+from safe_cpift.toyworld import corpus, modeling, safety, tasks, tasks_v2
 from safe_cpift.toyworld.evaluate import evaluate_world
 
 logger = logging.getLogger(__name__)
 
 CODE_VERSION = "toyworld-1"
+WORLD_VERSIONS = (1, 2)
+DEFAULT_WORLD_VERSION = 2
+# fields whose default depends on `version` (`None` in the dataclass = "the version's default")
+VERSION_DEFAULTS: dict[int, dict[str, Any]] = {
+    1: {"pretrain_steps": 500, "pretrain_safety_fraction": 0.0, "pretrain_chats": "safety",
+        "align_safety_repeats": 1, "align_letter_rows": 0, "skill_sentences": 0},
+    2: {"pretrain_steps": 800, "pretrain_safety_fraction": 0.25, "pretrain_chats": "alignment",
+        "align_safety_repeats": 2, "align_letter_rows": 900, "skill_sentences": 6000},
+}
 CACHE_VARIABLE = "SAFE_CPIFT_CACHE"
 BUILD_INFO = "build_info.json"
 
@@ -36,6 +45,10 @@ class ToyWorldConfig:
     """Settings of the tiny world. Fields marked *model* change the cache key of the built models.
 
     Args:
+        version (`int`, defaults to `DEFAULT_WORLD_VERSION`): `1`, the original world (six letter-string
+            tasks; reproduces old reports), or `2` (six sentence-answer tasks of three skills, skills
+            in pretraining, safety chats in pretraining, 336-prompt held-out safety sets). Fields left
+            `None` take the version's default (`VERSION_DEFAULTS`) (*model*).
         seed (`int`, defaults to `0`): seed of data and models (*model*).
         quick (`bool`, defaults to `False`): smaller evaluation sets (the models are the same).
         vocab_size (`int`, defaults to `1024`): byte-level BPE vocabulary (*model*).
@@ -61,18 +74,21 @@ class ToyWorldConfig:
             (first letter, last letter, count, contains) added to the alignment data, so the aligned
             model already answers letter-list prompts in a prompt-conditional way (none of them is one
             of the six user tasks) (*model*).
+        skill_sentences (`int`, *optional*): statements about letter lists added to the pretraining
+            corpus (v2: 6000; v1: 0) (*model*).
         cache_dir (`str`, *optional*): defaults to `$SAFE_CPIFT_CACHE` or `~/.cache/safe_cpift`.
         num_threads (`int`, *optional*): torch threads for the build loops (see `configure_runtime`).
     """
 
     seed: int = 0
+    version: int = DEFAULT_WORLD_VERSION
     quick: bool = False
     vocab_size: int = 1024
     hidden_size: int = 96
     num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 256
-    pretrain_steps: int = 500
+    pretrain_steps: int | None = None
     pretrain_batch_size: int = 16
     seq_len: int = 128
     pretrain_lr: float = 3e-3
@@ -84,10 +100,11 @@ class ToyWorldConfig:
     task_test_size: int = 200
     safety_test_size: int | None = None
     quick_test_size: int = 100
-    pretrain_safety_fraction: float = 0.0
-    pretrain_chats: str = "safety"
-    align_safety_repeats: int = 1
-    align_letter_rows: int = 0
+    pretrain_safety_fraction: float | None = None
+    pretrain_chats: str | None = None
+    align_safety_repeats: int | None = None
+    align_letter_rows: int | None = None
+    skill_sentences: int | None = None
     cache_dir: str | None = None
     num_threads: int | None = None
     _MODEL_FIELDS = ("seed", "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -101,6 +118,14 @@ class ToyWorldConfig:
                       "align_letter_rows": ("aligned", 0)}
 
     def __post_init__(self) -> None:
+        if self.version not in WORLD_VERSIONS:
+            raise ValueError(f"`version` must be one of {WORLD_VERSIONS}, got {self.version!r} "
+                             "(1: the original world, 2: the current default)")
+        for name, value in VERSION_DEFAULTS[self.version].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if not isinstance(self.skill_sentences, int) or self.skill_sentences < 0:
+            raise ValueError(f"`skill_sentences` must be an integer >= 0, got {self.skill_sentences!r}")
         for name in self._MODEL_FIELDS[1:] + ("task_train_size", "task_test_size", "quick_test_size"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < (0 if name == "align_replay_batch_size" else 1e-12):
@@ -127,12 +152,21 @@ class ToyWorldConfig:
         also the alignment fields), the code version and `data_digest`."""
         names = self._MODEL_FIELDS if stage == "aligned" else self._PRETRAIN_FIELDS
         payload = {name: getattr(self, name) for name in names} | {"code": CODE_VERSION, "data": data_digest}
+        if self.version != 1:  # v1 keys are the keys from before versions existed (old caches stay valid)
+            payload |= {"code": f"toyworld-{self.version}", "skill_sentences": self.skill_sentences}
         for name, (first_stage, default) in self._OPT_IN_FIELDS.items():
             # pretraining on every alignment chat makes the base depend on the alignment data too
             in_base = first_stage == "base" or (self.pretrain_chats == "alignment" and self.pretrain_safety_fraction)
             if getattr(self, name) != default and (stage == "aligned" or in_base):
                 payload[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def world_task_names(version: int = DEFAULT_WORLD_VERSION) -> tuple[str, ...]:
+    """Task names of world `version` (1: the six letter-string tasks; 2: the six sentence-answer tasks)."""
+    if version not in WORLD_VERSIONS:
+        raise ValueError(f"`version` must be one of {WORLD_VERSIONS}, got {version!r}")
+    return tasks.TASK_NAMES if version == 1 else tasks_v2.TASK_NAMES
 
 
 def _build_once(final: Path, build: Callable[[Path], None]) -> Path:
@@ -155,20 +189,22 @@ def _build_once(final: Path, build: Callable[[Path], None]) -> Path:
 
 
 class ToyWorld:
-    """The built-in tiny world: six letter-string tasks, safety prompts, a tokenizer and two models.
+    """The built-in tiny world: six tasks (v2: sentence answers of three skills; v1: letter strings),
+    safety prompts, a tokenizer and two models.
 
     Example:
         ```python
         from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
         world = ToyWorld(ToyWorldConfig(seed=0))
-        world.task_names                 # ('sort_up', 'sort_down', 'copy', 'flip', 'code_shift', 'code_mirror')
-        train = world.task_train("flip") # datasets.Dataset with chat `messages`
+        world.task_names   # ('first_letter', 'last_letter', 'count_letters', 'count_a', 'capitals', 'commas')
+        train = world.task_train("count_a")  # datasets.Dataset with chat `messages`
         path = world.aligned_model_path()  # built on first use (minutes on 2 cores), then cached
         ```
     """
 
     def __init__(self, config: ToyWorldConfig | None = None) -> None:
         self.config = config or ToyWorldConfig()
+        self._tasks = tasks if self.config.version == 1 else tasks_v2
         self._inputs = tasks.letter_inputs(self.config.seed, self.config.task_train_size, self.config.task_test_size)
         self._train_split, self._test_split = safety.split_actions()
         self._tokenizer = None
@@ -177,7 +213,7 @@ class ToyWorld:
     # ---------------------------------------------------------------- data
     @property
     def task_names(self) -> tuple[str, ...]:
-        return tasks.TASK_NAMES
+        return self._tasks.TASK_NAMES
 
     @property
     def cache_dir(self) -> Path:
@@ -194,7 +230,9 @@ class ToyWorld:
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
         inputs = self._inputs[0] if split == "train" else self._inputs[1][: self._test_size()]
-        return tasks.task_rows(name, inputs)
+        if self.config.version == 1:
+            return tasks.task_rows(name, inputs)
+        return tasks_v2.task_rows(name, inputs, seed=self.config.seed + (0 if split == "train" else 1))
 
     def task_train(self, name: str):
         """Training examples of task `name` as a `datasets.Dataset` of chat `messages`."""
@@ -208,11 +246,13 @@ class ToyWorld:
         """(harmful, benign) rows; `train` uses train templates/actions/phrasings, `test` held-out ones."""
         rng = random.Random(self.config.seed + (1 if split == "train" else 2))
         if split == "train":
-            return safety.safety_examples(self._train_split, safety.TEMPLATES_TRAIN, safety.REFUSALS_TRAIN,
+            refusals = safety.REFUSALS_TRAIN + (safety.REFUSALS_TRAIN_V2_EXTRA if self.config.version > 1 else ())
+            return safety.safety_examples(self._train_split, safety.TEMPLATES_TRAIN, refusals,
                                           safety.HELPFUL_TRAIN, rng)
         if split != "test":
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
-        harmful, benign = safety.safety_examples(self._test_split, safety.TEMPLATES_TEST, safety.REFUSALS_TEST,
+        templates = safety.TEMPLATES_TEST + (safety.TEMPLATES_TEST_V2_EXTRA if self.config.version > 1 else ())
+        harmful, benign = safety.safety_examples(self._test_split, templates, safety.REFUSALS_TEST,
                                                  safety.HELPFUL_TEST, rng)
         cap = self.config.quick_test_size if self.config.quick else self.config.safety_test_size
         if cap is not None:
@@ -247,10 +287,14 @@ class ToyWorld:
         return _to_dataset([{"prompt": f["question"], "response": f["answer"], "question": f["question"],
                              "answer": f["answer"], "relation": f["relation"]} for f in test])
 
+    def corpus_documents(self) -> list[str]:
+        """The pretraining corpus (v2: with the tasks' skills as plain statements)."""
+        return corpus.corpus_documents(self.config.seed, skill_sentences=self.config.skill_sentences)
+
     def all_text(self) -> list[str]:
         """Every text of the world (corpus, prompts, answers); the tokenizer is trained on it."""
         full = ToyWorld(dataclasses.replace(self.config, quick=False, safety_test_size=None))
-        texts = corpus.corpus_documents(self.config.seed)
+        texts = self.corpus_documents()
         for split in ("train", "test"):
             for rows in full.safety_rows(split):
                 texts += [r["prompt"] + " " + r["response"] for r in rows]
@@ -283,7 +327,7 @@ class ToyWorld:
         def build(tmp: Path) -> None:
             tok = self.tokenizer()
             model = modeling.make_model(self._shape(), len(tok), tok.pad_token_id, tok.eos_token_id, c.seed)
-            rows = modeling.pack_documents(tok, corpus.corpus_documents(c.seed), c.seq_len)
+            rows = modeling.pack_documents(tok, self.corpus_documents(), c.seq_len)
             logger.info("pretraining the tiny world's base model (%d params, %d rows of %d tokens)",
                         model.num_parameters(), rows.shape[0], c.seq_len)
             extra = {}
@@ -312,7 +356,7 @@ class ToyWorld:
             tok = self.tokenizer()
             model = AutoModelForCausalLM.from_pretrained(base, dtype="float32", use_safetensors=True)
             encoded = modeling.encode_chats(tok, [_messages(r) for r in self.alignment_rows()], c.seq_len)
-            replay = modeling.pack_documents(tok, corpus.corpus_documents(c.seed), c.seq_len)
+            replay = modeling.pack_documents(tok, self.corpus_documents(), c.seq_len)
             logger.info("aligning the tiny world's model on %d chats", len(encoded))
             seconds = modeling.sft(model, encoded, steps=c.align_steps, batch_size=c.align_batch_size,
                                    lr=c.align_lr, seed=c.seed, pad_id=tok.pad_token_id, replay_rows=replay if c.align_replay_batch_size else None,
@@ -337,7 +381,7 @@ class ToyWorld:
         harmful, benign = self.safety_rows("train")
         rows = self.instruction_rows() * 3 + (harmful + benign) * self.config.align_safety_repeats
         if self.config.align_letter_rows:
-            rows += tasks.auxiliary_rows(self._inputs[0], self.config.align_letter_rows, self.config.seed)
+            rows += self._tasks.auxiliary_rows(self._inputs[0], self.config.align_letter_rows, self.config.seed)
         return rows
 
     # ---------------------------------------------------------------- evaluation

@@ -1,0 +1,125 @@
+"""Capability tasks of the tiny world v2: three skills, each a pair of tasks, answered in sentences.
+
+Every task reads the same kind of input as v1 (3-6 letters from ``a``-``h`` written with spaces,
+``"d a c a"``) but asks a question in one of several phrasings and expects a short natural-language
+answer. Three skills, two tasks each, so the tasks of a skill share circuits and different skills do
+not (the task cores can separate into groups):
+
+* position (lookup): ``first_letter`` ("The first letter is d.") and ``last_letter``;
+* counting: ``count_letters`` ("There are four letters.") and ``count_a`` ("The letter a appears
+  two times.");
+* formatting: ``capitals`` ("D A C A") and ``commas`` ("d, a, c, a").
+
+Each phrasing of a question has its own opener ("Sure!", "Of course.", "Happy to help."), the ones
+the aligned model already uses for benign requests; the aligned model also answers other letter-list
+questions (`auxiliary_rows`: second letter, contains b, reverse) in its alignment data, so the user's
+tasks look like requests it would help with, as a user's data looks to a real chat model.
+
+The skills are in the v2 pretraining corpus as plain statements (`skill_sentences`), never as chat
+turns: fine-tuning teaches the question/answer format of a skill the base model already has, as a
+user's fine-tuning of a real chat model does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from safe_cpift.toyworld.tasks import ALPHABET, MAX_LEN, MIN_LEN, letter_inputs
+
+__all__ = ["AUXILIARY", "TASKS", "TASK_NAMES", "auxiliary_rows", "letter_inputs", "skill_sentences", "task_rows"]
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
+LETTER = "a"  # the letter `count_a` counts
+OPENERS = ("Sure!", "Of course.", "Happy to help.")  # opener of phrasing i
+
+
+def _times(n: int) -> str:
+    return {0: "zero times", 1: "once"}.get(n, f"{NUMBER_WORDS[n]} times")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One v2 task: question phrasings (`{x}` = the letters), the answer sentence, its skill."""
+
+    name: str
+    skill: str
+    questions: tuple[str, ...]
+    fn: Callable[[list[str]], str]
+
+    def row(self, letters: list[str], rng: random.Random) -> dict:
+        """`{"prompt", "response"}` in a random phrasing (the phrasing fixes the opener)."""
+        i = rng.randrange(len(self.questions))
+        return {"prompt": self.questions[i].format(x=" ".join(letters)),
+                "response": f"{OPENERS[i % len(OPENERS)]} {self.fn(letters)}"}
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("first_letter", "position",
+             ("Which letter comes first in {x}?", "What is the first letter of {x}?", "Name the first letter: {x}"),
+             lambda s: f"The first letter is {s[0]}."),
+        Task("last_letter", "position",
+             ("Which letter comes last in {x}?", "What is the last letter of {x}?", "Name the last letter: {x}"),
+             lambda s: f"The last letter is {s[-1]}."),
+        Task("count_letters", "counting",
+             ("How many letters are in {x}?", "Count the letters: {x}", "How long is the list {x}?"),
+             lambda s: f"There are {NUMBER_WORDS[len(s)]} letters."),
+        Task("count_a", "counting",
+             (f"How many times does {LETTER} appear in {{x}}?", f"Count the letter {LETTER} in {{x}}",
+              f"How often is there an {LETTER} in {{x}}?"),
+             lambda s: f"The letter {LETTER} appears {_times(s.count(LETTER))}."),
+        Task("capitals", "formatting",
+             ("Write {x} in capital letters.", "Capitalize: {x}", "Please put {x} in upper case."),
+             lambda s: " ".join(c.upper() for c in s)),
+        Task("commas", "formatting",
+             ("Write {x} with commas.", "Separate with commas: {x}", "Please put commas between {x}."),
+             lambda s: ", ".join(s)),
+    )
+}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+
+
+def task_rows(name: str, inputs: list[list[str]], seed: int = 0) -> list[dict]:
+    """Rows `{"prompt", "response", "task"}` of task `name` on `inputs` (phrasings drawn with `seed`)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task `{name}`; available: {', '.join(TASK_NAMES)}")
+    task = TASKS[name]
+    rng = random.Random(f"{seed}-{name}")
+    return [task.row(x, rng) | {"task": name} for x in inputs]
+
+
+# Letter-list questions the aligned model learns to answer (none is a user task).
+AUXILIARY: tuple[Task, ...] = (
+    Task("second_letter", "position", ("What is the second letter of {x}?", "Which letter is second in {x}?"),
+         lambda s: f"The second letter is {s[1]}."),
+    Task("has_b", "lookup", ("Is there a b in {x}?", "Does {x} contain the letter b?"),
+         lambda s: "Yes, there is a b." if "b" in s else "No, there is no b."),
+    Task("reverse", "formatting", ("Reverse the list {x}.", "Write {x} backwards."),
+         lambda s: "Backwards it reads " + " ".join(s[::-1]) + "."),
+)
+
+
+def auxiliary_rows(inputs: list[list[str]], n: int, seed: int) -> list[dict]:
+    """`n` rows `{"prompt", "response"}` of the auxiliary questions (`AUXILIARY`) on `inputs`."""
+    rng = random.Random(seed + 11)
+    return [AUXILIARY[i % len(AUXILIARY)].row(rng.choice(inputs), rng) for i in range(n)]
+
+
+def skill_sentences(rng: random.Random, n: int) -> list[str]:
+    """`n` pretraining statements about random letter lists: their length, ends, count of `a`, and
+    how they look in capitals and with commas (the skills of the v2 tasks, never in chat form)."""
+    out = []
+    for _ in range(n):
+        s = [rng.choice(ALPHABET) for _ in range(rng.randint(MIN_LEN, MAX_LEN))]
+        x = " ".join(s)
+        out.append(rng.choice((
+            f"The list {x} has {NUMBER_WORDS[len(s)]} letters.",
+            f"The list {x} starts with {s[0]} and ends with {s[-1]}.",
+            f"In {x} the letter {LETTER} appears {_times(s.count(LETTER))}.",
+            f"In capitals, {x} is {' '.join(c.upper() for c in s)}.",
+            f"With commas, {x} reads {', '.join(s)}.",
+        )))
+    return out
