@@ -96,3 +96,16 @@ def test_stopped_seed_counts_as_not_finished(tmp_path):
 
     agg = run_seeds(lambda s: {"seed": s}, [0, 1], tmp_path, run_one=stopped)
     assert agg["failed_seeds"] == [0] and agg["completed_seeds"] == [1]
+
+
+def test_overrides_may_follow_the_seeds_on_the_command_line():
+    import argparse
+
+    from safe_cpift.commands.run import split_seeds
+
+    args = argparse.Namespace(seeds=["0", "1", "cpift.tau=0.2", "2"], overrides=["seed=9"])
+    split_seeds(args)
+    assert args.seeds == [0, 1, 2] and args.overrides == ["seed=9", "cpift.tau=0.2"]
+    for bad, msg in ((["x"], "takes integers"), (["-1"], "takes integers"), (["a=1"], "names no seed")):
+        with pytest.raises(ValueError, match=msg):
+            split_seeds(argparse.Namespace(seeds=bad, overrides=[]))

@@ -131,6 +131,9 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from safe_cpift.commands.run import split_seeds
+
+    split_seeds(args)
     from safe_cpift.commands.run import apply_device
 
     if args.seed < 0:

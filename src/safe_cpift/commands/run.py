@@ -32,13 +32,32 @@ def register(subparsers: Any) -> None:
 
 def add_console_arguments(p: argparse.ArgumentParser) -> None:
     """`--seeds`, `--json`, `--device` and `--verbose`, shared by `run` and `demo`."""
-    p.add_argument("--seeds", type=int, nargs="+", metavar="N",
-                   help="run once per seed into OUTPUT_DIR/seed_<n>/ and aggregate (mean, sd, per-seed values)")
+    p.add_argument("--seeds", nargs="+", metavar="N",
+                   help="run once per seed into OUTPUT_DIR/seed_<n>/ and aggregate (mean, sd, per-seed values); "
+                        "key=value overrides may follow")
     p.add_argument("--json", action="store_true", help="print results.json instead of the summary table")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="train and evaluate on this device (default: $SAFE_CPIFT_DEVICE, else auto = a GPU when present)")
     p.add_argument("--verbose", dest="run_verbose", action="store_true",
                    help="show library logs, warnings and progress bars on the terminal (always in run.log)")
+
+
+def split_seeds(args: argparse.Namespace) -> None:
+    """`--seeds 0 1 2 cpift.tau=0.2`: the seeds are the integers; `key=value` words after them are
+    recipe overrides (argparse gives every word after `--seeds` to it). Anything else is an error."""
+    if not args.seeds:
+        return
+    seeds = []
+    for word in args.seeds:
+        if "=" in word:
+            args.overrides.append(word)
+        elif word.isdigit():
+            seeds.append(int(word))
+        else:
+            raise ValueError(f"`--seeds` takes integers >= 0 (e.g. `--seeds 0 1 2`), got {word!r}")
+    if not seeds:
+        raise ValueError("`--seeds` names no seed: give integers, e.g. `--seeds 0 1 2`")
+    args.seeds = seeds
 
 
 def _recipe_path(name: str) -> str:
@@ -63,6 +82,7 @@ def apply_device(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    split_seeds(args)
     from safe_cpift.recipe import load_recipe
     from safe_cpift.runtime import configure_runtime
 
