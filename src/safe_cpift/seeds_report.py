@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_cpift.io import atomic_write_json, atomic_write_text
+from safe_cpift.report_sections import stage_scores_section
 from safe_cpift.report_tables import DESCRIPTIONS
 
 __all__ = ["mean_sd", "seeds_table", "per_seed_table", "render_seeds_report", "write_seeds_report"]
@@ -94,6 +95,11 @@ def render_seeds_report(agg: Mapping[str, Any], *, command: str | None = None,
     if budget and not budget.get("matched"):
         parts += [f"Single-task budgets differ from `multitask_sft`'s: {budget.get('examples_per_task')} examples "
                   f"per task alone vs {budget.get('multitask_examples_per_task', 0):.0f} per task in the mix.", ""]
+    stage_scores = agg.get("stage_scores") or {}
+    if stage_scores:
+        seed, rows = next(iter(stage_scores.items()))
+        lines = stage_scores_section({"stage_scores": rows, "tasks": agg.get("tasks"), "methods": agg["methods"]})
+        parts += [lines[0] + f" (seed {seed}; every seed's own report has its table)", *lines[1:]]
     ew = agg.get("early_warning")
     if ew:
         r = ew.get("pearson")

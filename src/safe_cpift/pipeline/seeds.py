@@ -96,6 +96,7 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]], failed: Mapping[int, st
         "single_task_budget": first.get("single_task_budget"),
         "safety_core": {str(s): per_seed[s].get("safety_core") for s in done},
         "clusters": {str(s): (per_seed[s].get("clusters") or {}).get("groups") for s in done},
+        "stage_scores": {str(s): per_seed[s].get("stage_scores") for s in done if per_seed[s].get("stage_scores")},
     }
 
 
