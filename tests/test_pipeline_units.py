@@ -46,7 +46,8 @@ def test_replay_mixes_earlier_groups_into_later_stages_within_the_same_budget():
     # safety comes off the stage first, then replay off the task share
     assert safe["safety"] == 10 and safe["replay"] == 57 and safe["tasks"] == {"b": 67, "c": 66, "a": 57}
     assert sum(safe["tasks"].values()) + safe["safety"] == safe["total"] == 200
-    assert group_plan(spec(), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 150}  # off by default
+    assert group_plan(spec(replay_fraction=0.0), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 150}  # no replay
+    assert group_plan(spec(), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 30, "a": 120}  # the default: 0.8
     with pytest.raises(ValueError, match="replay_fraction"):
         spec(replay_fraction=1.0)
 

@@ -200,7 +200,7 @@ class CpiftConfig(Section):
     freeze_safety_core: bool = Field(True, description="safe_cpift: keep the safety core's entries frozen in every stage.")
     freeze_earlier_groups: bool = Field(True, description="Freeze cores of groups trained in earlier stages.")
     mix_safety: bool = Field(True, description="safe_cpift: add `safety.mix_fraction` safety examples to each stage's mix.")
-    replay_fraction: Share = Field(0.0, description="Share of each later stage's task examples replayed from earlier "
+    replay_fraction: Share = Field(0.8, description="Share of each later stage's task examples replayed from earlier "
                                    "groups' tasks (the paper's mixed-task stages); 0 trains each stage on its group alone.")
     track_stages: bool = Field(True, description="Score every task after fusion and after every pipelined stage "
                                "(report: forgetting and undertraining per stage).")
@@ -208,7 +208,7 @@ class CpiftConfig(Section):
 
 class ProtectConfig(Section):
     safe_cpift: list[Literal[PROTECTIONS]] = Field(
-        ["freeze", "safety_mix"], description="safe_cpift's composition of protections: freeze, safety_mix, direction, "
+        ["freeze", "safety_mix", "token_kl"], description="safe_cpift's composition of protections: freeze, safety_mix, direction, "
         "projection, token_kl, repair (docs/efficacy.md).")
     direction_strength: number(ge=0.0) = Field(1.0, description="`direction`: λ of the AsFT-style penalty on updates "
                                                "orthogonal to θ_aligned − θ_base.")

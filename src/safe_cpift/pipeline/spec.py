@@ -20,7 +20,7 @@ BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
 PEER_BASELINES = ("sppft", "resta")
 ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
-DEFAULT_PROTECTIONS = ("freeze", "safety_mix")
+DEFAULT_PROTECTIONS = ("freeze", "safety_mix", "token_kl")
 SCORERS = ("update", "alignment", "importance")
 SCOPES = ("global", "tensor", "layer")
 PROTECT_SOURCES = ("aligned", "safety_probe")
@@ -136,7 +136,7 @@ class PipelineSpec:
     freeze_safety_core: bool = True
     freeze_earlier_groups: bool = True
     mix_safety: bool = True
-    replay_fraction: float = 0.0
+    replay_fraction: float = 0.8
     track_stages: bool = True
     protections: tuple[str, ...] = DEFAULT_PROTECTIONS
     protect_settings: dict[str, Any] = field(default_factory=dict)
