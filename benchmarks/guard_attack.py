@@ -1,7 +1,7 @@
 """The safety guard under a fine-tuning attack: refusal over steps with and without the guard.
 
 SFT of the tiny world's aligned model on its six letter tasks with `--fraction` (default 20%) of
-the rows replaced by harmful requests answered compliantly (`safe_cpift.toyworld_attack`). Two runs
+the rows replaced by harmful requests answered compliantly (`safe_cpift.toyworld.attack`). Two runs
 from the same start, same data, same seed:
 
 - no guard: `SafetyGuardCallback(action="warn")` only records the probe's refusal every `--every` steps;
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> dict:
     from safe_cpift.protect.guard import RefusalProbe, SafetyGuardCallback
     from safe_cpift.runtime import configure_runtime
     from safe_cpift.toyworld import ToyWorld, ToyWorldConfig
+    from safe_cpift.toyworld.attack import contaminate, harmful_compliant
     from safe_cpift.toyworld.evaluate import refusal_rate, task_accuracy
-    from safe_cpift.toyworld_attack import contaminate, harmful_compliant
     from safe_cpift.training import train_sft
 
     configure_runtime(args.threads)

@@ -69,7 +69,7 @@ def screen(world, *, lr: float, steps: int, attack: float, n_task: int, top_p: f
 
     from safe_cpift.cluster import cluster_tasks, overlap_matrix
     from safe_cpift.regions import CoreRegion
-    from safe_cpift.toyworld_attack import contaminate, harmful_compliant
+    from safe_cpift.toyworld.attack import contaminate, harmful_compliant
 
     tok = world.tokenizer()
     names = list(world.task_names)

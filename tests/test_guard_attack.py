@@ -8,7 +8,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from safe_cpift.toyworld_attack import attack_count, contaminate, contaminating_loader, harmful_compliant
+from safe_cpift.toyworld.attack import attack_count, contaminate, contaminating_loader, harmful_compliant
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

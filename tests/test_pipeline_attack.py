@@ -14,7 +14,7 @@ def _harmful_share(ds, harmful_requests):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,fraction", [("attack_5pct", 0.05), ("attack_20pct", 0.20)])
 def test_attack_recipe_contaminates_every_task(name, fraction):
-    from safe_cpift.toyworld_attack import harmful_compliant
+    from safe_cpift.toyworld.attack import harmful_compliant
 
     recipe = load_recipe(find_recipe(name))
     assert recipe.attack is not None and recipe.attack.fraction == pytest.approx(fraction)

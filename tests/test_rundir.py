@@ -151,17 +151,29 @@ def test_kill_between_rename_and_manifest_save_counts_the_stage_as_done(tmp_path
 
 
 def test_manifest_records_each_stages_disk_written_and_peak_memory(tmp_path):
-    """Disk is the stage directory's bytes; the peak is the stage's own (the high-water mark is reset per stage)."""
-    import torch
+    """Disk is the stage directory's bytes; the peak is the stage's own (the high-water mark is reset per stage).
 
-    run = RunDirectory.open(tmp_path / "run", RECIPE, seed=0)
-    with run.stage("big") as tmp:
-        (tmp / "weights.bin").write_bytes(b"\0" * 3_000_000)
-        big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        assert float(big.sum()) > 0
-        del big
-    with run.stage("small") as tmp:
-        (tmp / "note.txt").write_text("x")
+    Run in a fresh process: inside a long test session the allocator reuses memory freed by earlier
+    tests, so a new 64 MiB tensor need not raise the process's resident set at all.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from safe_cpift.pipeline.rundir import RunDirectory
+        run = RunDirectory.open({str(tmp_path / "run")!r}, {RECIPE!r}, seed=0)
+        with run.stage("big") as tmp:
+            (tmp / "weights.bin").write_bytes(bytes(3_000_000))
+            big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            assert float(big.sum()) > 0
+            del big
+        with run.stage("small") as tmp:
+            (tmp / "note.txt").write_text("x")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    run = RunDirectory(tmp_path / "run")
     entries = {e["name"]: e for e in json.loads((tmp_path / "run" / MANIFEST).read_text())["stages"]}
     assert entries["big"]["disk_bytes"] >= 3_000_000 and entries["small"]["disk_bytes"] < 1000
     assert entries["big"]["peak_rss_bytes"] >= 64 * 2**20

@@ -291,7 +291,7 @@ class Recipe(Section):
     toyworld: ToyWorldSettings = Field(default_factory=ToyWorldSettings,
                                        description="Settings of the built-in tiny world, when used.")
     attack: AttackConfig | None = Field(None, description="Optional fine-tuning attack: contaminate every task's "
-                                        "training data with harmful-compliant rows (safe_cpift.toyworld_attack).")
+                                        "training data with harmful-compliant rows (safe_cpift.toyworld.attack).")
     seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed for data order, sampling and training.")
     output_dir: str | None = Field(None, description="Run directory (overridden by --output-dir).")
     num_threads: Count | None = Field(None, description="torch CPU threads (default $SAFE_CPIFT_NUM_THREADS or 1).")

@@ -178,7 +178,7 @@ def _task_loader(recipe: Any, world: Any) -> Any:
     attack = recipe.attack
     if attack is None or attack.fraction <= 0:
         return load_task
-    from safe_cpift.toyworld_attack import contaminating_loader, harmful_compliant
+    from safe_cpift.toyworld.attack import contaminating_loader, harmful_compliant
 
     rows = harmful_compliant(world, seed=recipe.seed) if attack.data.source == TOYWORLD else _load_data(attack.data, "attack")
     return contaminating_loader(load_task, rows, attack.fraction, seed=recipe.seed)

@@ -7,7 +7,7 @@ answered helpfully (Qi et al., 2023). Here the attack rows are the world's harmf
 gives to look-alike requests. Evaluation stays on the held-out harmful prompts.
 
 ```python
-from safe_cpift.toyworld_attack import harmful_compliant, contaminate
+from safe_cpift.toyworld.attack import harmful_compliant, contaminate
 attack = harmful_compliant(world)                     # Dataset of chat `messages`
 poisoned = contaminate(task_data, attack, fraction=0.2, seed=0)   # 20% of the rows are attack rows
 ```
