@@ -116,3 +116,12 @@ def test_cli_recipe_check_reports_every_problem_one_line_each(tmp_path, capsys):
     recipe.write_bytes(b"model: \xff\xfe\n")
     assert main(["recipe", "check", str(recipe)]) == 2
     assert "not UTF-8 text" in capsys.readouterr().err
+
+
+def test_prune_models_is_a_recipe_key_that_reaches_the_pipeline():
+    from safe_cpift.pipeline.from_recipe import spec_from_recipe
+    from safe_cpift.recipe import find_recipe, load_recipe
+
+    assert load_recipe(find_recipe("toy")).prune_models is False
+    recipe = load_recipe(find_recipe("toy"), overrides=["prune_models=true"])
+    assert spec_from_recipe(recipe).prune_models is True

@@ -295,6 +295,8 @@ class Recipe(Section):
     seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed for data order, sampling and training.")
     output_dir: str | None = Field(None, description="Run directory (overridden by --output-dir).")
     num_threads: Count | None = Field(None, description="torch CPU threads (default $SAFE_CPIFT_NUM_THREADS or 1).")
+    prune_models: bool = Field(False, description="Delete each stage's model once every stage that reads it is done "
+                               "(bounded disk, docs/scaling.md); results and --resume are unchanged.")
     description: str | None = Field(None, description="Free text shown in the report.")
 
     def to_dict(self) -> dict[str, Any]:

@@ -234,6 +234,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         dtype=model.dtype,
         trust_remote_code=model.trust_remote_code,
         num_threads=recipe.num_threads,
+        prune_models=recipe.prune_models,
         recipe=recipe.to_dict(),
         name=recipe.description or "safe-cpift run",
         notes=list(evaluator.notes) + _attack_notes(recipe),
