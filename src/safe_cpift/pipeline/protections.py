@@ -42,8 +42,8 @@ CALLBACK_PROTECTIONS = ("direction", "projection", "token_kl")
 PROBE_PROMPTS = 32
 
 
-def _state_dict(source: Any, ctx: RunContext) -> dict[str, Any]:
-    return {k: v.detach() for k, v in load_model(source, ctx.spec).state_dict().items()}
+def _state_dict(model: Any) -> dict[str, Any]:
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def _needs_base(ctx: RunContext, what: str) -> str:
@@ -57,14 +57,18 @@ def stage_callbacks(ctx: RunContext, method: str) -> list[Any]:
     """The protection callbacks of `method`'s pipelined stages (only `safe_cpift` has any)."""
     spec = ctx.spec
     names = [n for n in spec.protections if n in CALLBACK_PROTECTIONS] if method == "safe_cpift" else []
+    if not names:
+        return []
     settings = spec.protect_settings
     callbacks: list[Any] = []
-    rows = [r for r in ctx.safety_data()] if names else []
+    rows = list(ctx.safety_data())
+    # one copy of the aligned model serves both `direction` (its weights) and `token_kl` (its logits)
+    aligned = load_model(spec.aligned_model, spec) if {"direction", "token_kl"} & set(names) else None
     if "direction" in names:
         from safe_cpift.protect.direction import AlignmentDirectionPenalty
 
-        callbacks.append(AlignmentDirectionPenalty(_state_dict(spec.aligned_model, ctx),
-                                                   _state_dict(_needs_base(ctx, "`direction`"), ctx),
+        base = load_model(_needs_base(ctx, "`direction`"), spec)
+        callbacks.append(AlignmentDirectionPenalty(_state_dict(aligned), _state_dict(base),
                                                    strength=float(settings.get("direction_strength", 1.0))))
     if "projection" in names:
         from safe_cpift.protect.direction import SafetyGradientProjection
@@ -74,7 +78,7 @@ def stage_callbacks(ctx: RunContext, method: str) -> list[Any]:
     if "token_kl" in names:
         from safe_cpift.protect.token_kl import ResponseTokenKL
 
-        callbacks.append(ResponseTokenKL(load_model(spec.aligned_model, spec), ctx.tokenizer(), rows,
+        callbacks.append(ResponseTokenKL(aligned, ctx.tokenizer(), rows,
                                          strength=float(settings.get("token_kl_strength", 1.0)),
                                          first_k=int(settings.get("token_kl_first_k", 5)),
                                          batch_size=spec.train.batch_size, seed=spec.seed))
@@ -110,11 +114,12 @@ def repair_model(ctx: RunContext, source_dir: Path, tmp: Path, *, keep_core: boo
     from safe_cpift.protect.repair import add_safety_vector, choose_scale
 
     spec = ctx.spec
-    base = _state_dict(_needs_base(ctx, "post-hoc repair"), ctx)
-    aligned = _state_dict(spec.aligned_model, ctx)
+    base = _state_dict(load_model(_needs_base(ctx, "post-hoc repair"), spec))
+    aligned_model = load_model(spec.aligned_model, spec)  # loaded once: the safety vector and the probe's baseline
+    aligned = _state_dict(aligned_model)
     model, tok = load_model(source_dir, spec), ctx.tokenizer()
     probe = repair_probe(ctx)
-    start = probe.run(load_model(spec.aligned_model, spec), tok)
+    start = probe.run(aligned_model, tok)
     settings = spec.protect_settings
     margin = float(settings.get("repair_margin", 0.05))
 
