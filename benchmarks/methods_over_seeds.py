@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ METRICS = (("task_mean", "task mean"), ("refusal_rate", "refusal"), ("over_refus
 
 def summarize(runs: dict[int, dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """method -> metric -> (mean, sample sd, n) over the runs' results."""
+    from safe_cpift.pipeline.seeds import summarize as mean_sd  # the same mean and sample sd as `--seeds`
+
     methods = list(next(iter(runs.values()))["methods"])
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for m in methods:
@@ -35,8 +36,8 @@ def summarize(runs: dict[int, dict]) -> dict[str, dict[str, tuple[float, float, 
         for key, _ in (*METRICS, ("examples_seen", ""), ("train_seconds", "")):
             values = [r["methods"][m][key] for r in runs.values() if r["methods"][m].get(key) is not None]
             if values:
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                out[m][key] = (statistics.fmean(values), sd, len(values))
+                s = mean_sd(values)
+                out[m][key] = (s["mean"], s["sd"], len(values))
     return out
 
 
