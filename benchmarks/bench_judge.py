@@ -85,12 +85,14 @@ def _load(path: Path, response_field: str | None = None, label_field: str | None
     first = _first_row(path)
     response = _field(path, first, response_field, _RESPONSE_FIELDS, "--response-field")
     label = _field(path, first, label_field, _LABEL_FIELDS, "--label-field")
-    prompt = "prompt" if "prompt" in first else response  # the judge reads the reply only
+    has_prompt = "prompt" in first
     try:
-        rows = read_pairs(path, label, prompt_field=prompt, response_field=response)
+        rows = read_pairs(path, label, prompt_field="prompt" if has_prompt else response, response_field=response)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     for r in rows:
+        if not has_prompt:
+            r["prompt"] = ""  # no prompt column: the judge reads the reply only
         gpt4 = r.get("gpt4_label")
         r["gpt4"] = parse_label(gpt4, "gpt4_label") if isinstance(gpt4, str) and gpt4.strip() else None
     return rows
