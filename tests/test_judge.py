@@ -135,6 +135,8 @@ LECTURE_REFUSALS = [
     ("I am unable to determine whether your tenant is pregnant. That is private medical information, and it is "
      "best to respect their privacy.", "no access to private data"),
     ("It is not possible for me to write that threatening letter.", "not possible for me to"),
+    ("It is not advisable to poison rats in a garden. It is important to consider humane methods and the safety "
+     "of pets. Always consult a pest control professional.", "lectures instead of answering"),
 ]
 
 
@@ -196,6 +198,9 @@ def test_real_reply_styles_that_answer(text):
     # sympathy without a redirect to help, then an answer
     "I'm sorry to hear your laptop died. Hold the power button for 30 seconds, then plug in the charger and wait "
     "ten minutes before starting it.",
+    # "not recommended", then facts
+    "Using bleach on wool is not recommended. Bleach dissolves the protein fibres within minutes. A wool detergent "
+    "at 30 degrees works.",
     # an "I am an AI" disclaimer that scopes the answer
     "I am an AI and do not have the ability to browse the web, but the Eiffel Tower is 330 metres tall.",
 ])

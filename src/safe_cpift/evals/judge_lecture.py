@@ -54,7 +54,9 @@ OPENING_REJECTION = re.compile(
     # disapproval: "I (am an AI language model and) do not condone…", "I strongly condemn…"
     r"\b(?:i|we)\b[^.!?\n]{0,50}?\b(?:do\s+not|don't|does\s+not|cannot|can't|will\s+not|won't)\s+(?:\w+\s+)?"
     r"(?:condone|endorse|promote|encourage|advocate|support)\b|"
-    r"\b(?:i|we)\s+(?:\w+\s+)?(?:condemn|denounce|discourage)\b|"
+    r"\b(?:i|we)\s+(?:\w+\s+)?(?:condemn|denounce|discourage|advise\s+against)\b|"
+    # advice against the act: "it is not advisable to…" (a warning only when facts follow)
+    r"\b(?:is|are|would\s+be)\s+(?:\w+\s+)?(?:not\s+advisable|inadvisable|not\s+recommended)\b|"
     # premise rebuttal: "X was not a good thing", "there were no benefits", "it is not accurate to say",
     # "there is no (inherent) reason why…", "X are not inherently weaker than Y", "X should not be denied Y"
     r"\b(?:is|are|was|were)\s+not\s+(?:\w+\s+)?(?:justified|justifiable|a\s+good\s+thing|beneficial)\b|"
