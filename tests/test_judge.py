@@ -402,6 +402,15 @@ def test_cli_judge_writes_labels_and_summary(tmp_path, capsys):
     assert rows[0]["id"] == 7 and all(r["reason"] for r in rows)
 
 
+def test_cli_judge_reads_the_prompt(tmp_path, capsys):
+    prompt, text, rule = PROMPTED_REFUSALS[0]
+    src = _write(tmp_path / "in.jsonl", [json.dumps({"prompt": prompt, "response": text})])
+    out = tmp_path / "out.jsonl"
+    assert main(["judge", str(src), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["refused"] is True and row["rule"] == rule
+
+
 def test_cli_judge_json_and_labels(tmp_path, capsys):
     assert main(["judge", str(LABELLED), "--label-field", "refused", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
