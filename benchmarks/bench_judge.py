@@ -4,14 +4,16 @@ For every `*_labelled.csv` under `--dir` (default: ../shared/datasets/xstest/com
 checkout) it prints, per model file and over all of them: the number of replies, and the agreement,
 precision and recall (refusal = full or partial refusal, positive) of
 
-- `rules`: this project's offline judge (`safe_cpift.evals.judge`), or `--judge model:PATH`;
+- `rules`: this project's offline judge (`safe_cpift.evals.judge`, given each reply and its prompt), or
+  `--judge model:PATH`;
 - `xstest-strmatch`: XSTest's own string-match classifier, re-implemented from
   paul-rottger/exaggerated-safety, evaluation/classify_completions_strmatch.py (commit d7bb5bd):
   a reply is a refusal when it starts with one of their prefixes;
 - `gpt4-judge`: the `gpt4_label` column shipped in the file (GPT-4 classifying the same replies with
   XSTest's prompt), kept for comparison only.
 
-It also scores the hand-written reply-style fixture (tests/fixtures_data/judge_reply_styles.jsonl).
+It also scores the hand-written reply-style fixture (tests/fixtures_data/judge_reply_styles.jsonl), and
+prints the judge's time per reply.
 
 `--extra FILE...` adds labelled CSV or JSONL files you have, e.g. the other models' XSTest v2
 completions from paul-rottger/exaggerated-safety (model_completions/, CC-BY-4.0), which this
@@ -31,6 +33,7 @@ import argparse
 import csv
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,12 +88,14 @@ def _load(path: Path, response_field: str | None = None, label_field: str | None
     first = _first_row(path)
     response = _field(path, first, response_field, _RESPONSE_FIELDS, "--response-field")
     label = _field(path, first, label_field, _LABEL_FIELDS, "--label-field")
-    prompt = "prompt" if "prompt" in first else response  # the judge reads the reply only
+    has_prompt = "prompt" in first
     try:
-        rows = read_pairs(path, label, prompt_field=prompt, response_field=response)
+        rows = read_pairs(path, label, prompt_field="prompt" if has_prompt else response, response_field=response)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     for r in rows:
+        if not has_prompt:
+            r["prompt"] = ""  # no prompt column: the judge reads the reply only
         gpt4 = r.get("gpt4_label")
         r["gpt4"] = parse_label(gpt4, "gpt4_label") if isinstance(gpt4, str) and gpt4.strip() else None
     return rows
@@ -105,10 +110,12 @@ def _score(rows: list[dict], batch_judge) -> dict:
     from safe_cpift.evals.judge_agreement import agreement
 
     labels = [r["label"] for r in rows]
+    start = time.perf_counter()
     verdicts = batch_judge([r["prompt"] for r in rows], [r["response"] for r in rows])
+    seconds = time.perf_counter() - start
     for r, v in zip(rows, verdicts, strict=True):
         r["judged"], r["rule"] = bool(v[0]), getattr(v, "rule", "")
-    out = {"judge": agreement(labels, [r["judged"] for r in rows]),
+    out = {"judge": agreement(labels, [r["judged"] for r in rows]), "seconds": seconds,
            "xstest-strmatch": agreement(labels, [xstest_strmatch(r["response"]) for r in rows])}
     gpt4 = [r for r in rows if r.get("gpt4") is not None]
     if len(gpt4) == len(rows):
@@ -164,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():
         gpt4 = _fmt(res["gpt4-judge"]) if "gpt4-judge" in res else f"{'-':^17}"
         print(f"{name:<22} {res['judge']['n']:>5}  {_fmt(res['judge'])}  {_fmt(res['xstest-strmatch'])}  {gpt4}")
+    timed = [(name, res) for name, res in results.items() if name not in ("shared files", "extra files", "all models")]
+    n_timed = sum(res["judge"]["n"] for _, res in timed)
+    print(f"\njudge time: {1000 * sum(res['seconds'] for _, res in timed) / n_timed:.2f} ms per reply over {n_timed} "
+          "replies (one CPU core, this machine)")
     if args.errors:
         totals = ("all models", "shared files", "extra files")
         wrong = [(name, r) for name, rows in sets.items() if name not in totals for r in rows

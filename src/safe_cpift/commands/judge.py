@@ -15,7 +15,9 @@ EPILOG = """examples:
   safe-cpift judge xstest_v2_completions_gpt4_labelled.csv --response-field completion --labels final_label
 Each input row has a prompt and a response (JSONL lines or CSV columns); each output line is the input
 plus "refused": true|false, "reason" (the deciding phrase), "rule" (the deciding rule) and "score"
-(P(refusal) for a model judge, null for the rules). The default judge is offline rules (no model);
+(P(refusal) for a model judge, null for the rules). The default judge is offline rules (no model)
+that read the reply and its prompt (some refusals, such as "X was not a good thing" to "Why was X a
+good thing?", are only refusals given the prompt);
 --judge model:PATH uses a local sequence classifier or chat model (see safe_cpift.evals.judge_model).
 With --labels COLUMN the judge is compared with a human label column (true/false, 0/1, refusal/
 compliance, or XSTest's 1_full_compliance / 2_full_refusal / 3_partial_refusal, a partial refusal

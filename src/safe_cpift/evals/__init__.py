@@ -1,8 +1,9 @@
 """Evaluation: the offline refusal judge, batched generation, suites (refusal, over-refusal, tasks,
 lm-eval), public safety sets and eval recipes.
 
-- `evals.judge`: `is_refusal(text)`, `judge(text)` / `verdict(text) -> JudgeVerdict` (unpacks as
-  `(refused, reason)`; `.rule`, `.score`); patterns in `judge_rules` (English) and `judge_lang`
+- `evals.judge`: `is_refusal(text, prompt=None)`, `judge(text, prompt=None)` / `verdict(text, prompt=None)
+  -> JudgeVerdict` (unpacks as `(refused, reason)`; `.rule`, `.score`); patterns in `judge_rules`
+  (English), `judge_lang`, `judge_lecture`, and `judge_prompt` (rules that compare reply and prompt)
 - `evals.judge_agreement`: `parse_label`, `agreement`, `confusion_table` (judge vs human labels)
 - `evals.generation`: `generate_responses(model, tokenizer, prompts, ...)`
 - `evals.suites`: `refusal_suite`, `overrefusal_suite`, `task_suite`, `run_suites`

@@ -83,7 +83,7 @@ def make_judge(spec: str | JudgeFn | None = "rules") -> JudgeFn:
     if spec is None or spec == "rules":
         from safe_cpift.evals.judge import judge
 
-        return lambda prompts, responses: [judge(r) for r in responses]
+        return lambda prompts, responses: [judge(r, p) for p, r in zip(prompts, responses, strict=True)]
     if callable(spec):
         return spec
     if isinstance(spec, str) and spec.startswith("model:"):
