@@ -9,7 +9,8 @@ Modes:
 - `plugin` and `single` then train once more per gradient protection (`none`, `direction`, `projection`,
   `token_kl` with the reference sharded, and under FSDP `token_kl_whole_ref` with it whole per rank), each
   with CoreFreezeCallback, 4 steps, into `protect-{name}.safetensors`.
-- `bench STEPS`: only those protection runs, STEPS steps each, with per-step wall times (for docs/distributed.md).
+- `bench STEPS [HIDDEN]`: only those protection runs, STEPS steps each (hidden size HIDDEN), with per-step wall
+  times and the reference model's bytes on each rank (for docs/distributed.md).
 
 Writes into OUT_DIR: `final.safetensors` (gathered weights, from rank 0), `step2.safetensors` (gathered at
 step 2, where the guard's last good probe is) and `rank{R}.json` (what each rank saw).
@@ -18,7 +19,7 @@ accelerate turns FSDP off on CPU (its FSDP path is for accelerators): on a machi
 `cpu_fsdp` puts the FSDP2 plugin back into the accelerator state before training, so the Trainer
 prepares the model with accelerate's own `fully_shard` code, as it does on GPUs.
 
-Usage: torchrun --nproc_per_node 2 tests/scripts/fsdp_train.py OUT_DIR MODE [STEPS]
+Usage: torchrun --nproc_per_node 2 tests/scripts/fsdp_train.py OUT_DIR MODE [STEPS [HIDDEN]]
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from transformers import TrainerCallback  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
 from safe_cpift.protect.guard import RefusalProbe  # noqa: E402
+from safe_cpift.sharding import local_tensor  # noqa: E402
 
+MODEL = {"seed": 0}  # the tiny Llama's arguments (`bench` may set a wider `hidden`)
 FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "state_dict_type": "SHARDED_STATE_DICT"}
 
@@ -107,7 +110,7 @@ def make_trainer(out_dir: Path, mode: str, callbacks: list, max_steps: int, save
         save_strategy="steps" if save else "no", save_steps=2,
         **({"fsdp": True, "fsdp_config": dict(FSDP_CONFIG)} if sharded else {}),
     )
-    trainer = SFTTrainer(model=tiny_llama(seed=0), args=args, train_dataset=sft_dataset(),
+    trainer = SFTTrainer(model=tiny_llama(**MODEL), args=args, train_dataset=sft_dataset(),
                          processing_class=word_tokenizer(), callbacks=callbacks)
     if sharded:
         cpu_fsdp(trainer)
@@ -143,19 +146,19 @@ def make_protection(name: str):
     if name == "none":
         return None
     if name == "direction":
-        aligned = snapshot(tiny_llama(seed=0))
+        aligned = snapshot(tiny_llama(**MODEL))
         gen = torch.Generator().manual_seed(3)
         base = {n: t + 0.05 * torch.randn(t.shape, generator=gen) for n, t in aligned.items()}
         return AlignmentDirectionPenalty(aligned, base, strength=50.0)
     if name == "projection":
         return SafetyGradientProjection(word_tokenizer(), safety_chats(), every=2, batch_size=8)
-    return ResponseTokenKL(tiny_llama(seed=0), word_tokenizer(), safety_chats(), strength=5.0, first_k=3, batch_size=8,
+    return ResponseTokenKL(tiny_llama(**MODEL), word_tokenizer(), safety_chats(), strength=5.0, first_k=3, batch_size=8,
                            shard_reference=name == "token_kl")  # `token_kl_whole_ref`: the reference whole per rank
 
 
 def run_protections(out_dir: Path, mode: str, steps: int) -> dict:
     """One training per gradient protection, each with the frozen core; gathered weights saved by rank 0."""
-    region = random_region(tiny_llama(seed=0))
+    region = random_region(tiny_llama(**MODEL))
     rank, _ = rank_world()
     infos = {}
     for name in PROTECTIONS:
@@ -175,7 +178,10 @@ def run_protections(out_dir: Path, mode: str, steps: int) -> dict:
             infos[name].update({"calls": protection.calls, "seconds": protection.seconds, "last": protection.last,
                                 "conflicts": getattr(protection, "conflicts", None)})
         if hasattr(protection, "reference"):
-            infos[name]["reference_param_type"] = type(next(protection.reference.parameters())).__name__
+            ref = list(protection.reference.parameters())
+            infos[name]["reference_param_type"] = type(ref[0]).__name__
+            infos[name]["reference_bytes"] = sum(local_tensor(p).numel() * p.element_size() for p in ref)
+        infos[name]["model_bytes"] = sum(local_tensor(p).numel() * p.element_size() for p in trainer.model.parameters())
         del trainer
     return infos
 
@@ -222,13 +228,15 @@ def run_fully_shard(out_dir: Path) -> dict:
     return {"final": gathered(model), "step2": None, "info": info}
 
 
-def main(out_dir: Path, mode: str, steps: int = 4) -> None:
+def main(out_dir: Path, mode: str, steps: int = 4, hidden: int | None = None) -> None:
     torch.set_num_threads(1)
     out_dir.mkdir(parents=True, exist_ok=True)
     if mode in ("plugin", "single"):
         result = run_trainer(out_dir, mode)
         result["info"]["protections"] = run_protections(out_dir, mode, steps)
     elif mode == "bench":
+        if hidden is not None:
+            MODEL["hidden"] = hidden
         sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
         result = {"final": None, "step2": None,
                   "info": {"protections": run_protections(out_dir, "plugin" if sharded else "single", steps)}}
