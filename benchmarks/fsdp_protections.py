@@ -7,7 +7,8 @@ one process), each training SFTTrainer with the frozen core and, in turn, no pro
 direction penalty, the safety-gradient projection and the first-token KL (reference sharded, and
 whole per rank), and prints a Markdown table: the median wall time of a step (the first step
 left out), the mean time spent inside the protection's hook per step (its own extra work, including
-the all-reduces under FSDP2), and the bytes of the KL reference on each rank. The tiny Llama has 2 layers; `--hidden` widens it. Numbers depend on the machine's load:
+the all-reduces under FSDP2), the bytes of the KL reference on each rank, and the largest difference
+between the FSDP2 and the one-process trained weights (same global batches). The tiny Llama has 2 layers; `--hidden` widens it. Numbers depend on the machine's load:
 say so when quoting them.
 """
 
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "scripts" / "fsdp_train.py"
 NAMES = ("none", "direction", "projection", "token_kl", "token_kl_whole_ref")
@@ -49,8 +52,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[32, 256])
     a = parser.parse_args()
     print("| hidden | protection | FSDP2, 2 processes: s/step | in the hook | one process: s/step | in the hook "
-          "| KL reference bytes per rank (FSDP2) |")
-    print("|---|---|---|---|---|---|---|")
+          "| KL reference bytes per rank (FSDP2) | max abs diff FSDP2 vs one process |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for hidden in a.hidden:
             fsdp = launch(Path(tmp) / f"fsdp{hidden}", 2, a.steps, hidden)
@@ -58,8 +61,11 @@ def main() -> None:
             for name in NAMES:
                 f, o = fsdp[name], one[name.removesuffix("_whole_ref")]
                 ref = f.get("reference_bytes")
+                wf = load_file(str(Path(tmp) / f"fsdp{hidden}" / f"protect-{name}.safetensors"))
+                wo = load_file(str(Path(tmp) / f"one{hidden}" / f"protect-{name.removesuffix('_whole_ref')}.safetensors"))
+                diff = max(float((wf[k] - wo[k]).abs().max()) for k in wf)
                 print(f"| {hidden} | {name} | {f['median_step_seconds']:.4f} | {hook(f)} "
-                      f"| {o['median_step_seconds']:.4f} | {hook(o)} | {'' if ref is None else ref} |")
+                      f"| {o['median_step_seconds']:.4f} | {hook(o)} | {'' if ref is None else ref} | {diff:.1e} |")
 
 
 def hook(run: dict) -> str:
