@@ -11,6 +11,7 @@ Modes:
   with CoreFreezeCallback, 4 steps, into `protect-{name}.safetensors`.
 - `bench STEPS [HIDDEN]`: only those protection runs, STEPS steps each (hidden size HIDDEN), with per-step wall
   times and the reference model's bytes on each rank (for docs/distributed.md).
+- `ddp [STEPS]`: the same protection runs without the FSDP plugin: under torchrun the Trainer wraps the model in DDP.
 
 Writes into OUT_DIR: `final.safetensors` (gathered weights, from rank 0), `step2.safetensors` (gathered at
 step 2, where the guard's last good probe is) and `rank{R}.json` (what each rank saw).
@@ -234,10 +235,10 @@ def main(out_dir: Path, mode: str, steps: int = 4, hidden: int | None = None) ->
     if mode in ("plugin", "single"):
         result = run_trainer(out_dir, mode)
         result["info"]["protections"] = run_protections(out_dir, mode, steps)
-    elif mode == "bench":
+    elif mode in ("bench", "ddp"):
         if hidden is not None:
             MODEL["hidden"] = hidden
-        sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        sharded = mode == "bench" and int(os.environ.get("WORLD_SIZE", "1")) > 1  # `ddp`: no FSDP plugin
         result = {"final": None, "step2": None,
                   "info": {"protections": run_protections(out_dir, "plugin" if sharded else "single", steps)}}
     elif mode == "resume":
