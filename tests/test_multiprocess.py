@@ -214,6 +214,8 @@ def test_gradient_protections_accept_fsdp2_and_refuse_zero12_naming_what_works(o
         if q.grad is not None:
             assert type(p.grad).__name__ == "DTensor"
             torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="kept only one rank's rows.*build a new one"):
+        penalties[0].adjust(plain, 1)  # cut to the sharded model's rows: not reusable on a whole model
 
     zero2 = SimpleNamespace(fsdp=None, fsdp_config=None, deepspeed={"zero_optimization": {"stage": 2}})
     with pytest.raises(ValueError, match="AlignmentDirectionPenalty does not support DeepSpeed ZeRO-1/2.*FSDP2.*DDP"

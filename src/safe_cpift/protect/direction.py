@@ -84,6 +84,9 @@ class AlignmentDirectionPenalty(GradientProtection):
         """
         v, norm = self.direction[key]
         start = self.start[key]
+        if key in self._cut and not is_sharded(p):
+            raise ValueError(f"this AlignmentDirectionPenalty kept only one rank's rows of `{key}` after an FSDP2 "
+                             "training: build a new one (from the whole `aligned` and `base`) for another model")
         if is_sharded(p) and tuple(v.shape) == tuple(p.shape) and key not in self._cut:
             v, start = local_rows(v, p).clone(), local_rows(start, p).clone()
             self.direction[key], self.start[key] = (v, norm), start
