@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO with two CPU processes (gloo): stage 1/2 keep the frozen entries bit-identical in the model
-and in the optimizer's fp32 master partitions; stage 3 is refused naming FSDP2. Needs the optional
+and in the optimizer's fp32 master partitions and leave no `param.grad` after backward (so the gradient
+protections refuse them); stage 3 is refused naming FSDP2. Needs the optional
 `deepspeed` package (`pip install safe-cpift[deepspeed]`)."""
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def test_zero_1_2_keep_the_core_in_the_model_and_the_master_weights(tmp_path, st
         assert info["mode"] == "zero12" and info["has_hp_mapping"] is True
         assert info["frozen_intact"] is True and info["frozen_entries"] == region.num_selected
         assert info["master_intact"] is True  # the optimizer's fp32 copy did not drift either
+        # ZeRO moved every reduced gradient into its partitions: a gradient protection would find nothing to
+        # adjust between backward and step (why they refuse ZeRO-1/2, naming FSDP2 and DDP)
+        assert info["grads_after_backward"] == [0, 0, 0]
     final = load_file(str(tmp_path / "final.safetensors"))
     start = snapshot(tiny_llama(seed=0))
     for name, t in final.items():

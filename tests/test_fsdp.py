@@ -1,7 +1,9 @@
 """The protections under FSDP2 with two CPU processes (gloo): accelerate's FSDP plugin (version 2) in
 SFTTrainer and plain `fully_shard`. Frozen entries bit-identical on the gathered model, trainable
 entries equal to a one-process run with the same data order, a guard rollback restoring the sharded
-weights, and a sharded checkpoint resumed with the core still frozen."""
+weights, a sharded checkpoint resumed with the core still frozen, and the gradient protections
+(direction penalty, safety-gradient projection, first-token KL) training the same weights as one
+process. The plugin and one-process launches serve two tests (one launch each: a launch costs seconds)."""
 
 from __future__ import annotations
 
@@ -49,10 +51,22 @@ def _frozen_and_moved(weights: dict[str, torch.Tensor]) -> int:
     return sum(int((weights[n] != start[n]).sum()) for n in start)
 
 
+@pytest.fixture(scope="module")
+def plugin_runs(tmp_path_factory) -> tuple[Path, list[dict], dict]:
+    """`plugin` with 2 processes and `single` with 1, each once for the module: (folder, FSDP infos, single info)."""
+    root = tmp_path_factory.mktemp("fsdp-plugin")
+    infos = _run(root / "fsdp", "plugin", 2)
+    single = _run(root / "single", "single", 1)[0]
+    return root, infos, single
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
 @pytest.mark.slow
-def test_fsdp2_plugin_in_sft_trainer_freezes_matches_one_process_and_rolls_back(tmp_path):
-    infos = _run(tmp_path / "fsdp", "plugin", 2)
-    _run(tmp_path / "single", "single", 1)
+def test_fsdp2_plugin_in_sft_trainer_freezes_matches_one_process_and_rolls_back(plugin_runs):
+    tmp_path, infos, _ = plugin_runs
     region = random_region(tiny_llama(seed=0))
     for info in infos:
         assert info["param_type"] == "DTensor"  # really sharded
@@ -70,6 +84,34 @@ def test_fsdp2_plugin_in_sft_trainer_freezes_matches_one_process_and_rolls_back(
     step2 = load_file(str(tmp_path / "fsdp" / "step2.safetensors"))
     for name in fsdp:
         assert torch.equal(fsdp[name], step2[name]), name
+
+
+@pytest.mark.slow
+def test_gradient_protections_under_fsdp2_train_as_one_process(plugin_runs):
+    """Each protection with the frozen core, 4 steps: FSDP2 (2 × 2 rows) equals one process (4 rows)."""
+    root, infos, single = plugin_runs
+    none = load_file(str(root / "single" / "protect-none.safetensors"))
+    logged = {"direction": "penalty", "projection": "dot", "token_kl": "kl", "token_kl_whole_ref": "kl"}
+    for name in ("none", *logged):
+        ref_name = name.removesuffix("_whole_ref")
+        ref = single["protections"][ref_name]
+        for info in infos:
+            run = info["protections"][name]
+            assert run["param_type"] == "DTensor" and run["global_step"] == 4
+            assert run["frozen"]["frozen_intact"] is True
+            if name in logged:  # the logged global number (penalty, ⟨g, g_s⟩, KL) is one process's, on every rank
+                assert run["calls"] == 4
+                assert run["last"][logged[name]] == pytest.approx(ref["last"][logged[name]], rel=1e-4, abs=1e-9)
+        fsdp = load_file(str(root / "fsdp" / f"protect-{name}.safetensors"))
+        one = load_file(str(root / "single" / f"protect-{ref_name}.safetensors"))
+        assert _frozen_and_moved(fsdp) > 0.5 * sum(t.numel() for t in fsdp.values())
+        for key in fsdp:
+            torch.testing.assert_close(fsdp[key], one[key], rtol=1e-5, atol=1e-5)
+        if name != "none":  # the protection changed the training, by far more than the tolerance
+            assert _max_diff(one, none) > 2e-4, name
+    assert all(info["protections"]["projection"]["conflicts"] >= 1 for info in infos)  # it did project
+    assert {info["protections"]["token_kl"]["reference_param_type"] for info in infos} == {"DTensor"}
+    assert {info["protections"]["token_kl_whole_ref"]["reference_param_type"] for info in infos} == {"Parameter"}
 
 
 @pytest.mark.slow

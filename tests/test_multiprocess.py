@@ -185,19 +185,39 @@ def test_fsdp2_models_are_accepted_and_other_dtensor_layouts_refused(one_process
         check_supported(other)
 
 
-def test_gradient_protections_refuse_fsdp2_clearly(one_process_group):
-    """The gradient-combining protections are not sharding-aware yet: a clear refusal, not a silent miscomputation."""
+def test_gradient_protections_accept_fsdp2_and_refuse_zero12_naming_what_works(one_process_group):
+    """FSDP2 is accepted, and on a 1-rank mesh the sharded code paths (DTensor gradients created and
+    adjusted shard-wise, partial sums all-reduced) give the plain model's gradients; ZeRO-1/2 is refused."""
+    from types import SimpleNamespace
+
     from torch.distributed.fsdp import fully_shard
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from safe_cpift.protect.direction import AlignmentDirectionPenalty
 
-    model = tiny_llama()
-    sd = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plain, model = tiny_llama(), tiny_llama()
+    sd = {n: p.detach().clone() for n, p in plain.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    base = {n: t + 0.01 * torch.randn(t.shape, generator=gen) for n, t in sd.items()}
+    with torch.no_grad():  # both models moved the same way off the aligned weights
+        for (_, p), (_, q) in zip(plain.named_parameters(), model.named_parameters(), strict=True):
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+            q.copy_(p)
     fully_shard(model)
     args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
-    penalty = AlignmentDirectionPenalty(sd, {n: t + 0.01 for n, t in sd.items()})
-    with pytest.raises(ValueError, match="AlignmentDirectionPenalty does not support FSDP2 training yet.*one process or under DDP"):
-        penalty.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
-    plain = tiny_llama()
-    penalty.on_train_begin(args, TrainerState(), TrainerControl(), model=plain)  # one process: fine
+    penalties = [AlignmentDirectionPenalty(sd, base, strength=3.0) for _ in range(2)]
+    penalties[0].on_train_begin(args, TrainerState(), TrainerControl(), model=model)  # FSDP2: accepted
+    got = [penalty.adjust(m, 0)["penalty"] for penalty, m in zip(penalties, (model, plain), strict=True)]
+    assert got[0] == pytest.approx(got[1], rel=1e-6) and got[0] > 0
+    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if q.grad is not None:
+            assert type(p.grad).__name__ == "DTensor"
+            torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="kept only one rank's rows.*build a new one"):
+        penalties[0].adjust(plain, 1)  # cut to the sharded model's rows: not reusable on a whole model
+
+    zero2 = SimpleNamespace(fsdp=None, fsdp_config=None, deepspeed={"zero_optimization": {"stage": 2}})
+    with pytest.raises(ValueError, match="AlignmentDirectionPenalty does not support DeepSpeed ZeRO-1/2.*FSDP2.*DDP"
+                                         ".*CoreFreezeCallback"):
+        penalties[1].on_train_begin(zero2, TrainerState(), TrainerControl(), model=tiny_llama())

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from scripts.tiny import preference_dataset, prompt_dataset, sft_dataset, snapshot, tiny_llama, word_tokenizer
+from scripts.tiny import safety_chats as safety_rows
 
 from safe_cpift.protect import PROTECTIONS, get_protection
 from safe_cpift.protect.batches import ChatBatches, response_nll, response_positions
@@ -17,11 +18,6 @@ from safe_cpift.protect.token_kl import ResponseTokenKL, kl_on_rows
 
 CPU = {"use_cpu": True, "bf16": False, "report_to": "none", "save_strategy": "no", "logging_steps": 1, "seed": 0,
        "disable_tqdm": True}
-
-
-def safety_rows(n: int = 8) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"what is {i} ?"},
-                          {"role": "assistant", "content": "sorry cannot help"}]} for i in range(n)]
 
 
 def sft(model, tmp_path, callbacks=(), steps: int = 8, lr: float = 1e-2):

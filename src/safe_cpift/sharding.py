@@ -9,6 +9,11 @@ communication; only the final integrity count is summed over ranks.
 
 Whole tensors (one process, DDP, DeepSpeed ZeRO-1/2 parameters) are their own "shard": every
 index is local.
+
+The gradient protections need global numbers over whole tensors (dot products, norms, `Vᵀ Δ`):
+each rank computes its partial result from its own rows (`local_rows` cuts a whole tensor the way
+a parameter is sharded) and `sum_over_ranks` / `global_sum` add the partials over the mesh
+(one `all_reduce` each), so every rank gets the number one process would.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import math
 
 import torch
 
-__all__ = ["is_sharded", "local_tensor", "local_span", "to_local_indices", "shard_placement_problem"]
+__all__ = ["is_sharded", "local_tensor", "local_span", "to_local_indices", "shard_placement_problem", "local_rows",
+           "sum_over_ranks", "global_sum", "add_local"]
 
 
 def is_sharded(t: torch.Tensor) -> bool:
@@ -87,3 +93,83 @@ def to_local_indices(t: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, 
     lo = int(torch.searchsorted(idx, torch.tensor(start, dtype=idx.dtype, device=idx.device)))
     hi = int(torch.searchsorted(idx, torch.tensor(start + count, dtype=idx.dtype, device=idx.device)))
     return idx[lo:hi] - start, torch.arange(lo, hi, device=idx.device)
+
+
+def _row_sharded(t: torch.Tensor) -> bool:
+    """True for a `DTensor` sharded on dim 0 (its partial results must be summed over ranks)."""
+    if not is_sharded(t):
+        return False
+    from torch.distributed.tensor import Shard
+
+    placement = t.placements[0]
+    return isinstance(placement, Shard) and placement.dim == 0
+
+
+def local_rows(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The rows of `whole` (a full tensor shaped as `like`) that this process holds of `like` (a view).
+
+    For a whole or replicated `like`, `whole` itself.
+    """
+    if not _row_sharded(like):
+        return whole
+    if tuple(whole.shape) != tuple(like.shape):
+        raise ValueError(f"a tensor of shape {tuple(whole.shape)} cannot be cut like a parameter of shape "
+                         f"{tuple(like.shape)}")
+    start, count = local_span(like)
+    row_numel = math.prod(like.shape[1:]) or 1
+    first = start // row_numel
+    return whole[first: first + count // row_numel]
+
+
+def sum_over_ranks(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum, in place over the ranks that share `like`, a `partial` computed from this rank's rows of `like`.
+
+    A collective when `like` is sharded on dim 0 (every rank of its mesh must call it, in the same
+    order); `partial` unchanged otherwise (a whole or replicated tensor's result is already global).
+    """
+    if _row_sharded(like):
+        torch.distributed.all_reduce(partial, group=like.device_mesh.get_group())
+    return partial
+
+
+def global_sum(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """`Σ partial` over `(like, partial)` pairs, each `partial` computed from this rank's part of `like`.
+
+    The partials of dim-0-sharded tensors are summed over their mesh (one `all_reduce` per mesh, not
+    per tensor); those of whole tensors are counted once. All partials must share shape and dtype.
+    Every rank must call it with the same sequence of tensors.
+    """
+    if not parts:
+        raise ValueError("`parts` is empty: nothing to sum")
+    whole = torch.zeros_like(parts[0][1])
+    by_mesh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for like, partial in parts:
+        if _row_sharded(like):
+            group = like.device_mesh.get_group()
+            acc = by_mesh.setdefault(id(group), (like, torch.zeros_like(partial)))[1]
+            acc.add_(partial)
+        else:
+            whole.add_(partial)
+    for like, acc in by_mesh.values():
+        whole.add_(sum_over_ranks(acc, like))
+    return whole
+
+
+def add_local(param: torch.Tensor, extra: torch.Tensor) -> None:
+    """`param.grad += extra`, `extra` being this rank's part of the whole gradient (creating `.grad` if absent).
+
+    Under FSDP2 the gradient is a `DTensor` sharded like the parameter: `extra` is added to its local
+    shard, or becomes one (`DTensor.from_local`) when the step left no gradient.
+    """
+    if param.grad is not None:
+        grad = local_tensor(param.grad)
+        grad.add_(extra.to(grad.dtype))
+        return
+    local = extra.to(param.dtype).clone()
+    if is_sharded(param):
+        from torch.distributed.tensor import DTensor
+
+        param.grad = DTensor.from_local(local, param.device_mesh, param.placements, run_check=False,
+                                        shape=param.shape, stride=param.stride())
+    else:
+        param.grad = local

@@ -1,8 +1,8 @@
 """Launched by tests/test_deepspeed.py with torchrun (2 CPU processes, gloo): a DeepSpeed engine trains a tiny
 Llama with `FrozenEntries` restored after every step (what `CoreFreezeCallback.on_optimizer_step` does).
 
-Stage 1/2: writes `rank{R}.json` with the checks (model entries and the fp32 master partition both frozen) and
-rank 0 writes `final.safetensors`. Stage 3: records the refusal message.
+Stage 1/2: writes `rank{R}.json` with the checks (model entries and the fp32 master partition both frozen, and
+how many parameters still hold a `.grad` after `engine.backward`) and rank 0 writes `final.safetensors`. Stage 3: records the refusal message.
 
 Usage: torchrun --nproc_per_node 2 tests/scripts/deepspeed_train.py OUT_DIR STAGE
 """
@@ -46,11 +46,13 @@ def main(out_dir: Path, stage: int) -> None:
         return
     frozen = FrozenEntries(engine.module, region)
     tok = word_tokenizer()
+    grads_after_backward = []  # why the gradient protections refuse ZeRO-1/2: no `param.grad` left to adjust
     for step in range(3):
         text = [f"user : what is {(step + rank) % 10} ? . assistant : the {step} yes ."] * 2
         batch = tok(text, return_tensors="pt", padding=True)
         loss = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"]).loss
         engine.backward(loss)
+        grads_after_backward.append(sum(p.grad is not None for p in engine.module.parameters()))
         engine.step()
         frozen.restore()
     params = dict(engine.module.named_parameters())
@@ -59,7 +61,7 @@ def main(out_dir: Path, stage: int) -> None:
         master = safe_get_full_fp32_param(params[name]).reshape(-1)
         idx = region.indices(name)
         master_ok &= bool(torch.equal(master[idx], frozen._entries[[e[0] for e in frozen._entries].index(name)][3]))
-    info.update({"frozen_intact": frozen.verify(), "master_intact": master_ok, "frozen_entries": frozen.num_entries,
+    info.update({"grads_after_backward": grads_after_backward, "frozen_intact": frozen.verify(), "master_intact": master_ok, "frozen_entries": frozen.num_entries,
                  "has_hp_mapping": any(getattr(p, "_hp_mapping", None) is not None for p in params.values())})
     if rank == 0:
         save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(out_dir / "final.safetensors"))

@@ -6,6 +6,12 @@ Modes:
 - `single`: the same run in one process (no FSDP; per-device batch = the 2 ranks' global batch).
 - `fully_shard`: plain `fully_shard` per decoder layer and root, `FrozenEntries` in a hand-written loop.
 - `resume`: plugin run saved at step 2 (sharded checkpoint), then a fresh Trainer resumes it to step 4.
+- `plugin` and `single` then train once more per gradient protection (`none`, `direction`, `projection`,
+  `token_kl` with the reference sharded, and under FSDP `token_kl_whole_ref` with it whole per rank), each
+  with CoreFreezeCallback, 4 steps, into `protect-{name}.safetensors`.
+- `bench STEPS [HIDDEN]`: only those protection runs, STEPS steps each (hidden size HIDDEN), with per-step wall
+  times and the reference model's bytes on each rank (for docs/distributed.md).
+- `ddp [STEPS]`: the same protection runs without the FSDP plugin: under torchrun the Trainer wraps the model in DDP.
 
 Writes into OUT_DIR: `final.safetensors` (gathered weights, from rank 0), `step2.safetensors` (gathered at
 step 2, where the guard's last good probe is) and `rank{R}.json` (what each rank saw).
@@ -14,14 +20,16 @@ accelerate turns FSDP off on CPU (its FSDP path is for accelerators): on a machi
 `cpu_fsdp` puts the FSDP2 plugin back into the accelerator state before training, so the Trainer
 prepares the model with accelerate's own `fully_shard` code, as it does on GPUs.
 
-Usage: torchrun --nproc_per_node 2 tests/scripts/fsdp_train.py OUT_DIR MODE
+Usage: torchrun --nproc_per_node 2 tests/scripts/fsdp_train.py OUT_DIR MODE [STEPS [HIDDEN]]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,12 +38,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from tiny import random_region, sft_dataset, tiny_llama, word_tokenizer  # noqa: E402
+from tiny import random_region, safety_chats, sft_dataset, snapshot, tiny_llama, word_tokenizer  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
 from safe_cpift.protect.guard import RefusalProbe  # noqa: E402
+from safe_cpift.sharding import local_tensor  # noqa: E402
 
+MODEL = {"seed": 0}  # the tiny Llama's arguments (`bench` may set a wider `hidden`)
 FSDP_CONFIG = {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "state_dict_type": "SHARDED_STATE_DICT"}
 
@@ -64,6 +74,20 @@ class GatherAt(TrainerCallback):
             self.weights = gathered(model)
 
 
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (forward, backward, the protections, the step, the freeze)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
 def cpu_fsdp(trainer) -> None:
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -87,7 +111,7 @@ def make_trainer(out_dir: Path, mode: str, callbacks: list, max_steps: int, save
         save_strategy="steps" if save else "no", save_steps=2,
         **({"fsdp": True, "fsdp_config": dict(FSDP_CONFIG)} if sharded else {}),
     )
-    trainer = SFTTrainer(model=tiny_llama(seed=0), args=args, train_dataset=sft_dataset(),
+    trainer = SFTTrainer(model=tiny_llama(**MODEL), args=args, train_dataset=sft_dataset(),
                          processing_class=word_tokenizer(), callbacks=callbacks)
     if sharded:
         cpu_fsdp(trainer)
@@ -110,6 +134,57 @@ def run_trainer(out_dir: Path, mode: str) -> dict:
             "rolled_back": guard.rolled_back, "last_good_step": guard.last_good_step, "judge_calls": len(probes),
             "param_type": type(next(trainer.model.parameters())).__name__}
     return {"final": final, "step2": at2.weights, "info": info}
+
+
+PROTECTIONS = ("none", "direction", "projection", "token_kl", "token_kl_whole_ref")
+
+
+def make_protection(name: str):
+    """The gradient protection `name`, built the same on every rank (seeded, no global RNG)."""
+    from safe_cpift.protect.direction import AlignmentDirectionPenalty, SafetyGradientProjection
+    from safe_cpift.protect.token_kl import ResponseTokenKL
+
+    if name == "none":
+        return None
+    if name == "direction":
+        aligned = snapshot(tiny_llama(**MODEL))
+        gen = torch.Generator().manual_seed(3)
+        base = {n: t + 0.05 * torch.randn(t.shape, generator=gen) for n, t in aligned.items()}
+        return AlignmentDirectionPenalty(aligned, base, strength=50.0)
+    if name == "projection":
+        return SafetyGradientProjection(word_tokenizer(), safety_chats(), every=2, batch_size=8)
+    return ResponseTokenKL(tiny_llama(**MODEL), word_tokenizer(), safety_chats(), strength=5.0, first_k=3, batch_size=8,
+                           shard_reference=name == "token_kl")  # `token_kl_whole_ref`: the reference whole per rank
+
+
+def run_protections(out_dir: Path, mode: str, steps: int) -> dict:
+    """One training per gradient protection, each with the frozen core; gathered weights saved by rank 0."""
+    region = random_region(tiny_llama(**MODEL))
+    rank, _ = rank_world()
+    infos = {}
+    for name in PROTECTIONS:
+        if mode == "single" and name == "token_kl_whole_ref":
+            continue  # in one process the reference is whole either way: the same run as `token_kl`
+        protection, freeze, timer = make_protection(name), CoreFreezeCallback(region), StepTimer()
+        trainer = make_trainer(out_dir / name, mode, [freeze, timer] + ([protection] if protection else []),
+                               max_steps=steps)
+        trainer.train()
+        weights = gathered(trainer.model)
+        if rank == 0:
+            save_file(weights, str(out_dir / f"protect-{name}.safetensors"))
+        infos[name] = {"frozen": freeze.last_check, "global_step": trainer.state.global_step,
+                       "step_seconds": timer.times, "median_step_seconds": statistics.median(timer.times[1:] or timer.times),
+                       "param_type": type(next(trainer.model.parameters())).__name__}
+        if protection is not None:
+            infos[name].update({"calls": protection.calls, "seconds": protection.seconds, "last": protection.last,
+                                "conflicts": getattr(protection, "conflicts", None)})
+        if hasattr(protection, "reference"):
+            ref = list(protection.reference.parameters())
+            infos[name]["reference_param_type"] = type(ref[0]).__name__
+            infos[name]["reference_bytes"] = sum(local_tensor(p).numel() * p.element_size() for p in ref)
+        infos[name]["model_bytes"] = sum(local_tensor(p).numel() * p.element_size() for p in trainer.model.parameters())
+        del trainer
+    return infos
 
 
 def run_resume(out_dir: Path) -> dict:
@@ -154,11 +229,18 @@ def run_fully_shard(out_dir: Path) -> dict:
     return {"final": gathered(model), "step2": None, "info": info}
 
 
-def main(out_dir: Path, mode: str) -> None:
+def main(out_dir: Path, mode: str, steps: int = 4, hidden: int | None = None) -> None:
     torch.set_num_threads(1)
     out_dir.mkdir(parents=True, exist_ok=True)
     if mode in ("plugin", "single"):
         result = run_trainer(out_dir, mode)
+        result["info"]["protections"] = run_protections(out_dir, mode, steps)
+    elif mode in ("bench", "ddp"):
+        if hidden is not None:
+            MODEL["hidden"] = hidden
+        sharded = mode == "bench" and int(os.environ.get("WORLD_SIZE", "1")) > 1  # `ddp`: no FSDP plugin
+        result = {"final": None, "step2": None,
+                  "info": {"protections": run_protections(out_dir, "plugin" if sharded else "single", steps)}}
     elif mode == "resume":
         result = run_resume(out_dir)
     elif mode == "fully_shard":
@@ -169,7 +251,7 @@ def main(out_dir: Path, mode: str) -> None:
         raise SystemExit(f"unknown mode {mode}")
     rank, world = rank_world()
     info = {"rank": rank, "world_size": world, **result["info"]}
-    if rank == 0:
+    if rank == 0 and result["final"] is not None:
         save_file(result["final"], str(out_dir / "final.safetensors"))
         if result["step2"] is not None:
             save_file(result["step2"], str(out_dir / "step2.safetensors"))
@@ -177,4 +259,4 @@ def main(out_dir: Path, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], *(int(a) for a in sys.argv[3:]))

@@ -103,6 +103,12 @@ def sft_dataset(n: int = 16):
     return Dataset.from_list(rows)
 
 
+def safety_chats(n: int = 8) -> list[dict]:
+    """Safety chat rows for the protections: a harmless-looking request answered with a refusal."""
+    return [{"messages": [{"role": "user", "content": f"what is {i} ?"},
+                          {"role": "assistant", "content": "sorry cannot help"}]} for i in range(n)]
+
+
 def preference_dataset(n: int = 8):
     """Conversational prompt / chosen / rejected rows for DPO."""
     from datasets import Dataset

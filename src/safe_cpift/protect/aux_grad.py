@@ -5,6 +5,12 @@ backward passes and clipping, before `optimizer.step()`) may add an extra gradie
 task gradient. It works the same under SFTTrainer, DPOTrainer and GRPOTrainer because it never
 touches the Trainer's loss. What it did is logged under `protect/<name>/...` keys in the Trainer's
 logs, and its extra wall time is measured (`seconds`).
+
+Supported: one process, DDP (every rank holds the whole averaged gradient) and FSDP2 (each rank
+adjusts its own dim-0 shard of the gradient; dot products and norms are summed over ranks with
+`safe_cpift.sharding`, so every rank computes the numbers one process would). Refused: DeepSpeed
+ZeRO-1/2 (the engine steps before this hook and keeps its gradients out of `param.grad`) and every
+setup `safe_cpift.distributed.check_supported` refuses.
 """
 
 from __future__ import annotations
@@ -48,13 +54,14 @@ class GradientProtection(TrainerCallback):
         from safe_cpift.distributed import check_supported
 
         who = type(self).__name__
-        mode = check_supported(model, args, who=who)
-        if mode in ("fsdp2", "zero12"):
+        if check_supported(model, args, who=who) == "zero12":
             raise ValueError(
-                f"{who} does not support {'FSDP2' if mode == 'fsdp2' else 'DeepSpeed ZeRO-1/2'} training yet: it "
-                "combines gradients across whole tensors (dot products, projections), which sharded or "
-                "partitioned gradients do not hold on one rank. Use it in one process or under DDP; the frozen "
-                "core (CoreFreezeCallback) and the guard do support FSDP2 (docs/distributed.md)"
+                f"{who} does not support DeepSpeed ZeRO-1/2 training: under a Trainer, accelerate's DeepSpeed "
+                "wrapper runs the engine's optimizer step inside `backward`, before any `on_pre_optimizer_step` "
+                "callback, and ZeRO moves the reduced gradients out of `param.grad` into its own partitions, so "
+                "there is no gradient left to adjust. Use FSDP2 (accelerate's FSDP plugin with `fsdp_version: 2`) "
+                "or DDP for this protection; under ZeRO-1/2 the frozen core (CoreFreezeCallback) and the guard "
+                "work (docs/distributed.md)"
             )
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -75,11 +82,3 @@ class GradientProtection(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         logger.info("%s: %d calls, %.2fs extra", self.name, self.calls, self.seconds)
-
-
-def add_to_grad(param: torch.nn.Parameter, extra: torch.Tensor) -> None:
-    """`param.grad += extra` (creating the gradient when the step left none)."""
-    if param.grad is None:
-        param.grad = extra.to(param.dtype).clone()
-    else:
-        param.grad.add_(extra.to(param.grad.dtype))

@@ -12,6 +12,11 @@
   the task step would raise the safety loss) its component along `g_s` is removed,
   `g ← g − ⟨g, g_s⟩ / ‖g_s‖² · g_s`. Cost: one extra forward/backward every `every` steps and one
   gradient's worth of memory.
+
+Under FSDP2 both work on each rank's dim-0 shard: `Vᵀ Δ` (a sum over rows), the penalty, `⟨g, g_s⟩`
+and `‖g_s‖²` are partial sums completed over ranks (`safe_cpift.sharding`), so the update equals a
+one-process run's up to float reassociation. The penalty then keeps only this rank's rows of `V`
+and of the start weights.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 
 import torch
 
-from safe_cpift.protect.aux_grad import GradientProtection, add_to_grad, trainable
+from safe_cpift.protect.aux_grad import GradientProtection, trainable
 from safe_cpift.protect.batches import ChatBatches, response_nll
+from safe_cpift.sharding import add_local, global_sum, is_sharded, local_rows, local_tensor, sum_over_ranks
 
 
 def _strip(name: str) -> str:
@@ -50,6 +56,7 @@ class AlignmentDirectionPenalty(GradientProtection):
             raise ValueError(f"`strength` must be >= 0, got {strength}")
         self.strength = strength
         self.start: dict[str, torch.Tensor] = {}
+        self._cut: set[str] = set()
         self.direction: dict[str, tuple[torch.Tensor, float]] = {}
         for name, w in aligned.items():
             if w.dim() != 2 or name not in base:
@@ -66,23 +73,40 @@ class AlignmentDirectionPenalty(GradientProtection):
             raise ValueError("no 2-D weight differs between `aligned` and `base`: there is no alignment direction")
 
     def orthogonal(self, name: str, delta: torch.Tensor) -> torch.Tensor:
-        """`(I − C) Δ` for the weight `name`."""
+        """`(I − C) Δ` for the weight `name` (whole tensors, before a sharded training cut them to rows)."""
         v, norm = self.direction[name]
         return delta - v @ (v.T @ delta) / norm
 
+    def _rows(self, key: str, p: torch.nn.Parameter) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """`V`, the start weights and `‖V‖_F` for parameter `p`: this rank's rows when `p` is sharded.
+
+        The first call on a sharded parameter keeps only those rows (1/N of the memory per rank).
+        """
+        v, norm = self.direction[key]
+        start = self.start[key]
+        if key in self._cut and not is_sharded(p):
+            raise ValueError(f"this AlignmentDirectionPenalty kept only one rank's rows of `{key}` after an FSDP2 "
+                             "training: build a new one (from the whole `aligned` and `base`) for another model")
+        if is_sharded(p) and tuple(v.shape) == tuple(p.shape) and key not in self._cut:
+            v, start = local_rows(v, p).clone(), local_rows(start, p).clone()
+            self.direction[key], self.start[key] = (v, norm), start
+            self._cut.add(key)
+        device = local_tensor(p.detach()).device
+        return v.to(device), start.to(device), norm
+
     def adjust(self, model: Any, step: int) -> dict[str, float]:
-        penalty = 0.0
+        penalties = []
         for name, p in trainable(model):
             key = _strip(name)
             if key not in self.direction:
                 continue
             with torch.no_grad():
-                v, norm = self.direction[key]
-                v = v.to(p.device)
-                r = p.float() - self.start[key].to(p.device)
-                r = r - v @ (v.T @ r) / norm
-                penalty += float((r * r).sum())
-                add_to_grad(p, 2 * self.strength * (r - v @ (v.T @ r) / norm))
+                v, start, norm = self._rows(key, p)
+                r = local_tensor(p.detach()).float() - start  # this rank's rows of Δ
+                r = r - v @ sum_over_ranks(v.T @ r, p) / norm  # Vᵀ Δ sums over all rows
+                penalties.append((p, (r.double() ** 2).sum()))
+                add_local(p, 2 * self.strength * (r - v @ sum_over_ranks(v.T @ r, p) / norm))
+        penalty = float(global_sum([(p, s.reshape(1)) for p, s in penalties])) if penalties else 0.0
         return {"penalty": self.strength * penalty}
 
 
@@ -125,11 +149,15 @@ class SafetyGradientProjection(GradientProtection):
         params = [p for _, p in trainable(model)]
         if self.safety_grad is None or step % self.refresh == 0:
             self.safety_grad = self._safety_gradient(model, params)
-        pairs = [(p.grad, g) for p, g in zip(params, self.safety_grad, strict=True) if p.grad is not None and g is not None]
-        dot = sum(float((a.double() * b.double()).sum()) for a, b in pairs)
-        norm2 = sum(float((b.double() ** 2).sum()) for _, b in pairs)
+        pairs = [(p, local_tensor(p.grad), local_tensor(g)) for p, g in zip(params, self.safety_grad, strict=True)
+                 if p.grad is not None and g is not None]
+        if not pairs:
+            return {"dot": 0.0, "conflicts": float(self.conflicts)}
+        # ⟨g, g_s⟩ and ‖g_s‖² over whole tensors: float64 partial sums over this rank's shards, summed over ranks
+        dot, norm2 = global_sum([(p, torch.stack([(a.double() * b.double()).sum(), (b.double() ** 2).sum()]))
+                                 for p, a, b in pairs]).tolist()
         if dot < 0 and norm2 > 0:
             self.conflicts += 1
-            for a, b in pairs:
+            for _, a, b in pairs:
                 a.sub_(b.to(a.dtype), alpha=dot / norm2)
         return {"dot": dot, "conflicts": float(self.conflicts)}
