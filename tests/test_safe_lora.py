@@ -59,6 +59,8 @@ def test_project_lora_matches_the_papers_formula_and_projects_only_below_tau(pai
     for name, (_, _, cos) in want.items():
         assert measured["cosine"][name] == pytest.approx(cos, abs=1e-6)
         assert 0.0 <= cos <= 1.0  # ⟨ΔW, CΔW⟩ = ‖VᵀΔW‖² / ‖V‖ ≥ 0
+        dw, cdw, _ = want[name]
+        assert measured["kept_norm"][name] == pytest.approx(float(cdw.norm() / dw.norm()), rel=1e-6)
     ranked = sorted(want, key=lambda n: want[n][2])
     tau = (want[ranked[1]][2] + want[ranked[2]][2]) / 2  # two layers below, two above
     out = project_lora(model, a_sd, b_sd, threshold=tau)

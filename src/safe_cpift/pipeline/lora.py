@@ -89,5 +89,5 @@ def run_safe_lora(ctx: RunContext, tmp: Path) -> dict[str, Any]:
     cos = sorted(report["cosine"].values())
     return {"method": SAFE_LORA, "source": str(adapter), "threshold": float(s["safe_lora_threshold"]),
             "num_layers": layers, "layers": report["layers"], "projected": report["projected"],
-            "cosine": report["cosine"],
+            "cosine": report["cosine"], "kept_norm": {n: report["kept_norm"][n] for n in report["projected"]},
             "cosine_range": [cos[0], cos[len(cos) // 2], cos[-1]] if cos else None}

@@ -127,6 +127,7 @@ def project_lora(model: torch.nn.Module, aligned: Any, base: Any, *, threshold: 
 
     Returns:
         `dict`: `projected` (weight names whose update was projected), `cosine` (per updated weight),
+        `kept_norm` (per updated weight, `‖C ΔW‖_F / ‖ΔW‖_F`: how much of the update a projection keeps),
         `layers` (how many LoRA layers were judged), `skipped` (layers with no alignment change or no update).
 
     Raises:
@@ -143,6 +144,7 @@ def project_lora(model: torch.nn.Module, aligned: Any, base: Any, *, threshold: 
     """
     a, b = weights_of(aligned), weights_of(base)
     cosines: dict[str, float] = {}
+    kept: dict[str, float] = {}
     pending: dict[str, tuple[Any, torch.Tensor]] = {}
     skipped = []
     for name, layer in _lora_layers(model, adapter):
@@ -157,8 +159,9 @@ def project_lora(model: torch.nn.Module, aligned: Any, base: Any, *, threshold: 
         cb = v @ (v.T @ bf) / norm  # C B, out × r
         # ⟨ΔW, CΔW⟩ = ‖Vᵀ B A‖² / ‖V‖_F ≥ 0, so the cosine lies in [0, 1]; PEFT's scaling cancels out
         inner = _gram_sum(v.T @ bf, gram_a) / norm
-        denom = (_gram_sum(bf, gram_a) * _gram_sum(cb, gram_a)) ** 0.5
-        cosines[name] = inner / denom if denom > 0 else 1.0
+        before, after = _gram_sum(bf, gram_a), _gram_sum(cb, gram_a)
+        cosines[name] = inner / (before * after) ** 0.5 if before * after > 0 else 1.0
+        kept[name] = (after / before) ** 0.5 if before > 0 else 1.0
         pending[name] = (lora_b, cb)
     projected = select_layers(cosines, threshold, num_layers)
     for name in projected:
@@ -166,7 +169,7 @@ def project_lora(model: torch.nn.Module, aligned: Any, base: Any, *, threshold: 
         lora_b.copy_(cb.to(lora_b.dtype))
     logger.info("Safe LoRA: projected %d of %d LoRA layers (%s)", len(projected), len(cosines),
                 f"{num_layers} lowest" if num_layers is not None else f"cosine < {threshold}")
-    return {"projected": projected, "cosine": cosines, "layers": len(cosines), "skipped": skipped}
+    return {"projected": projected, "cosine": cosines, "kept_norm": kept, "layers": len(cosines), "skipped": skipped}
 
 
 @torch.no_grad()
