@@ -7,7 +7,9 @@
 For each seed and setting, a run directory of the recipe with `protect.<setting>` is opened, every
 finished stage of the reference run except `safe_lora` and its evaluation is copied in, and the run is
 resumed: only `safe_lora` (the projection of the same `lora_sft` adapter), `eval_safe_lora` and the
-report are computed. Pass the reference run's overrides as positional `key=value`s.
+report are computed. A `lora_*` setting (e.g. `lora_learning_rate=5e-5`) changes the adapter, so for
+it `lora_sft` is retrained too and its row shows both. Pass the reference run's overrides as
+positional `key=value`s.
 
 Prints one table (mean ± sample sd, then the per-seed values); `--json` writes every number.
 """
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 RECOMPUTED = ("safe_lora", "eval_safe_lora", "report")
+RETRAINED = ("lora_sft", "eval_lora_sft")  # also recomputed for a `lora_*` setting
 METRICS = ("refusal_rate", "over_refusal_rate", "task_mean")
 
 
@@ -65,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             if not (out / "manifest.json").is_file():
                 RunDirectory.open(out, spec.recipe, seed=spec.seed, resume=False, name=spec.name,
                                   inputs={"aligned_model": str(spec.aligned_model), "base_model": str(spec.base_model)})
+                skip = RECOMPUTED + (RETRAINED if setting.startswith("lora_") else ())
                 for stage in sorted(reference.iterdir()):
-                    if (stage / STAGE_FILE).is_file() and stage.name not in RECOMPUTED:
+                    if (stage / STAGE_FILE).is_file() and stage.name not in skip:
                         shutil.copytree(stage, out / stage.name)
-            got = run_spec(spec, out, resume=True)["methods"]["safe_lora"]
+            methods = run_spec(spec, out, resume=True)["methods"]
+            got = methods["safe_lora"]
+            if setting.startswith("lora_"):
+                for key in METRICS:
+                    rows.setdefault(f"lora_sft {setting}", {}).setdefault(key, []).append(methods["lora_sft"][key])
+                rows[f"lora_sft {setting}"].setdefault("projected", []).append(0)
             stage = json.loads((out / "safe_lora" / STAGE_FILE).read_text())
             projected = len(stage["projected"])
             kept = sorted((stage.get("kept_norm") or {}).values())
