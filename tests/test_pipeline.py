@@ -291,8 +291,45 @@ def test_protections_compose_into_safe_cpift_and_peer_baselines_run(tiny_world, 
     assert json.loads((root / "resta" / "stage.json").read_text())["source"].endswith("multitask_sft/model")
 
 
+def test_safe_lora_projects_lora_sfts_adapter_trained_on_multitask_rows(tiny_world, tmp_path):
+    from safe_cpift.models import load_causal_lm
+
+    spec = make_spec(tiny_world, base_model=str(tiny_world.base_model_path()), methods=("multitask_sft", "safe_lora"),
+                     protect_settings={"safe_lora_threshold": 1.0, "lora_r": 2})  # τ = 1: every layer is projected
+    assert spec.methods == ("aligned", "multitask_sft", "lora_sft", "safe_lora", "safe_cpift")  # lora_sft added
+    root = tmp_path / "run"
+    results = run_spec(spec, root)
+    assert list(results["methods"]) == ["aligned", "multitask_sft", "lora_sft", "safe_lora", "safe_cpift"]
+    multi, lora = (json.loads((root / s / "stage.json").read_text()) for s in ("multitask_sft", "lora_sft"))
+    # exactly multitask_sft's rows, at 10x the run's learning rate, one adapter saved beside the merged model
+    assert lora["train"]["mix"] == multi["train"]["mix"]
+    assert lora["train"]["examples_seen"] == multi["train"]["examples_seen"] == spec.examples_per_method + 48
+    assert lora["lora"]["lora_learning_rate"] == pytest.approx(10 * spec.train.learning_rate)
+    assert (root / "lora_sft" / "adapter" / "adapter_model.safetensors").is_file()
+    aligned = load_causal_lm(tiny_world.aligned_model_path()).state_dict()
+    base = load_causal_lm(tiny_world.base_model_path()).state_dict()
+    tuned = load_causal_lm(root / "lora_sft" / "model").state_dict()
+    safe = load_causal_lm(root / "safe_lora" / "model").state_dict()
+    linear = [n for n in aligned if ".layers." in n and n.endswith("proj.weight")]
+    assert linear and all(not torch.equal(tuned[n], aligned[n]) for n in linear)
+    assert all(torch.equal(tuned[n], aligned[n]) for n in aligned if n not in linear)  # norms, embeddings: no adapter
+    # safe_lora: no training of its own; every layer's update replaced by C ΔW, C = V Vᵀ / ‖V‖_F
+    stage = json.loads((root / "safe_lora" / "stage.json").read_text())
+    assert sorted(stage["projected"]) == sorted(linear) and stage["layers"] == len(linear)
+    for n in linear:
+        v = (aligned[n] - base[n]).double()
+        expected = (v @ v.T / torch.linalg.matrix_norm(v)) @ (tuned[n] - aligned[n]).double()
+        assert torch.allclose((safe[n] - aligned[n]).double(), expected, atol=1e-6), n
+    for key in ("examples_seen", "train_seconds"):
+        assert results["methods"]["safe_lora"][key] == results["methods"]["lora_sft"][key]
+    report = (root / "report.md").read_text()
+    assert "safe_lora" in report and "Hsu et al. 2024" in report
+
+
 def test_protections_needing_the_base_model_say_so(tiny_world):
     with pytest.raises(ValueError, match="direction, repair need `base_model`"):
         make_spec(tiny_world, protections=("freeze", "direction", "repair"))
+    with pytest.raises(ValueError, match="safe_lora need `base_model`"):
+        make_spec(tiny_world, methods=("safe_lora",))
     with pytest.raises(ValueError, match="unknown protections"):
         make_spec(tiny_world, protections=("freez",))

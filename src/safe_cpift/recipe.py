@@ -59,7 +59,7 @@ __all__ = [
 
 TOYWORLD = "toyworld"
 BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
-PEER_BASELINES = ("sppft", "resta")  # opt-in: name them in `baselines`
+PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora")  # opt-in: name them in `baselines`
 METHODS = ("aligned", *BASELINES, "safe_cpift")
 ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
@@ -220,6 +220,17 @@ class ProtectConfig(Section):
     repair_margin: Unit = Field(0.05, description="`repair` / `resta`: refusal may end this far below the aligned "
                                 "model's on the probe, over-refusal this far above.")
     sppft_top_p: Fraction = Field(0.25, description="`sppft` baseline: share of parameters in the frozen safety layers.")
+    lora_r: Count = Field(8, description="`lora_sft` / `safe_lora`: LoRA rank.")
+    lora_alpha: number(gt=0.0) = Field(32.0, description="`lora_sft` / `safe_lora`: LoRA alpha (the update is "
+                                       "scaled by alpha / r).")
+    lora_target_modules: str | list[str] = Field("all-linear", description="`lora_sft` / `safe_lora`: the layers "
+                                                 "that get adapters (peft's `target_modules`).")
+    lora_learning_rate: number(gt=0.0) | None = Field(None, description="`lora_sft` / `safe_lora`: learning rate of "
+                                                      "the adapters; default 10 × `training.learning_rate`.")
+    safe_lora_threshold: Unit = Field(0.5, description="`safe_lora`: τ; a LoRA layer whose update has cosine below "
+                                      "this with its projection onto the alignment subspace is projected.")
+    safe_lora_layers: Count | None = Field(None, description="`safe_lora`: project this many layers (those of lowest "
+                                           "cosine) instead of using the threshold.")
 
 
 class BudgetConfig(Section):
@@ -283,7 +294,8 @@ class Recipe(Section):
         description="Keyword arguments for trl.SFTConfig (learning_rate, per_device_train_batch_size, max_length, "
         "weight_decay, ...); " + ", ".join(sorted(PIPELINE_OWNED)) + " are set by safe-cpift.")
     baselines: list[Literal[BASELINES + PEER_BASELINES]] = Field(
-        list(BASELINES), description="Baselines run beside safe_cpift; peer baselines `sppft` and `resta` run when named.")
+        list(BASELINES), description="Baselines run beside safe_cpift; peer baselines `sppft`, `resta`, `lora_sft` and "
+        "`safe_lora` run when named.")
     protect: ProtectConfig = Field(default_factory=ProtectConfig, description="safe_cpift's protections and their "
                                    "settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation suites and sizes.")

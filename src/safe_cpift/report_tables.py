@@ -22,8 +22,10 @@ DESCRIPTIONS = {
     "safe_cpift": "CPI-FT with safety as the protected task (its composition of protections is under Settings)",
     "sppft": "peer baseline SPPFT (Li et al. 2024): multi-task SFT with whole safety layers frozen",
     "resta": "peer baseline RESTA (Bhardwaj et al. 2024): multitask_sft plus the re-added safety vector",
+    "lora_sft": "LoRA SFT on multitask_sft's rows, merged (the model Safe LoRA projects)",
+    "safe_lora": "peer baseline Safe LoRA (Hsu et al. 2024): lora_sft's adapter projected onto the alignment subspace",
 }
-PEER_BASELINES = ("sppft", "resta")  # opt-in methods: not listed as missing when not run
+PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora")  # opt-in methods: not listed as missing when not run
 METRICS = (  # key, label, higher is better
     ("task_mean", "task mean", True),
     ("refusal_rate", "refusal of harmful prompts", True),

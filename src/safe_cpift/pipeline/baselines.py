@@ -36,6 +36,8 @@ def cost_stages(ctx: RunContext, method: str) -> list[str]:
         return [method]
     if method == "resta":  # multitask_sft's training; the repair itself trains nothing
         return [MULTITASK]
+    if method in ("lora_sft", "safe_lora"):  # safe_lora projects lora_sft's adapters: no training of its own
+        return ["lora_sft"]
     if method == "sequential_sft":
         return sequential_stages(ctx)
     probes = [probe_stage(t) for t in ctx.spec.task_names]
@@ -55,17 +57,25 @@ def baseline_budget(ctx: RunContext) -> int:
 
 def run_multitask(ctx: RunContext, tmp: Path, *, safety: bool) -> dict[str, Any]:
     """Body of `multitask_sft` (`safety=False`) or `safety_mix_sft` (`safety=True`)."""
-    spec = ctx.spec
     name = SAFETY_MIX if safety else MULTITASK
+    data, counts, seed, total = multitask_data(ctx, safety=safety)
+    summary = {"method": name, "budget": total,
+               "train": train_and_save(ctx, ctx.spec.aligned_model, data, tmp, seed=seed)}
+    summary["train"]["mix"] = counts
+    return summary
+
+
+def multitask_data(ctx: RunContext, *, safety: bool) -> tuple[Any, dict[str, int], int, int]:
+    """`(dataset, counts, seed, budget)` of `multitask_sft` (or `safety_mix_sft`): the rows, in their training
+    order, and the seed its trainer uses; `lora_sft` trains on exactly these."""
+    spec = ctx.spec
     total = baseline_budget(ctx)
     # the same total; with `safety=True` a `safety_mix` share of it are safety examples
     n_safety = int(total * spec.safety_mix + 0.5) if safety else 0
     n_task = max(len(spec.task_names), total - n_safety)
-    seed = spec.stage_seed(name)
+    seed = spec.stage_seed(SAFETY_MIX if safety else MULTITASK)
     data, counts = mix(ctx, split_evenly(n_task, list(spec.task_names)), n_safety, seed)
-    summary = {"method": name, "budget": total, "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed)}
-    summary["train"]["mix"] = counts
-    return summary
+    return data, counts, seed, total
 
 
 def run_sequential(ctx: RunContext, tmp: Path, i: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 SUMMARY = "stage.json"
 MODEL_DIR = "model"
 REGION_DIR = "region"
+ADAPTER_DIR = "adapter"
 
 
 class RunContext:
@@ -170,7 +171,8 @@ def split_evenly(total: int, names: list[str]) -> dict[str, int]:
 
 def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, *, seed: int,
                    freeze: Any | None = None, out_name: str = MODEL_DIR,
-                   callbacks: list[Any] | None = None) -> dict[str, Any]:
+                   callbacks: list[Any] | None = None, learning_rate: float | None = None,
+                   lora: Any | None = None) -> dict[str, Any]:
     """One SFT epoch over `dataset` from model `start`; saves the model to `tmp / out_name`.
 
     Args:
@@ -181,6 +183,9 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
         seed (`int`): seed of data order and initialisation of the trainer.
         freeze (`CoreRegion`, *optional*): entries kept at their start values (`CoreFreezeCallback`).
         callbacks (`list[TrainerCallback]`, *optional*): more callbacks (protections), before the freeze.
+        learning_rate (`float`, *optional*): instead of the run's `train.learning_rate`.
+        lora (`peft.LoraConfig`, *optional*): train a LoRA adapter (initialised from `seed`) instead of every
+            weight; the adapter is saved to `tmp / ADAPTER_DIR` and the model to `tmp / out_name` merged.
 
     Returns:
         `dict`: `train_seconds`, `examples_seen`, `steps`, `final_loss`, `frozen_entries`.
@@ -189,6 +194,8 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
 
     spec = ctx.spec
     model = load_model(start, spec, train=True)
+    if lora is not None:
+        model = with_adapter(model, lora, seed)
     tokenizer = ctx.tokenizer()
     callbacks = list(callbacks or [])
     if freeze is not None and freeze.num_selected:
@@ -205,9 +212,12 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     work = Path(tmp) / "_trainer"
     with scoped_threads(spec.num_threads):
         stats = train_sft(model, tokenizer, dataset, output_dir=str(work), num_train_epochs=1,
-                          learning_rate=spec.train.learning_rate, batch_size=spec.train.batch_size,
+                          learning_rate=learning_rate or spec.train.learning_rate, batch_size=spec.train.batch_size,
                           callbacks=callbacks, seed=seed, precision=spec.train.precision, **overrides)
     shutil.rmtree(work, ignore_errors=True)
+    if lora is not None:
+        model.save_pretrained(Path(tmp) / ADAPTER_DIR)  # adapter_model.safetensors + adapter_config.json
+        model = model.merge_and_unload()
     save_model(model, tokenizer, Path(tmp) / out_name)
     out = _stats_dict(stats)
     # one epoch over exactly these rows: the examples seen are the rows (the trainer's
@@ -216,6 +226,18 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
     out["frozen_entries"] = int(freeze.num_selected) if freeze is not None else 0
     out["start"] = str(start)
     return out
+
+
+def with_adapter(model: Any, lora: Any, seed: int) -> Any:
+    """`peft.get_peft_model(model, lora)` with the adapter's random initialisation drawn from `seed`
+    (the process-wide RNG is left as it was)."""
+    import torch
+    from peft import get_peft_model
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return get_peft_model(model, lora)
 
 
 # SFTConfig settings the pipeline owns: it saves each stage's model itself and deletes the

@@ -3,7 +3,7 @@
 The lifecycle, in stage order::
 
     aligned_eval → safety_core → probe_<task>… → single_task → task_cores → clusters → fusion → sft_group_<i>…
-    → multitask_sft → sequential_sft_<i>_<task>… → safety_mix_sft → cpift_fusion → cpift_sft_group_<i>…
+    → multitask_sft → sequential_sft_<i>_<task>… → safety_mix_sft → [sppft → resta → lora_sft → safe_lora] → cpift_fusion → cpift_sft_group_<i>…
     → eval_<method>… → report
 
 Each stage is a directory of the run, written under a temporary name and renamed when complete, so a
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safe_cpift.pipeline import baselines, fusion_stage, probes, protections, results, safety_core
+from safe_cpift.pipeline import baselines, fusion_stage, lora, probes, protections, results, safety_core
 from safe_cpift.pipeline.common import RunContext
 from safe_cpift.pipeline.evaluate_stage import ALIGNED_EVAL, eval_stage, final_model_stage, run_eval
 from safe_cpift.pipeline.spec import PipelineSpec
@@ -67,6 +67,10 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
         yield protections.SPPFT, p(protections.run_sppft, ctx)
     if protections.RESTA in spec.methods:
         yield protections.RESTA, p(protections.run_resta, ctx)
+    if lora.LORA_SFT in spec.methods:
+        yield lora.LORA_SFT, p(lora.run_lora_sft, ctx)
+    if lora.SAFE_LORA in spec.methods:
+        yield lora.SAFE_LORA, p(lora.run_safe_lora, ctx)
     if "cpift" in spec.methods:
         yield fusion_stage.fusion_stage("cpift"), p(fusion_stage.run_fusion, ctx, method="cpift")
         for i in range(n_groups):
@@ -89,7 +93,7 @@ def stage_names(spec: PipelineSpec) -> list[str]:
         names += [f"sequential_sft_{i}_{t}" for i, t in enumerate(spec.task_names)]
     if "safety_mix_sft" in spec.methods:
         names.append(baselines.SAFETY_MIX)
-    names += [m for m in (protections.SPPFT, protections.RESTA) if m in spec.methods]
+    names += [m for m in (protections.SPPFT, protections.RESTA, lora.LORA_SFT, lora.SAFE_LORA) if m in spec.methods]
     if "cpift" in spec.methods:
         names += ["cpift_fusion", "cpift_sft_group_<i>"]
     names += [eval_stage(m) for m in spec.methods if m != "aligned"] + [results.REPORT]

@@ -16,8 +16,9 @@ from typing import Any
 METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", "cpift", "safe_cpift")
 BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
 # peer baselines from the safety literature, run when asked for (`sppft`: frozen safety layers; `resta`:
-# multitask_sft + the safety vector re-added); in report order among all methods
-PEER_BASELINES = ("sppft", "resta")
+# multitask_sft + the safety vector re-added; `lora_sft` / `safe_lora`: LoRA SFT, and Safe LoRA's projection
+# of its adapter); in report order among all methods
+PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora")
 ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
 DEFAULT_PROTECTIONS = ("freeze", "safety_mix", "token_kl")
@@ -94,7 +95,8 @@ class PipelineSpec:
             `safety_mix` are `freeze_safety_core` and `mix_safety`; see `safe_cpift.pipeline.protections`).
         protect_settings (`dict`): strengths and settings of the protections (`direction_strength`,
             `projection_every`, `token_kl_strength`, `token_kl_first_k`, `repair_scales`, `repair_margin`,
-            `sppft_top_p`).
+            `sppft_top_p`; for `lora_sft` / `safe_lora`: `lora_r`, `lora_alpha`, `lora_target_modules`,
+            `lora_learning_rate`, `safe_lora_threshold`, `safe_lora_layers`, see `safe_cpift.pipeline.lora`).
         methods (`tuple[str, ...]`): which of `ALL_METHODS` to run (`aligned` and `safe_cpift` always run).
         train (`TrainSettings`).
         dtype (`str`): the dtype models are evaluated and the final model is written in; `auto` = the
@@ -190,15 +192,17 @@ class PipelineSpec:
         unknown = [m for m in self.protections if m not in PROTECTIONS]
         if unknown:
             problems.append(f"unknown protections {unknown}; available: {', '.join(PROTECTIONS)}")
-        needs_base = sorted(({"direction", "repair"} & set(self.protections)) | ({"resta"} & set(self.methods)))
+        needs_base = sorted(({"direction", "repair"} & set(self.protections))
+                            | ({"resta", "safe_lora"} & set(self.methods)))
         if needs_base and not self.base_model:
             problems.append(f"{', '.join(needs_base)} need `base_model` (the model before alignment): "
                             "θ_aligned − θ_base is their safety direction")
         if problems:
             raise ValueError("invalid pipeline settings:\n  - " + "\n  - ".join(problems))
         self.methods = tuple(m for m in ALL_METHODS if m in set(self.methods) | {"aligned", "safe_cpift"})
-        if "resta" in self.methods and "multitask_sft" not in self.methods:
-            self.methods = tuple(m for m in ALL_METHODS if m in set(self.methods) | {"multitask_sft"})
+        for method, needs in (("resta", "multitask_sft"), ("safe_lora", "lora_sft")):  # reuse that method's model
+            if method in self.methods and needs not in self.methods:
+                self.methods = tuple(m for m in ALL_METHODS if m in set(self.methods) | {needs})
         # the composition and the older switches say the same thing
         self.freeze_safety_core = self.freeze_safety_core and "freeze" in self.protections
         self.mix_safety = self.mix_safety and "safety_mix" in self.protections

@@ -9,6 +9,7 @@
 | `token_kl` | `protect.token_kl` | callback | KL to the aligned model on the first response tokens of safety chats |
 | `safety_mix` | `safe_cpift.pipeline` | data | safety chats (refusals + benign look-alike answers) mixed into SFT |
 | `repair` | `protect.repair` | post-hoc | re-adds a scaled safety vector (RESTA) / restores entries after training |
+| `safe_lora` | `protect.safe_lora` | post-hoc | projects LoRA updates far from the alignment subspace onto it (Safe LoRA) |
 
 A recipe names a composition (e.g. `safe_cpift` = `freeze` + `safety_mix`); see docs/efficacy.md for
 what each measured.
@@ -46,6 +47,8 @@ PROTECTIONS: dict[str, Protection] = {p.name: p for p in (
                "safety chats (refusals and benign look-alike answers) mixed into the SFT data"),
     Protection("repair", "safe_cpift.protect.repair:add_safety_vector", "post-hoc",
                "re-add a scaled safety vector (RESTA) or restore entries after training"),
+    Protection("safe_lora", "safe_cpift.protect.safe_lora:project_lora", "post-hoc",
+               "project LoRA updates far from the alignment subspace onto it (Safe LoRA)"),
 )}
 
 

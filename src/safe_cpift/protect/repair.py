@@ -5,10 +5,8 @@
   safety (RESTA: harmful 9.2% → 1.5% after full fine-tuning).
 - `restore_entries(model, region, source)`: put the values of a region's entries (e.g. the safety
   core, or whole safety layers) back from the aligned model — the post-hoc cousin of freezing.
-- `safe_lora_projection(model, aligned, base, threshold)` (Safe LoRA, Hsu et al. 2024): for each
-  weight matrix, the update `Δ = W − W_aligned` is projected onto the alignment subspace with
-  `C = V Vᵀ / ‖V‖_F`, `V = W_aligned − W_base`; where the projected update is far from the update
-  (cosine below `threshold`), the layer keeps only the projection `W_aligned + C Δ`.
+- `safe_lora_projection(model, aligned, base, threshold)` (Safe LoRA, Hsu et al. 2024) lives in
+  `safe_cpift.protect.safe_lora` (with `project_lora` for PEFT models) and is re-exported here.
 - `choose_scale(model, aligned, base, score, scales)`: try each scale on a copy, score it with a
   held-out probe (`score(model) -> (refusal, over_refusal, task)`), and keep the smallest scale that
   reaches the refusal target without raising over-refusal past its limit; the scores of every scale
@@ -19,20 +17,18 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from safe_cpift.protect.safe_lora import safe_lora_projection, weights_of
+
+__all__ = ["add_safety_vector", "choose_scale", "restore_entries", "safe_lora_projection"]
+
 logger = logging.getLogger(__name__)
 
 Scores = tuple[float, float, float]  # refusal, over-refusal, task score
-
-
-def _weights(source: Any) -> Mapping[str, torch.Tensor]:
-    if isinstance(source, torch.nn.Module):
-        return source.state_dict()
-    return source
 
 
 @torch.no_grad()
@@ -50,7 +46,7 @@ def add_safety_vector(model: torch.nn.Module, aligned: Any, base: Any, scale: fl
     Raises:
         `ValueError`: a shared tensor has different shapes in the three models.
     """
-    a, b = _weights(aligned), _weights(base)
+    a, b = weights_of(aligned), weights_of(base)
     changed = 0
     for name, p in model.state_dict().items():
         if name not in a or name not in b or not p.is_floating_point():
@@ -61,38 +57,6 @@ def add_safety_vector(model: torch.nn.Module, aligned: Any, base: Any, scale: fl
         p.add_((a[name].float() - b[name].float()).to(p.dtype), alpha=scale)
         changed += 1
     return changed
-
-
-@torch.no_grad()
-def safe_lora_projection(model: torch.nn.Module, aligned: Any, base: Any, threshold: float = 0.5) -> dict[str, Any]:
-    """Safe LoRA's post-hoc projection of the fine-tuning update onto the alignment subspace.
-
-    Args:
-        model (`torch.nn.Module`): the fine-tuned model (LoRA merged with `merge_and_unload()`), changed in place.
-        aligned, base (`nn.Module` or state dict): the aligned model and the model before alignment.
-        threshold (`float`, *optional*, defaults to `0.5`): a 2-D weight whose cosine between `Δ` and `C Δ`
-            is below this is replaced by `W_aligned + C Δ` (Safe LoRA's similarity threshold).
-
-    Returns:
-        `dict`: `projected` (the weights replaced) and `cosine` per weight.
-    """
-    a, b = _weights(aligned), _weights(base)
-    projected, cosines = [], {}
-    for name, w in model.state_dict().items():
-        if w.dim() != 2 or name not in a or name not in b or not w.is_floating_point():
-            continue
-        v = a[name].float() - b[name].float()
-        norm = float(torch.linalg.matrix_norm(v.double()))
-        delta = w.float() - a[name].float()
-        if norm == 0 or not bool(delta.any()):
-            continue
-        proj = v @ (v.T @ delta) / norm
-        cos = float((delta * proj).sum() / (delta.norm() * proj.norm()).clamp_min(1e-30))
-        cosines[name] = cos
-        if cos < threshold:
-            w.copy_((a[name].float() + proj).to(w.dtype))
-            projected.append(name)
-    return {"projected": projected, "cosine": cosines}
 
 
 def restore_entries(model: torch.nn.Module, region: Any, source: Any) -> int:
