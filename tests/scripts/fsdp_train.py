@@ -137,6 +137,7 @@ def run_trainer(out_dir: Path, mode: str) -> dict:
 
 
 PROTECTIONS = ("none", "direction", "projection", "token_kl", "token_kl_whole_ref")
+HAND_LOOP_PROTECTIONS = ("direction", "projection", "token_kl")
 
 
 def make_protection(name: str):
@@ -201,32 +202,74 @@ def run_resume(out_dir: Path) -> dict:
     return {"final": gathered(second.model), "step2": None, "info": info}
 
 
-def run_fully_shard(out_dir: Path) -> dict:
-    from torch.distributed.fsdp import fully_shard
+def hand_loop_batches(step: int, ranks: list[int]) -> list[str]:
+    """The rows rank `r` trains on at `step` in the hand-written loops (2 per rank); all ranks' rows = the global batch."""
+    return [f"user : what is {(step + r) % 10} ? . assistant : the {step} yes ." for r in ranks for _ in range(2)]
 
-    from safe_cpift import FrozenEntries
 
-    model = tiny_llama(seed=0)
-    region = random_region(model)
-    for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
-    frozen = FrozenEntries(model, region)
+def hand_loop(model, frozen, ranks: list[int], steps: int = 3, protection=None) -> list[dict[str, float]]:
+    """AdamW steps on `ranks`' rows: backward, the protection's `adjust`, the step, then `frozen.restore()`.
+
+    The loop a user writes around plain `fully_shard`; with `ranks` = every rank's id in one process it
+    is the one-process run on the same global batches (FSDP2 averages the ranks' gradients). Returns what
+    the protection's `adjust` returned at each step it ran (every `protection.every` steps, as its callback).
+    """
+    logged = []
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     tok = word_tokenizer()
-    rank, _ = rank_world()
-    for step in range(3):
-        text = [f"user : what is {(step + rank) % 10} ? . assistant : the {step} yes ."] * 2
-        batch = tok(text, return_tensors="pt", padding=True)
+    for step in range(steps):
+        batch = tok(hand_loop_batches(step, ranks), return_tensors="pt", padding=True)
         loss = model(**batch, labels=batch["input_ids"]).loss
         loss.backward()
+        if protection is not None and step % protection.every == 0:
+            logged.append(protection.adjust(model, step))
         opt.step()
         opt.zero_grad()
         frozen.restore()
+    return logged
+
+
+def shard(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def run_fully_shard(out_dir: Path) -> dict:
+    """Plain `fully_shard` with `FrozenEntries` in a hand-written loop, alone and with each gradient protection."""
+    from safe_cpift import FrozenEntries
+
+    rank, _ = rank_world()
+    model = shard(tiny_llama(seed=0))
+    frozen = FrozenEntries(model, random_region(tiny_llama(seed=0)))
+    hand_loop(model, frozen, [rank])
     info = {"frozen": {"frozen_entries": frozen.num_entries, "frozen_intact": frozen.verify(all_ranks=True),
                        "local_entries": frozen.local_entries},
-            "param_type": type(next(model.parameters())).__name__}
-    return {"final": gathered(model), "step2": None, "info": info}
+            "param_type": type(next(model.parameters())).__name__, "protections": {}}
+    first = gathered(model)
+    for name in HAND_LOOP_PROTECTIONS:
+        model = shard(tiny_llama(**MODEL))
+        frozen, protection = FrozenEntries(model, random_region(tiny_llama(**MODEL))), make_protection(name)
+        logged = hand_loop(model, frozen, [rank], protection=protection)
+        weights = gathered(model)
+        if rank == 0:
+            save_file(weights, str(out_dir / f"fully_shard-{name}.safetensors"))
+        info["protections"][name] = {"frozen_intact": frozen.verify(all_ranks=True), "logged": logged,
+                                     "param_type": type(next(model.parameters())).__name__}
+    return {"final": first, "step2": None, "info": info}
+
+
+def hand_loop_one_process(name: str, world: int = 2) -> dict[str, torch.Tensor]:
+    """`run_fully_shard`'s run with protection `name`, in one process on every rank's rows at once."""
+    from safe_cpift import FrozenEntries
+
+    model = tiny_llama(**MODEL)
+    hand_loop(model, FrozenEntries(model, random_region(tiny_llama(**MODEL))), list(range(world)),
+              protection=make_protection(name))
+    return gathered(model)
 
 
 def main(out_dir: Path, mode: str, steps: int = 4, hidden: int | None = None) -> None:
