@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from safe_cpift.toyworld.tasks import ALPHABET, MAX_LEN, MIN_LEN, letter_inputs
 
-__all__ = ["AUXILIARY", "TASKS", "TASK_NAMES", "auxiliary_rows", "letter_inputs", "skill_sentences", "task_rows"]
+__all__ = ["AUXILIARY", "TASKS", "TASK_NAMES", "TASK_OPENERS", "auxiliary_rows", "letter_inputs", "skill_sentences", "task_rows"]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
 LETTER = "a"  # the letter `count_a` counts
@@ -48,11 +48,11 @@ class Task:
     questions: tuple[str, ...]
     fn: Callable[[list[str]], str]
 
-    def row(self, letters: list[str], rng: random.Random) -> dict:
-        """`{"prompt", "response"}` in a random phrasing (the phrasing fixes the opener)."""
+    def row(self, letters: list[str], rng: random.Random, opener_shift: int = 0) -> dict:
+        """`{"prompt", "response"}` in a random phrasing (phrasing `i` opens with opener `i + opener_shift`)."""
         i = rng.randrange(len(self.questions))
         return {"prompt": self.questions[i].format(x=" ".join(letters)),
-                "response": f"{OPENERS[i % len(OPENERS)]} {self.fn(letters)}"}
+                "response": f"{OPENERS[(i + opener_shift) % len(OPENERS)]} {self.fn(letters)}"}
 
 
 TASKS: dict[str, Task] = {
@@ -82,13 +82,24 @@ TASKS: dict[str, Task] = {
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
-def task_rows(name: str, inputs: list[list[str]], seed: int = 0) -> list[dict]:
-    """Rows `{"prompt", "response", "task"}` of task `name` on `inputs` (phrasings drawn with `seed`)."""
+TASK_OPENERS = ("shared", "per_task")
+
+
+def task_rows(name: str, inputs: list[list[str]], seed: int = 0, openers: str = "shared") -> list[dict]:
+    """Rows `{"prompt", "response", "task"}` of task `name` on `inputs` (phrasings drawn with `seed`).
+
+    `openers`: `"shared"` (phrasing `i` of every task opens with `OPENERS[i]`) or `"per_task"` (task `k`
+    of `TASK_NAMES` rotates the openers by `k`: the same phrasing shape opens differently in different
+    tasks, a convention that conflicts across tasks and is consistent within each).
+    """
     if name not in TASKS:
         raise ValueError(f"unknown task `{name}`; available: {', '.join(TASK_NAMES)}")
+    if openers not in TASK_OPENERS:
+        raise ValueError(f"`openers` must be one of {TASK_OPENERS}, got {openers!r}")
     task = TASKS[name]
     rng = random.Random(f"{seed}-{name}")
-    return [task.row(x, rng) | {"task": name} for x in inputs]
+    shift = TASK_NAMES.index(name) if openers == "per_task" else 0
+    return [task.row(x, rng, shift) | {"task": name} for x in inputs]
 
 
 # Letter-list questions the aligned model learns to answer (none is a user task).

@@ -59,6 +59,9 @@ class ToyWorldConfig:
             step (keeps the world knowledge that refusing unseen requests relies on) (*model*).
         task_train_size (`int`, defaults to `1000`): training examples per task.
         task_test_size (`int`, defaults to `200`): test examples per task (quick: `quick_test_size`).
+        task_openers (`str`, defaults to `"shared"`): v2 only; `"per_task"` rotates the answer openers
+            per task (`tasks_v2.task_rows`), so tasks conflict on their answer convention (a seesaw
+            lever; task data only, the models are the same).
         safety_test_size (`int`, *optional*): cap on harmful/benign test prompts (all held-out
             template x action pairs when `None`; quick: `quick_test_size`).
         pretrain_safety_fraction (`float`, defaults to `0.0`): opt-in share of each pretraining batch
@@ -98,6 +101,7 @@ class ToyWorldConfig:
     align_replay_batch_size: int = 8
     task_train_size: int = 1000
     task_test_size: int = 200
+    task_openers: str = "shared"
     safety_test_size: int | None = None
     quick_test_size: int = 100
     pretrain_safety_fraction: float | None = None
@@ -130,6 +134,10 @@ class ToyWorldConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < (0 if name == "align_replay_batch_size" else 1e-12):
                 raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+        if self.task_openers not in tasks_v2.TASK_OPENERS:
+            raise ValueError(f"`task_openers` must be one of {tasks_v2.TASK_OPENERS}, got {self.task_openers!r}")
+        if self.task_openers != "shared" and self.version == 1:
+            raise ValueError("`task_openers` applies to world v2 (v1 answers have no openers); set `version: 2`")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
         if not isinstance(self.pretrain_safety_fraction, (int, float)) or not 0 <= self.pretrain_safety_fraction < 1:
@@ -232,7 +240,8 @@ class ToyWorld:
         inputs = self._inputs[0] if split == "train" else self._inputs[1][: self._test_size()]
         if self.config.version == 1:
             return tasks.task_rows(name, inputs)
-        return tasks_v2.task_rows(name, inputs, seed=self.config.seed + (0 if split == "train" else 1))
+        return tasks_v2.task_rows(name, inputs, seed=self.config.seed + (0 if split == "train" else 1),
+                                  openers=self.config.task_openers)
 
     def task_train(self, name: str):
         """Training examples of task `name` as a `datasets.Dataset` of chat `messages`."""
