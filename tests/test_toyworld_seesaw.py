@@ -1,6 +1,7 @@
 """Seesaw levers of the tiny world v2 (issue 10): `task_openers="per_task"` makes the tasks conflict on
 their answer opener while each task stays consistent; the default world's data and models are untouched."""
 
+import random
 import re
 
 import pytest
@@ -47,3 +48,19 @@ def test_task_openers_leave_the_models_alone_and_are_checked():
         ToyWorldConfig(version=1, task_openers="per_task")
     with pytest.raises(ValueError, match="`openers`"):
         tasks_v2.task_rows("commas", [list("abc")], openers="nope")
+
+
+def test_skill_questions_put_the_tasks_in_question_form_into_pretraining_only_when_asked():
+    plain, asked = ToyWorldConfig(), ToyWorldConfig(skill_questions=60)
+    docs = ToyWorld(asked).corpus_documents()
+    lines = tasks_v2.skill_questions(random.Random(13), 60)  # the corpus draws them with seed + 13
+    assert all(any(line in d for d in docs) for line in lines)
+    assert not any("Question: Count the letters:" in d for d in ToyWorld(plain).corpus_documents())
+    assert any(tasks_v2.TASKS["count_letters"].questions[1].split("{")[0] in line for line in lines)
+    assert not any(o in line for line in lines for o in tasks_v2.OPENERS)  # no chat opener: the format is left to learn
+    assert plain.model_key("d") != asked.model_key("d")  # a different base model
+    assert plain.model_key("d") == ToyWorldConfig(skill_questions=0).model_key("d")  # the default's key is kept
+    with pytest.raises(ValueError, match="`skill_questions`"):
+        ToyWorldConfig(skill_questions=-1)
+    with pytest.raises(ValueError, match="`skill_questions`.*version"):
+        ToyWorldConfig(version=1, skill_questions=10)

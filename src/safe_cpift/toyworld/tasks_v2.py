@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from safe_cpift.toyworld.tasks import ALPHABET, MAX_LEN, MIN_LEN, letter_inputs
 
-__all__ = ["AUXILIARY", "TASKS", "TASK_NAMES", "TASK_OPENERS", "auxiliary_rows", "letter_inputs", "skill_sentences", "task_rows"]
+__all__ = ["AUXILIARY", "TASKS", "TASK_NAMES", "TASK_OPENERS", "auxiliary_rows", "letter_inputs", "skill_questions", "skill_sentences", "task_rows"]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
 LETTER = "a"  # the letter `count_a` counts
@@ -133,4 +133,16 @@ def skill_sentences(rng: random.Random, n: int) -> list[str]:
             f"In capitals, {x} is {' '.join(c.upper() for c in s)}.",
             f"With commas, {x} reads {', '.join(s)}.",
         )))
+    return out
+
+
+def skill_questions(rng: random.Random, n: int) -> list[str]:
+    """`n` pretraining lines "Question: <a task's question> Answer: <its answer sentence>" on random letter
+    lists, in plain text (no chat turn, no opener): the skills as a base model meets them in web Q&A."""
+    tasks = list(TASKS.values())
+    out = []
+    for _ in range(n):
+        task = rng.choice(tasks)
+        s = [rng.choice(ALPHABET) for _ in range(rng.randint(MIN_LEN, MAX_LEN))]
+        out.append(f"Question: {rng.choice(task.questions).format(x=' '.join(s))} Answer: {task.fn(s)}")
     return out

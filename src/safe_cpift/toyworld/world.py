@@ -62,6 +62,10 @@ class ToyWorldConfig:
         task_openers (`str`, defaults to `"shared"`): v2 only; `"per_task"` rotates the answer openers
             per task (`tasks_v2.task_rows`), so tasks conflict on their answer convention (a seesaw
             lever; task data only, the models are the same).
+        skill_questions (`int`, defaults to `0`): v2 only, opt-in; plain-text Q&A lines of the six tasks
+            ("Question: What is the first letter of d a c a? Answer: The first letter is d.", no chat
+            form, no opener; `tasks_v2.skill_questions`) added to the pretraining corpus, so the skills
+            are already there in question form (a seesaw lever: tasks learnable in fewer steps) (*model*).
         safety_test_size (`int`, *optional*): cap on harmful/benign test prompts (all held-out
             template x action pairs when `None`; quick: `quick_test_size`).
         pretrain_safety_fraction (`float`, defaults to `0.0`): opt-in share of each pretraining batch
@@ -102,6 +106,7 @@ class ToyWorldConfig:
     task_train_size: int = 1000
     task_test_size: int = 200
     task_openers: str = "shared"
+    skill_questions: int = 0
     safety_test_size: int | None = None
     quick_test_size: int = 100
     pretrain_safety_fraction: float | None = None
@@ -121,6 +126,8 @@ class ToyWorldConfig:
                       "align_safety_repeats": ("aligned", 1),
                       "align_letter_rows": ("aligned", 0)}
 
+    _OPT_IN_FIELDS = _OPT_IN_FIELDS | {"skill_questions": ("base", 0)}  # seesaw levers (issue 10)
+
     def __post_init__(self) -> None:
         if self.version not in WORLD_VERSIONS:
             raise ValueError(f"`version` must be one of {WORLD_VERSIONS}, got {self.version!r} "
@@ -138,6 +145,10 @@ class ToyWorldConfig:
             raise ValueError(f"`task_openers` must be one of {tasks_v2.TASK_OPENERS}, got {self.task_openers!r}")
         if self.task_openers != "shared" and self.version == 1:
             raise ValueError("`task_openers` applies to world v2 (v1 answers have no openers); set `version: 2`")
+        if not isinstance(self.skill_questions, int) or self.skill_questions < 0:
+            raise ValueError(f"`skill_questions` must be an integer >= 0, got {self.skill_questions!r}")
+        if self.skill_questions and self.version == 1:
+            raise ValueError("`skill_questions` applies to world v2 (its Q&A lines are the v2 tasks'); set `version: 2`")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
         if not isinstance(self.pretrain_safety_fraction, (int, float)) or not 0 <= self.pretrain_safety_fraction < 1:
@@ -298,7 +309,8 @@ class ToyWorld:
 
     def corpus_documents(self) -> list[str]:
         """The pretraining corpus (v2: with the tasks' skills as plain statements)."""
-        return corpus.corpus_documents(self.config.seed, skill_sentences=self.config.skill_sentences)
+        return corpus.corpus_documents(self.config.seed, skill_sentences=self.config.skill_sentences,
+                                       skill_questions=self.config.skill_questions)
 
     def all_text(self) -> list[str]:
         """Every text of the world (corpus, prompts, answers); the tokenizer is trained on it."""
