@@ -64,3 +64,22 @@ def test_skill_questions_put_the_tasks_in_question_form_into_pretraining_only_wh
         ToyWorldConfig(skill_questions=-1)
     with pytest.raises(ValueError, match="`skill_questions`.*version"):
         ToyWorldConfig(version=1, skill_questions=10)
+
+
+def test_shared_question_gives_the_two_tasks_of_a_skill_one_identical_prompt_with_different_answers():
+    world = ToyWorld(ToyWorldConfig(task_shared_question=True))
+    by_prompt: dict[str, dict[str, str]] = {}
+    for name in world.task_names:
+        rows = world.task_rows(name, "train")
+        shared = tasks_v2.SHARED_QUESTIONS[tasks_v2.TASKS[name].skill].split("{")[0]
+        asked = [r for r in rows if r["prompt"].startswith(shared)]
+        assert 0.15 < len(asked) / len(rows) < 0.35  # about a quarter of the rows
+        for r in rows:
+            assert by_prompt.setdefault(r["prompt"], {}).setdefault(name, r["response"]) == r["response"]
+    clashes = [p for p, answers in by_prompt.items() if len(answers) == 2 and len(set(answers.values())) == 2]
+    assert clashes and all(any(p.startswith(q.split("{")[0]) for q in tasks_v2.SHARED_QUESTIONS.values())
+                           for p in clashes)
+    assert not ToyWorld().task_rows("count_a", "train")[0]["prompt"].startswith("Give me")
+    assert ToyWorld().task_rows("count_a", "train") == ToyWorld(ToyWorldConfig()).task_rows("count_a", "train")
+    with pytest.raises(ValueError, match="`task_shared_question`.*version"):
+        ToyWorldConfig(version=1, task_shared_question=True)

@@ -62,6 +62,9 @@ class ToyWorldConfig:
         task_openers (`str`, defaults to `"shared"`): v2 only; `"per_task"` rotates the answer openers
             per task (`tasks_v2.task_rows`), so tasks conflict on their answer convention (a seesaw
             lever; task data only, the models are the same).
+        task_shared_question (`bool`, defaults to `False`): v2 only; the two tasks of each skill also
+            ask one identical neutral question (`tasks_v2.SHARED_QUESTIONS`) and answer it each their
+            own way: targets that conflict for the same prompt (a seesaw lever; task data only).
         skill_questions (`int`, defaults to `0`): v2 only, opt-in; plain-text Q&A lines of the six tasks
             ("Question: What is the first letter of d a c a? Answer: The first letter is d.", no chat
             form, no opener; `tasks_v2.skill_questions`) added to the pretraining corpus, so the skills
@@ -106,6 +109,7 @@ class ToyWorldConfig:
     task_train_size: int = 1000
     task_test_size: int = 200
     task_openers: str = "shared"
+    task_shared_question: bool = False
     skill_questions: int = 0
     safety_test_size: int | None = None
     quick_test_size: int = 100
@@ -145,6 +149,10 @@ class ToyWorldConfig:
             raise ValueError(f"`task_openers` must be one of {tasks_v2.TASK_OPENERS}, got {self.task_openers!r}")
         if self.task_openers != "shared" and self.version == 1:
             raise ValueError("`task_openers` applies to world v2 (v1 answers have no openers); set `version: 2`")
+        if not isinstance(self.task_shared_question, bool):
+            raise ValueError(f"`task_shared_question` must be true or false, got {self.task_shared_question!r}")
+        if self.task_shared_question and self.version == 1:
+            raise ValueError("`task_shared_question` applies to world v2 (its skill pairs); set `version: 2`")
         if not isinstance(self.skill_questions, int) or self.skill_questions < 0:
             raise ValueError(f"`skill_questions` must be an integer >= 0, got {self.skill_questions!r}")
         if self.skill_questions and self.version == 1:
@@ -252,7 +260,7 @@ class ToyWorld:
         if self.config.version == 1:
             return tasks.task_rows(name, inputs)
         return tasks_v2.task_rows(name, inputs, seed=self.config.seed + (0 if split == "train" else 1),
-                                  openers=self.config.task_openers)
+                                  openers=self.config.task_openers, shared_question=self.config.task_shared_question)
 
     def task_train(self, name: str):
         """Training examples of task `name` as a `datasets.Dataset` of chat `messages`."""
