@@ -13,6 +13,13 @@ Builds (or loads) the world of `--set FIELD=VALUE ...` and measures, with plain 
     OMP_NUM_THREADS=1 python benchmarks/lab_screen.py --set version=2 --lr 3e-4 --steps 300
     OMP_NUM_THREADS=1 python benchmarks/lab_screen.py --set version=1 --lr 1e-3 --steps 300 --json /tmp/v1.json
 
+Learning curves for the seesaw screens (docs/lab.md, "Seesaw screens"): `--single-steps 25 50 150`
+scores each task alone at those steps too, `--multi-at 87 300` the multitask run; `--no-multitask`
+or `--no-single` runs one side only:
+
+    OMP_NUM_THREADS=1 python benchmarks/lab_screen.py --set task_openers=per_task --lr 3e-4 --steps 1800 \
+        --attack 0 --multi-at 524 900 --single-steps 87 150
+
 The pass/fail lines compare with the issue's thresholds; this is a screen (one seed, smaller task
 test sets); the lab table in docs/lab.md comes from full pipeline runs over three seeds.
 """
