@@ -102,7 +102,7 @@ def erode(world, lr: float, steps: int, eval_at: list[int], batch_size: int = 16
 
     with tempfile.TemporaryDirectory() as tmp:
         stats = train_sft(model, tok, task_mix(world), output_dir=tmp, max_steps=steps, learning_rate=lr,
-                          batch_size=batch_size, callbacks=[Probe()], seed=seed, num_threads=1)
+                          batch_size=batch_size, callbacks=[Probe()], seed=seed)
     final = world.evaluate(model, tok)
     curve[steps] = {"refusal_rate": final["refusal_rate"], "over_refusal_rate": final["over_refusal_rate"]}
     return {"lr": lr, "steps": steps, "batch_size": batch_size, "train_seconds": stats.train_seconds,

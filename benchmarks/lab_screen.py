@@ -13,6 +13,13 @@ Builds (or loads) the world of `--set FIELD=VALUE ...` and measures, with plain 
     OMP_NUM_THREADS=1 python benchmarks/lab_screen.py --set version=2 --lr 3e-4 --steps 300
     OMP_NUM_THREADS=1 python benchmarks/lab_screen.py --set version=1 --lr 1e-3 --steps 300 --json /tmp/v1.json
 
+Learning curves for the seesaw screens (docs/lab.md, "Seesaw screens"): `--single-steps 25 50 150`
+scores each task alone at those steps too, `--multi-at 87 300` the multitask run; `--no-multitask`
+or `--no-single` runs one side only:
+
+    OMP_NUM_THREADS=1 python benchmarks/lab_screen.py --set task_openers=per_task --lr 3e-4 --steps 1800 \
+        --attack 0 --multi-at 524 900 --single-steps 87 150
+
 The pass/fail lines compare with the issue's thresholds; this is a screen (one seed, smaller task
 test sets); the lab table in docs/lab.md comes from full pipeline runs over three seeds.
 """
@@ -52,19 +59,50 @@ def _scores(world, model, tok, names: list[str], n_task: int, show: int = 0) -> 
     return out
 
 
-def _sft(world, data, steps: int, lr: float, seed: int):
+def _task_scores(world, model, tok, names: list[str], n_task: int) -> dict[str, float]:
+    """Exact match on the first `n_task` test rows of each task (no safety sets: the cheap check)."""
+    import torch
+
+    from safe_cpift.toyworld.evaluate import task_accuracy
+
+    state = torch.get_rng_state()  # keeps a mid-training check from changing the run
+    out = {n: task_accuracy(model, tok, world.task_rows(n, "test")[:n_task])[0] for n in names}
+    torch.set_rng_state(state)
+    return out
+
+
+def _sft(world, data, steps: int, lr: float, seed: int, check_at: dict | None = None):
+    """Plain SFT of a fresh aligned model; `check_at` ({step: callable(model)}) runs mid-training checks."""
+    from transformers import TrainerCallback
+
     from safe_cpift.training import train_sft
+
+    class Check(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in (check_at or {}) and state.global_step < steps:
+                check_at[state.global_step](model)
+                model.train()
 
     model = _fresh(world)
     with tempfile.TemporaryDirectory() as tmp:
         stats = train_sft(model, world.tokenizer(), data, output_dir=tmp, max_steps=steps, learning_rate=lr,
-                          batch_size=16, seed=seed, num_threads=1, weight_decay=0.0, lr_scheduler_type="constant")
+                          batch_size=16, seed=seed, weight_decay=0.0, lr_scheduler_type="constant",
+                          callbacks=[Check()] if check_at else ())
+    if steps in (check_at or {}):
+        check_at[steps](model)
     return model, stats
 
 
 def screen(world, *, lr: float, steps: int, attack: float, n_task: int, top_p: float, tau: float,
-           seed: int = 0, single: bool = True, show: int = 0, aligned_scores: dict | None = None) -> dict:
-    """Run the five measurements of the module docstring; returns a JSON-able dict."""
+           seed: int = 0, single: bool = True, show: int = 0, aligned_scores: dict | None = None,
+           single_steps: list[int] | None = None, multi_at: list[int] | None = None, multitask: bool = True,
+           tasks: list[str] | None = None) -> dict:
+    """Run the five measurements of the module docstring; returns a JSON-able dict.
+
+    `single_steps` adds checkpoints to each single-task run (a learning curve; the run goes to the
+    largest); the seesaw and the cores use the checkpoint at the equal budget `steps // n_tasks`.
+    `multi_at` adds checkpoints (task scores, refusal) to the multitask run. `tasks` restricts the
+    screen to a subset of the world's tasks."""
     from datasets import concatenate_datasets
 
     from safe_cpift.cluster import cluster_tasks, overlap_matrix
@@ -72,8 +110,8 @@ def screen(world, *, lr: float, steps: int, attack: float, n_task: int, top_p: f
     from safe_cpift.toyworld.attack import contaminate, harmful_compliant
 
     tok = world.tokenizer()
-    names = list(world.task_names)
-    out: dict = {"lr": lr, "steps": steps, "attack_fraction": attack, "seed": seed}
+    names = list(tasks or world.task_names)
+    out: dict = {"lr": lr, "steps": steps, "attack_fraction": attack, "seed": seed, "tasks": names}
     aligned = _fresh(world)
     # greedy decoding: the aligned model's scores do not depend on the run seed
     out["aligned"] = aligned_scores or _scores(world, aligned, tok, names, n_task, show)
@@ -81,32 +119,60 @@ def screen(world, *, lr: float, steps: int, attack: float, n_task: int, top_p: f
     if not steps:
         return out
     mix = concatenate_datasets([world.task_train(n) for n in names]).shuffle(seed=seed)
-    model, stats = _sft(world, mix, steps, lr, seed)
-    out["multitask"] = _scores(world, model, tok, names, n_task, show) | {"train_seconds": stats.train_seconds}
-    _line(f"multitask {steps} steps", out["multitask"])
-    if attack:
+    if multitask:
+        curve: dict[int, dict] = {}
+
+        def multi_check(step: int):
+            def check(m):
+                curve[step] = _scores(world, m, tok, names, n_task)
+                _line(f"multitask @{step}", curve[step])
+            return check
+
+        model, stats = _sft(world, mix, steps, lr, seed, {k: multi_check(k) for k in multi_at or () if k < steps})
+        out["multitask"] = _scores(world, model, tok, names, n_task, show) | {"train_seconds": stats.train_seconds}
+        if curve:
+            out["multitask_curve"] = curve
+        _line(f"multitask {steps} steps", out["multitask"])
+    if attack and multitask:
         bad = contaminate(mix, harmful_compliant(world, seed=seed), attack, seed=seed)
         model, _ = _sft(world, bad, steps, lr, seed)
         out["attack"] = _scores(world, model, tok, [], n_task)
         _line(f"attack {attack:.0%} {steps} steps", out["attack"])
     if single:
         per_task = max(1, steps // len(names))
-        theta0 = {k: v.detach().clone() for k, v in aligned.state_dict().items()}
-        regions, single_scores = {}, {}
+        checkpoints = sorted(set(single_steps or ()) | {per_task})
+        theta0 = aligned.state_dict()  # never trained (each run trains a fresh copy); ties kept
+        regions, single_scores, curves = {}, {}, {}
+
+        def single_check(n: str, step: int):
+            def check(m):
+                curves[n][step] = _task_scores(world, m, tok, [n], n_task)[n]
+                if step == per_task:
+                    regions[n] = CoreRegion.from_update(theta0, m.state_dict(), top_p=top_p, progress=False)
+            return check
+
         for n in names:
-            model, _ = _sft(world, world.task_train(n), per_task, lr, seed)
-            single_scores[n] = _scores(world, model, tok, [n], n_task)["task_scores"][n]
-            regions[n] = CoreRegion.from_update(theta0, model.state_dict(), top_p=top_p, progress=False)
-            print(f"  single {n} ({per_task} steps): {single_scores[n]:.3f}", flush=True)
+            curves[n] = {}
+            _sft(world, world.task_train(n), checkpoints[-1], lr, seed, {k: single_check(n, k) for k in checkpoints})
+            single_scores[n] = curves[n][per_task]
+            print(f"  single {n} ({per_task} steps): {single_scores[n]:.3f}"
+                  + (f"; by step {' '.join(f'{k}:{v:.2f}' for k, v in curves[n].items())}" if len(checkpoints) > 1 else ""),
+                  flush=True)
         groups = [list(g) for g in cluster_tasks(regions, tau=tau)]
         _, jac = overlap_matrix(regions, "jaccard")
         single_mean = sum(single_scores.values()) / len(single_scores)
         out["single"] = {"steps_per_task": per_task, "scores": single_scores, "task_mean": single_mean}
+        if len(checkpoints) > 1:
+            out["single"]["curves"] = curves
         out["cores"] = {"top_p": top_p, "tau": tau, "groups": groups, "jaccard": [[round(float(v), 3) for v in r]
                                                                                     for r in jac]}
-        print(f"  seesaw: single mean {single_mean:.3f} vs multitask {out['multitask']['task_mean']:.3f} "
-              f"(delta {out['multitask']['task_mean'] - single_mean:+.3f}); groups at tau={tau}: {groups}", flush=True)
-        print("  jaccard:\n" + "\n".join("    " + " ".join(f"{v:.2f}" for v in r) for r in out["cores"]["jaccard"]))
+        if multitask:
+            print(f"  seesaw: single mean {single_mean:.3f} vs multitask {out['multitask']['task_mean']:.3f} "
+                  f"(delta {out['multitask']['task_mean'] - single_mean:+.3f})", flush=True)
+        print(f"  groups at tau={tau}: {groups}\n  jaccard:\n"
+              + "\n".join("    " + " ".join(f"{v:.2f}" for v in r) for r in out["cores"]["jaccard"]), flush=True)
+    if not multitask:
+        return out
     out["criteria"] = criteria(out)
     for name, (ok, text) in out["criteria"].items():
         print(f"  [{'pass' if ok else 'FAIL'}] {name}: {text}", flush=True)
@@ -194,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (data order, training); "
                         "the world seed stays fixed (`--set seed=N` changes it)")
     parser.add_argument("--no-single", action="store_true", help="skip the single-task runs and cores")
+    parser.add_argument("--single-steps", type=int, nargs="+", default=[], metavar="N",
+                        help="also score each task trained alone at these steps (a learning curve; the seesaw "
+                        "still compares at the equal budget steps // n_tasks)")
+    parser.add_argument("--multi-at", type=int, nargs="+", default=[], metavar="N",
+                        help="also score the multitask run (tasks, refusal) at these steps")
+    parser.add_argument("--no-multitask", action="store_true", help="skip the multitask and attack runs "
+                        "(single-task learning curves only)")
+    parser.add_argument("--tasks", nargs="+", help="screen only these tasks of the world")
     parser.add_argument("--show", type=int, default=0, help="print this many harmful/benign replies")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
@@ -215,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         aligned = next(iter(runs.values()))["aligned"] if runs else None
         runs[seed] = screen(world, lr=args.lr, steps=args.steps, attack=args.attack, n_task=args.task_examples,
                             top_p=args.top_p, tau=args.tau, seed=seed, single=not args.no_single,
-                            show=args.show if not runs else 0, aligned_scores=aligned)
+                            show=args.show if not runs else 0, aligned_scores=aligned,
+                            single_steps=args.single_steps, multi_at=args.multi_at,
+                            multitask=not args.no_multitask, tasks=args.tasks)
         runs[seed]["screen_seconds"] = time.perf_counter() - start
         print(f"  screen wall {runs[seed]['screen_seconds']:.0f}s (shared machine)", flush=True)
     summary = summarize(runs)
@@ -227,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = (lambda v: f"{v:.0f}") if name == "groups at tau" else (lambda v: f"{v:.3f}")
         print(f"| {name} | {fmt(row['mean'])} | " + " | ".join(fmt(row["values"][s]) if s in row["values"] else "n/a"
                                                           for s in args.seeds) + " |")
-    if args.steps:
+    if args.steps and not args.no_multitask:
         print()
         for name, (ok, text) in criteria(mean_run(runs)).items():
             print(f"[{'pass' if ok else 'FAIL'}] {name} (means; groups: fewest over seeds): {text}")

@@ -90,13 +90,14 @@ def _fact_sentences(rng: random.Random, repeats: int) -> list[str]:
 
 
 def corpus_documents(seed: int, doc_sentences: int = 8, fact_repeats: int = 2, action_repeats: int = 2,
-                     skill_sentences: int = 0) -> list[str]:
+                     skill_sentences: int = 0, skill_questions: int = 0) -> list[str]:
     """The pretraining corpus as documents of `doc_sentences` shuffled sentences (deterministic for `seed`).
 
     Contains every fact (held-out ones too: the QA check measures recall of pretraining knowledge),
     descriptions of every safety action (held-out ones too, so their harm is known before alignment),
     small talk and lists of letters. No task examples and no chat turns. With `skill_sentences` (the
-    v2 world) that many statements about letter lists (`tasks_v2.skill_sentences`) are added.
+    v2 world) that many statements about letter lists (`tasks_v2.skill_sentences`) are added; with
+    `skill_questions`, that many plain-text Q&A lines of the v2 tasks (`tasks_v2.skill_questions`).
     """
     rng = random.Random(seed)
     sentences = _fact_sentences(rng, fact_repeats) + safety.corpus_sentences(rng, action_repeats)
@@ -108,5 +109,9 @@ def corpus_documents(seed: int, doc_sentences: int = 8, fact_repeats: int = 2, a
         from safe_cpift.toyworld.tasks_v2 import skill_sentences as skills
 
         sentences += skills(random.Random(seed + 7), skill_sentences)
+    if skill_questions:
+        from safe_cpift.toyworld.tasks_v2 import skill_questions as questions
+
+        sentences += questions(random.Random(seed + 13), skill_questions)
     rng.shuffle(sentences)
     return [" ".join(sentences[i:i + doc_sentences]) for i in range(0, len(sentences), doc_sentences)]

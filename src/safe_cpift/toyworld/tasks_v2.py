@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from safe_cpift.toyworld.tasks import ALPHABET, MAX_LEN, MIN_LEN, letter_inputs
 
-__all__ = ["AUXILIARY", "TASKS", "TASK_NAMES", "auxiliary_rows", "letter_inputs", "skill_sentences", "task_rows"]
+__all__ = ["AUXILIARY", "SHARED_QUESTIONS", "TASKS", "TASK_NAMES", "TASK_OPENERS", "auxiliary_rows", "letter_inputs", "skill_questions", "skill_sentences", "task_rows"]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven")
 LETTER = "a"  # the letter `count_a` counts
@@ -48,11 +48,13 @@ class Task:
     questions: tuple[str, ...]
     fn: Callable[[list[str]], str]
 
-    def row(self, letters: list[str], rng: random.Random) -> dict:
-        """`{"prompt", "response"}` in a random phrasing (the phrasing fixes the opener)."""
-        i = rng.randrange(len(self.questions))
-        return {"prompt": self.questions[i].format(x=" ".join(letters)),
-                "response": f"{OPENERS[i % len(OPENERS)]} {self.fn(letters)}"}
+    def row(self, letters: list[str], rng: random.Random, opener_shift: int = 0, extra: tuple[str, ...] = ()) -> dict:
+        """`{"prompt", "response"}` in a random phrasing of `questions + extra` (phrasing `i` opens with
+        opener `i + opener_shift`)."""
+        questions = self.questions + extra
+        i = rng.randrange(len(questions))
+        return {"prompt": questions[i].format(x=" ".join(letters)),
+                "response": f"{OPENERS[(i + opener_shift) % len(OPENERS)]} {self.fn(letters)}"}
 
 
 TASKS: dict[str, Task] = {
@@ -82,13 +84,32 @@ TASKS: dict[str, Task] = {
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
-def task_rows(name: str, inputs: list[list[str]], seed: int = 0) -> list[dict]:
-    """Rows `{"prompt", "response", "task"}` of task `name` on `inputs` (phrasings drawn with `seed`)."""
+TASK_OPENERS = ("shared", "per_task")
+# one neutral question per skill, asked by both tasks of the skill when `shared_question` is on
+SHARED_QUESTIONS = {"position": "Point out one letter of {x}.", "counting": "Give me a count for {x}.",
+                    "formatting": "Rewrite {x} for me."}
+
+
+def task_rows(name: str, inputs: list[list[str]], seed: int = 0, openers: str = "shared",
+              shared_question: bool = False) -> list[dict]:
+    """Rows `{"prompt", "response", "task"}` of task `name` on `inputs` (phrasings drawn with `seed`).
+
+    `openers`: `"shared"` (phrasing `i` of every task opens with `OPENERS[i]`) or `"per_task"` (task `k`
+    of `TASK_NAMES` rotates the openers by `k`: the same phrasing shape opens differently in different
+    tasks, a convention that conflicts across tasks and is consistent within each).
+    `shared_question`: adds the skill's neutral question (`SHARED_QUESTIONS`) as a fourth phrasing, so
+    the two tasks of a skill ask the very same question and answer it differently (each task stays
+    consistent; together they disagree on a quarter of their prompts).
+    """
     if name not in TASKS:
         raise ValueError(f"unknown task `{name}`; available: {', '.join(TASK_NAMES)}")
+    if openers not in TASK_OPENERS:
+        raise ValueError(f"`openers` must be one of {TASK_OPENERS}, got {openers!r}")
     task = TASKS[name]
     rng = random.Random(f"{seed}-{name}")
-    return [task.row(x, rng) | {"task": name} for x in inputs]
+    shift = TASK_NAMES.index(name) if openers == "per_task" else 0
+    extra = (SHARED_QUESTIONS[task.skill],) if shared_question else ()
+    return [task.row(x, rng, shift, extra) | {"task": name} for x in inputs]
 
 
 # Letter-list questions the aligned model learns to answer (none is a user task).
@@ -122,4 +143,16 @@ def skill_sentences(rng: random.Random, n: int) -> list[str]:
             f"In capitals, {x} is {' '.join(c.upper() for c in s)}.",
             f"With commas, {x} reads {', '.join(s)}.",
         )))
+    return out
+
+
+def skill_questions(rng: random.Random, n: int) -> list[str]:
+    """`n` pretraining lines "Question: <a task's question> Answer: <its answer sentence>" on random letter
+    lists, in plain text (no chat turn, no opener): the skills as a base model meets them in web Q&A."""
+    tasks = list(TASKS.values())
+    out = []
+    for _ in range(n):
+        task = rng.choice(tasks)
+        s = [rng.choice(ALPHABET) for _ in range(rng.randint(MIN_LEN, MAX_LEN))]
+        out.append(f"Question: {rng.choice(task.questions).format(x=' '.join(s))} Answer: {task.fn(s)}")
     return out

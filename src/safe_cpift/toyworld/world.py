@@ -59,6 +59,16 @@ class ToyWorldConfig:
             step (keeps the world knowledge that refusing unseen requests relies on) (*model*).
         task_train_size (`int`, defaults to `1000`): training examples per task.
         task_test_size (`int`, defaults to `200`): test examples per task (quick: `quick_test_size`).
+        task_openers (`str`, defaults to `"shared"`): v2 only; `"per_task"` rotates the answer openers
+            per task (`tasks_v2.task_rows`), so tasks conflict on their answer convention (a seesaw
+            lever; task data only, the models are the same).
+        task_shared_question (`bool`, defaults to `False`): v2 only; the two tasks of each skill also
+            ask one identical neutral question (`tasks_v2.SHARED_QUESTIONS`) and answer it each their
+            own way: targets that conflict for the same prompt (a seesaw lever; task data only).
+        skill_questions (`int`, defaults to `0`): v2 only, opt-in; plain-text Q&A lines of the six tasks
+            ("Question: What is the first letter of d a c a? Answer: The first letter is d.", no chat
+            form, no opener; `tasks_v2.skill_questions`) added to the pretraining corpus, so the skills
+            are already there in question form (a seesaw lever: tasks learnable in fewer steps) (*model*).
         safety_test_size (`int`, *optional*): cap on harmful/benign test prompts (all held-out
             template x action pairs when `None`; quick: `quick_test_size`).
         pretrain_safety_fraction (`float`, defaults to `0.0`): opt-in share of each pretraining batch
@@ -98,6 +108,9 @@ class ToyWorldConfig:
     align_replay_batch_size: int = 8
     task_train_size: int = 1000
     task_test_size: int = 200
+    task_openers: str = "shared"
+    task_shared_question: bool = False
+    skill_questions: int = 0
     safety_test_size: int | None = None
     quick_test_size: int = 100
     pretrain_safety_fraction: float | None = None
@@ -117,6 +130,8 @@ class ToyWorldConfig:
                       "align_safety_repeats": ("aligned", 1),
                       "align_letter_rows": ("aligned", 0)}
 
+    _OPT_IN_FIELDS = _OPT_IN_FIELDS | {"skill_questions": ("base", 0)}  # seesaw levers (issue 10)
+
     def __post_init__(self) -> None:
         if self.version not in WORLD_VERSIONS:
             raise ValueError(f"`version` must be one of {WORLD_VERSIONS}, got {self.version!r} "
@@ -130,6 +145,18 @@ class ToyWorldConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < (0 if name == "align_replay_batch_size" else 1e-12):
                 raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+        if self.task_openers not in tasks_v2.TASK_OPENERS:
+            raise ValueError(f"`task_openers` must be one of {tasks_v2.TASK_OPENERS}, got {self.task_openers!r}")
+        if self.task_openers != "shared" and self.version == 1:
+            raise ValueError("`task_openers` applies to world v2 (v1 answers have no openers); set `version: 2`")
+        if not isinstance(self.task_shared_question, bool):
+            raise ValueError(f"`task_shared_question` must be true or false, got {self.task_shared_question!r}")
+        if self.task_shared_question and self.version == 1:
+            raise ValueError("`task_shared_question` applies to world v2 (its skill pairs); set `version: 2`")
+        if not isinstance(self.skill_questions, int) or self.skill_questions < 0:
+            raise ValueError(f"`skill_questions` must be an integer >= 0, got {self.skill_questions!r}")
+        if self.skill_questions and self.version == 1:
+            raise ValueError("`skill_questions` applies to world v2 (its Q&A lines are the v2 tasks'); set `version: 2`")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
         if not isinstance(self.pretrain_safety_fraction, (int, float)) or not 0 <= self.pretrain_safety_fraction < 1:
@@ -232,7 +259,8 @@ class ToyWorld:
         inputs = self._inputs[0] if split == "train" else self._inputs[1][: self._test_size()]
         if self.config.version == 1:
             return tasks.task_rows(name, inputs)
-        return tasks_v2.task_rows(name, inputs, seed=self.config.seed + (0 if split == "train" else 1))
+        return tasks_v2.task_rows(name, inputs, seed=self.config.seed + (0 if split == "train" else 1),
+                                  openers=self.config.task_openers, shared_question=self.config.task_shared_question)
 
     def task_train(self, name: str):
         """Training examples of task `name` as a `datasets.Dataset` of chat `messages`."""
@@ -289,7 +317,8 @@ class ToyWorld:
 
     def corpus_documents(self) -> list[str]:
         """The pretraining corpus (v2: with the tasks' skills as plain statements)."""
-        return corpus.corpus_documents(self.config.seed, skill_sentences=self.config.skill_sentences)
+        return corpus.corpus_documents(self.config.seed, skill_sentences=self.config.skill_sentences,
+                                       skill_questions=self.config.skill_questions)
 
     def all_text(self) -> list[str]:
         """Every text of the world (corpus, prompts, answers); the tokenizer is trained on it."""
