@@ -116,6 +116,7 @@ def run_task_cores(ctx: RunContext, tmp: Path) -> dict[str, Any]:
             data, _ = mix(ctx, {task: spec.probe_examples}, 0, spec.stage_seed(probe_stage(task)))
             region = CoreRegion.from_importance(model, data, top_p=spec.top_p, scope=spec.scope,
                                                 tokenizer=ctx.tokenizer(), progress=False)
+            del model  # freed before the next task's copy loads
         else:
             region = CoreRegion.from_update(theta0, ctx.model_dir(probe_stage(task)), top_p=spec.top_p,
                                             scope=spec.scope, scorer="update", progress=False)

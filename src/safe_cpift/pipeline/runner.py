@@ -160,10 +160,7 @@ def output_dtype(ctx: RunContext) -> str:
     """The dtype of the published final model: the spec's `dtype`; `auto` = θ0's checkpoint dtype."""
     if ctx.spec.dtype != "auto":
         return ctx.spec.dtype
-    theta0 = ctx.theta0()
-    if isinstance(theta0, Path):
-        return checkpoint_dtype(theta0)
-    return str(next(theta0.parameters()).dtype).removeprefix("torch.")
+    return checkpoint_dtype(ctx.theta0())
 
 
 def _write_cast(ctx: RunContext, source: Path, tmp: Path, dtype: str) -> None:
