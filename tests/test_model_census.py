@@ -8,6 +8,7 @@ import gc
 import json
 import weakref
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from scripts.tiny import tiny_llama
@@ -154,3 +155,32 @@ def test_no_stage_of_the_pipeline_holds_more_than_two_models(tmp_path, monkeypat
         outside[core.indices(name)] = False
         expected = before[name] + 0.5 * (a[name] - b[name])
         torch.testing.assert_close(w.reshape(-1)[outside], expected.reshape(-1)[outside], rtol=1e-5, atol=1e-6)
+
+
+def test_a_hub_models_theta0_is_streamed_from_its_snapshot_not_held_in_memory(tmp_path, monkeypatch):
+    """θ0 given as a hub id: regions and fusion read its cached snapshot (offline here), no model is loaded."""
+    import huggingface_hub.constants as hub
+
+    from safe_cpift.pipeline.common import RunContext, local_checkpoint
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    snapshot = repo / "snapshots" / revision
+    tiny_llama().save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+
+    class Spec:
+        aligned_model = "someone/tiny"
+
+    census = ModelCensus()
+    census.start()
+    at_start = census.peak
+    theta0 = RunContext(Spec(), tmp_path / "run").theta0()
+    assert census.stop()["peak_models"] == at_start  # nothing loaded
+    assert theta0 == snapshot.resolve() and (theta0 / "model.safetensors").is_file()
+    assert local_checkpoint(snapshot) == snapshot
+    with pytest.raises(ValueError, match=r"cannot read the weights of `someone/missing`.*local `save_pretrained` dir"):
+        local_checkpoint("someone/missing")
