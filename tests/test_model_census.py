@@ -117,7 +117,8 @@ def test_no_stage_of_the_pipeline_holds_more_than_two_models(tmp_path, monkeypat
 
     base = tmp_path / "base"
     tiny_arch("qwen2", seed=1).save_pretrained(base)
-    methods = ("aligned", "multitask_sft", "sppft", "resta", "cpift", "safe_cpift")  # the other SFTs: as multitask_sft
+    methods = ("aligned", "multitask_sft", "sppft", "resta", "lora_sft", "safe_lora", "cpift",
+               "safe_cpift")  # sequential_sft and safety_mix_sft train as multitask_sft does
     spec, aligned = pipeline_spec("qwen2", tmp_path, methods=methods, base_model=str(base),
                                   protections=("freeze", "safety_mix", "token_kl", "repair"),
                                   protect_settings={"repair_scales": [0.5]})
@@ -136,7 +137,7 @@ def test_no_stage_of_the_pipeline_holds_more_than_two_models(tmp_path, monkeypat
     assert max(peak.values()) <= 2, {n: p for n, p in peak.items() if p > 2}
     assert peak["sft_group_0"] == 2  # the trainee and token_kl's copy of the aligned model
     assert peak["repair"] == 2  # the repaired model and the copy each scale is tried on
-    for name in ("probe_add", "multitask_sft", "sppft", "fusion", "eval_safe_cpift"):
+    for name in ("probe_add", "multitask_sft", "sppft", "lora_sft", "safe_lora", "fusion", "eval_safe_cpift"):
         assert peak[name] == 1, name
     assert peak["clusters"] == 0  # regions and fusion stream tensors from the checkpoints
     assert witness.most and all(n <= peak[s] for s, n in witness.most.items() if s), (witness.most, peak)
