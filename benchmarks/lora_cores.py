@@ -1,15 +1,16 @@
-"""Do LoRA probe runs find the same task cores as full fine-tunes? Jaccard per task on the tiny world.
+"""Do LoRA probes (`cpift.probe_lora`) find the same task cores as full probes? Jaccard per task.
 
-For each task of the built-in tiny world, the aligned model is fine-tuned on the task's first
-`--examples` rows twice: fully, and with LoRA adapters (rank `--rank` on every linear layer of the
-decoder, merged afterwards with `merge_and_unload()`). The core of each run is the top `--top-p` of
-|θ_tuned − θ_aligned| (global scope, as the pipeline's task cores); the table gives their Jaccard
-index, and the Jaccard with a random region of the same size as the chance level. The LoRA core can
-only contain entries of the adapted matrices (embeddings, norms and the output layer stay frozen), so
-the table also gives the share of the full core inside the decoder's linear weights, and the Jaccard
-of the two cores extracted among those weights only.
+Runs the pipeline's own probe stage (`safe_cpift.pipeline.probes.run_probe`) twice per task of the
+recipe (default: `recipes/toy.yaml`, the tiny world v2): as a full fine-tune, and with
+`cpift.probe_lora` (rank `--rank`, alpha `--alpha`, every decoder linear layer, learning rate 10× the
+recipe's unless `--lora-lr`), merged. Both use the same rows in the same order (the stage seed). The
+cores are extracted as the `task_cores` stage does (top `cpift.top_p` of |θ_probe − θ0|, the recipe's
+scope). The table gives their Jaccard; the Jaccard of the full core with a random region of the same
+size (chance); the share of the full core inside the matrices LoRA adapts (decoder linear weights);
+the Jaccard of the two cores extracted among those matrices only; and each probe's final training
+loss and training seconds.
 
-    OMP_NUM_THREADS=1 python benchmarks/lora_cores.py --examples 256 --top-p 0.01 --rank 8
+    OMP_NUM_THREADS=1 python benchmarks/lora_cores.py [--recipe recipes/toy.yaml] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,69 +19,80 @@ import argparse
 import json
 import os
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _tuned(world, task: str, examples: int, lr: float, lora_rank: int | None):
-    from transformers import AutoModelForCausalLM
+def linear_names(model_dir: Path) -> list[str]:
+    """The matrices peft's `all-linear` adapts: the decoder layers' projections."""
+    from safetensors import safe_open
 
-    from safe_cpift.training import train_sft
-
-    model = AutoModelForCausalLM.from_pretrained(world.aligned_model_path(), dtype="float32", use_safetensors=True)
-    if lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
-    data = world.task_train(task).select(range(examples))
-    with tempfile.TemporaryDirectory() as tmp:
-        train_sft(model, world.tokenizer(), data, output_dir=tmp, num_train_epochs=1, learning_rate=lr,
-                  batch_size=16, seed=0)
-    return model.merge_and_unload() if lora_rank else model
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+        return [n for n in f.keys() if ".layers." in n and n.endswith("proj.weight")]
 
 
 def main() -> None:
+    import dataclasses
+
     import torch
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import load_file
 
     from safe_cpift import CoreRegion
-    from safe_cpift.toyworld.world import ToyWorld
+    from safe_cpift.pipeline import probes
+    from safe_cpift.pipeline.common import MODEL_DIR, RunContext
+    from safe_cpift.pipeline.from_recipe import spec_from_recipe
+    from safe_cpift.recipe import find_recipe, load_recipe
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--examples", type=int, default=256)
-    ap.add_argument("--top-p", type=float, default=0.01)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="toy")
     ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3, help="full fine-tune rate (LoRA uses 10x)")
+    ap.add_argument("--alpha", type=float, default=32.0)
+    ap.add_argument("--lora-lr", type=float, help="default: 10x the recipe's learning rate (the pipeline's default)")
     ap.add_argument("--tasks", nargs="*")
     ap.add_argument("--json")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    world = ToyWorld()
-    aligned = AutoModelForCausalLM.from_pretrained(world.aligned_model_path(), dtype="float32", use_safetensors=True)
+    recipe = load_recipe(find_recipe(args.recipe), overrides=args.overrides)
+    full_spec = spec_from_recipe(recipe)
+    lora_spec = dataclasses.replace(full_spec, probe_lora={"rank": args.rank, "alpha": args.alpha,
+                                                           "learning_rate": args.lora_lr})
+    theta0 = Path(full_spec.aligned_model)
+    linear = linear_names(theta0)
+    aligned = load_file(str(theta0 / "model.safetensors"))
     rows = {}
-    for task in args.tasks or world.task_names:
-        full_model = _tuned(world, task, args.examples, args.lr, None)
-        lora_model = _tuned(world, task, args.examples, 10 * args.lr, args.rank)
-        full = CoreRegion.from_update(aligned, full_model, top_p=args.top_p, progress=False)
-        lora = CoreRegion.from_update(aligned, lora_model, top_p=args.top_p, progress=False)
-        # the same, among the decoder's linear weights only (the matrices LoRA adapts)
-        linear = [n for n, _ in aligned.named_parameters() if ".layers." in n and n.endswith("proj.weight")]
-        full_lin, lora_lin = (CoreRegion.from_update({n: dict(aligned.named_parameters())[n].detach() for n in linear},
-                                                     {n: dict(m.named_parameters())[n].detach() for n in linear},
-                                                     top_p=args.top_p, progress=False) for m in (full_model, lora_model))
-        in_linear = sum(full.counts().get(n, 0) for n in linear) / max(full.num_selected, 1)
-        gen = torch.Generator().manual_seed(0)
-        chance = CoreRegion.from_scores({n: torch.rand(p.shape, generator=gen) for n, p in aligned.named_parameters()},
-                                        top_p=args.top_p)
-        rows[task] = {"jaccard": full.jaccard(lora), "overlap": full.overlap(lora), "chance": full.jaccard(chance),
-                      "full_core_in_linear": in_linear, "jaccard_linear_only": full_lin.jaccard(lora_lin)}
-        print(f"{task:<16} jaccard {rows[task]['jaccard']:.3f}  overlap {rows[task]['overlap']:.3f}  "
-              f"chance {rows[task]['chance']:.3f}  full core in linear layers {in_linear:.3f}  "
-              f"jaccard among linear layers {rows[task]['jaccard_linear_only']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"full": RunContext(full_spec, Path(tmp) / "full"), "lora": RunContext(lora_spec, Path(tmp) / "lora")}
+        for task in args.tasks or full_spec.task_names:
+            cores, lin_cores, info = {}, {}, {}
+            for kind, ctx in runs.items():
+                out = Path(ctx.root) / task
+                out.mkdir(parents=True)
+                info[kind] = probes.run_probe(ctx, out, task)
+                tuned = out / MODEL_DIR
+                cores[kind] = CoreRegion.from_update(theta0, tuned, top_p=ctx.spec.top_p, scope=ctx.spec.scope,
+                                                     scorer="update", progress=False)
+                moved = load_file(str(tuned / "model.safetensors"))
+                lin_cores[kind] = CoreRegion.from_update({n: aligned[n] for n in linear}, {n: moved[n] for n in linear},
+                                                         top_p=ctx.spec.top_p, progress=False)
+            full, lora = cores["full"], cores["lora"]
+            gen = torch.Generator().manual_seed(0)
+            chance = CoreRegion.from_scores({n: torch.rand(t.shape, generator=gen) for n, t in aligned.items()
+                                             if t.is_floating_point()}, top_p=full_spec.top_p)
+            rows[task] = {"jaccard": full.jaccard(lora), "chance": full.jaccard(chance),
+                          "full_core_in_linear": sum(full.counts().get(n, 0) for n in linear) / max(full.num_selected, 1),
+                          "jaccard_linear_only": lin_cores["full"].jaccard(lin_cores["lora"]),
+                          "loss": {k: v["train"]["final_loss"] for k, v in info.items()},
+                          "train_seconds": {k: v["train"]["train_seconds"] for k, v in info.items()},
+                          "lora": info["lora"]["lora"]}
+            r = rows[task]
+            print(f"{task:<16} jaccard {r['jaccard']:.3f}  chance {r['chance']:.3f}  full core in linear layers "
+                  f"{r['full_core_in_linear']:.3f}  jaccard among linear layers {r['jaccard_linear_only']:.3f}  "
+                  f"loss full {r['loss']['full']:.3f} lora {r['loss']['lora']:.3f}  "
+                  f"seconds full {r['train_seconds']['full']:.0f} lora {r['train_seconds']['lora']:.0f}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": vars(args), "tasks": rows}, f, indent=2)
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "tasks": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -253,9 +253,18 @@ def test_pruned_run_keeps_final_models_frees_the_rest_and_resumes(tmp_path):
     assert (root / "probe_add" / "model").is_dir()  # cpift_fusion has not read it yet
     pruned = run_spec(spec, root, resume=True)
     assert strip_timing(pruned) == strip_timing(full)
-    entries = {e["name"]: e for e in json.loads((root / "manifest.json").read_text())["stages"]}
+    stages = json.loads((root / "manifest.json").read_text())["stages"]
+    entries = {e["name"]: e for e in stages}
     gone = sorted(n for n, e in entries.items() if e.get("pruned_model_bytes"))
     assert gone == ["cpift_fusion", "fusion", "probe_add", "probe_echo", "sequential_sft_0_add"]
+    # both fusions read the probes right after clusters, so the probes go before anything else trains
+    order = [e["name"] for e in stages]
+    assert order[order.index("fusion"):order.index("fusion") + 4] == ["fusion", "cpift_fusion", "sft_group_0",
+                                                                      "cpift_sft_group_0"]
+    on_disk = {n: e["disk_after_stage"]["models"] for n, e in entries.items()}
+    assert on_disk["cpift_fusion"] == 4 and on_disk["sft_group_0"] == 3  # 2 probes + 2 fusions; then the probes went
+    assert max(on_disk.values()) == 4  # the peak: never more than the probes and the two fused models
+    assert all(e["disk_after_stage"]["bytes"] > 0 for e in stages)
     for name in gone:
         assert not (root / name / "model").exists() and (root / name / "stage.json").is_file()
     # what remains is each method's final model (the two tasks form one group here)

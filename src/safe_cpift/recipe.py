@@ -52,7 +52,7 @@ from safe_cpift.schema import (
 
 __all__ = [
     "TOYWORLD", "METHODS", "BASELINES", "SUITES", "Recipe", "ModelConfig", "DataSpec", "PromptSpec",
-    "CoreConfig", "SafetyConfig", "TaskSpec", "CpiftConfig", "BudgetConfig", "EvalConfig",
+    "CoreConfig", "SafetyConfig", "TaskSpec", "ProbeLoraConfig", "CpiftConfig", "BudgetConfig", "EvalConfig",
     "ToyWorldSettings", "AttackConfig", "ProtectConfig", "load_recipe", "recipe_from_dict", "apply_overrides", "find_recipe",
     "sft_config_fields", "build_metric", "expand_toyworld_tasks", "resolve_paths", "recipe_json_schema",
 ]
@@ -185,6 +185,15 @@ class TaskSpec(Section):
         None, description="For `metric: regex`: the answer is group 1 (or the match) in both texts.")
 
 
+class ProbeLoraConfig(Section):
+    rank: Count = Field(8, description="LoRA rank of each task probe's adapters.")
+    alpha: number(gt=0.0) = Field(32.0, description="LoRA alpha (the update is scaled by alpha / rank).")
+    target_modules: str | list[str] = Field("all-linear", description="The layers that get adapters (peft's "
+                                            "`target_modules`).")
+    learning_rate: number(gt=0.0) | None = Field(None, description="Learning rate of the probes' adapters; default "
+                                                 "10 × `training.learning_rate`.")
+
+
 class CpiftConfig(Section):
     top_p: Fraction = Field(0.01, description="Fraction of entries in each task core.")
     scope: Literal[SCOPES] = Field("global", description="Scope of task cores.")
@@ -197,6 +206,10 @@ class CpiftConfig(Section):
         "slerp_t=t; not together with slerp_t.")
     probe_examples: Count = Field(256, description="Training examples (one epoch) of each task's probe SFT that "
                                   "locates its core.")
+    probe_lora: ProbeLoraConfig | None = Field(
+        None, description="Train each task probe as a LoRA adapter (merged into the probe model) instead of a full "
+        "fine-tune: cheaper training, but a different core (docs/scaling.md measures how different). Null: full "
+        "fine-tunes.")
     freeze_safety_core: bool = Field(True, description="safe_cpift: keep the safety core's entries frozen in every stage.")
     freeze_earlier_groups: bool = Field(True, description="Freeze cores of groups trained in earlier stages.")
     mix_safety: bool = Field(True, description="safe_cpift: add `safety.mix_fraction` safety examples to each stage's mix.")

@@ -8,6 +8,7 @@ resumed run computes exactly what an uninterrupted one does.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -60,13 +61,11 @@ class RunContext:
             return Path(self.spec.aligned_model)
         return self.stage_dir(name) / MODEL_DIR
 
-    def theta0(self) -> Any:
-        """θ0 as something regions and fusion can stream: its directory, or the loaded model (hub id)."""
-        src = self.spec.aligned_model
-        if Path(src).is_dir():
-            return Path(src)
+    def theta0(self) -> Path:
+        """θ0 as regions and fusion stream it: its checkpoint directory (a hub id's local snapshot), so no
+        stage holds it in memory."""
         if self._theta0 is None:
-            self._theta0 = load_model(src, self.spec, device="cpu")  # streamed by regions and fusion, on CPU
+            self._theta0 = local_checkpoint(self.spec.aligned_model)
         return self._theta0
 
     def region(self, name: str) -> Any:
@@ -111,6 +110,20 @@ class RunContext:
                 raise ValueError("the safety dataset has no rows")
             self._safety = ds
         return self._safety
+
+
+def local_checkpoint(source: str | Path) -> Path:
+    """The local directory of a model: `source` itself, or a hub id's snapshot in the Hugging Face cache
+    (its config and safetensors weights, downloaded when missing as `from_pretrained` would)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as err:  # offline without a cached copy, an unknown id, no access
+        raise ValueError(f"cannot read the weights of `{source}` ({type(err).__name__}: {err}); pass a local "
+                         "`save_pretrained` directory, or download the model first") from err
 
 
 def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: bool = False,
@@ -219,6 +232,10 @@ def train_and_save(ctx: RunContext, start: str | Path, dataset: Any, tmp: Path, 
         model.save_pretrained(Path(tmp) / ADAPTER_DIR)  # adapter_model.safetensors + adapter_config.json
         model = model.merge_and_unload()
     save_model(model, tokenizer, Path(tmp) / out_name)
+    # the finished trainer holds the model and its optimiser state in reference cycles (the model's own
+    # wrapped `forward` is one): free them now, not whenever Python next collects its oldest objects
+    del model
+    gc.collect()
     out = _stats_dict(stats)
     # one epoch over exactly these rows: the examples seen are the rows (the trainer's
     # steps x batch size over-counts a partial last batch)

@@ -221,6 +221,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         safety_mix=recipe.safety.mix_fraction,
         safety_probe_examples=core.probe_examples,
         probe_examples=cp.probe_examples,
+        probe_lora=cp.probe_lora.model_dump() if cp.probe_lora is not None else None,
         protect_source=core.protect_source,
         examples_per_method=recipe.budget.examples_per_method,
         include_probes=recipe.budget.include_probes,

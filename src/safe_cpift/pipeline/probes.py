@@ -1,6 +1,9 @@
 """CPI-FT steps 1–2: per-task probe SFT, task cores, and clusters with a stage order.
 
-* `probe_<task>`: SFT on the task alone from θ0 (`probe_examples` rows, one epoch).
+* `probe_<task>`: SFT on the task alone from θ0 (`probe_examples` rows, one epoch). With
+  `probe_lora` the probe trains a LoRA adapter instead (rank `rank`, `alpha`, on `target_modules`, at
+  `learning_rate`, default 10 × the run's), merged into θ0: its core is the top-`top_p` of the merged
+  LoRA delta, and the merged model is the task model that fusion SLERPs (SLERP needs whole models).
 * `task_cores`: each task's core = top-`top_p` of |θ_probe − θ0| (scope from the spec).
 * `single_task`: each probe model scored on its own task: the single-task reference of the report
   (each task trained alone), at `probe_examples` per task; `matched` says whether that equals what
@@ -31,12 +34,37 @@ def probe_stage(task: str) -> str:
     return f"probe_{task}"
 
 
+LORA_LR_FACTOR = 10.0  # probe_lora.learning_rate when unset: this × the run's (full fine-tuning) learning rate
+
+
+def probe_lora_settings(ctx: RunContext) -> dict[str, Any] | None:
+    """The run's LoRA probe settings with defaults filled in (`learning_rate` resolved), or `None`."""
+    given = ctx.spec.probe_lora
+    if given is None:
+        return None
+    out = {"rank": 8, "alpha": 32.0, "target_modules": "all-linear", "learning_rate": None,
+           **{k: v for k, v in given.items() if v is not None}}
+    if out["learning_rate"] is None:
+        out["learning_rate"] = LORA_LR_FACTOR * ctx.spec.train.learning_rate
+    return out
+
+
 def run_probe(ctx: RunContext, tmp: Path, task: str) -> dict[str, Any]:
-    """Body of stage `probe_<task>`: SFT on `task` alone from θ0."""
+    """Body of stage `probe_<task>`: SFT on `task` alone from θ0 (a merged LoRA adapter with `probe_lora`)."""
     spec = ctx.spec
     seed = spec.stage_seed(probe_stage(task))
     data, counts = mix(ctx, {task: spec.probe_examples}, 0, seed)
-    summary = {"task": task, "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed)}
+    lora = probe_lora_settings(ctx)
+    if lora is None:
+        summary = {"task": task, "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed)}
+    else:
+        from peft import LoraConfig
+
+        config = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=0.0,
+                            target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+        summary = {"task": task, "lora": lora,
+                   "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed,
+                                           learning_rate=float(lora["learning_rate"]), lora=config)}
     summary["train"]["mix"] = counts
     return summary
 
@@ -88,6 +116,7 @@ def run_task_cores(ctx: RunContext, tmp: Path) -> dict[str, Any]:
             data, _ = mix(ctx, {task: spec.probe_examples}, 0, spec.stage_seed(probe_stage(task)))
             region = CoreRegion.from_importance(model, data, top_p=spec.top_p, scope=spec.scope,
                                                 tokenizer=ctx.tokenizer(), progress=False)
+            del model  # freed before the next task's copy loads
         else:
             region = CoreRegion.from_update(theta0, ctx.model_dir(probe_stage(task)), top_p=spec.top_p,
                                             scope=spec.scope, scorer="update", progress=False)

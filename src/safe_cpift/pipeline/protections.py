@@ -19,6 +19,7 @@ Peer baselines (opt-in through the recipe's `baselines`), each at the SFT baseli
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from safe_cpift.pipeline.common import (
     REGION_DIR,
     RunContext,
     load_model,
+    local_checkpoint,
     mix,
     save_model,
     split_evenly,
@@ -106,20 +108,48 @@ def repair_probe(ctx: RunContext) -> Any:
     return RefusalProbe(pick(harmful), pick(benign))
 
 
+class CheckpointWeights(Mapping):
+    """A checkpoint's tensors as `load_model(source, spec)` would hold them (in the run's `dtype`), read
+    from the file only when asked for: the safety vector of a repair without two more models in memory."""
+
+    def __init__(self, ctx: RunContext, source: str | Path) -> None:
+        import torch
+
+        from safe_cpift.io import open_checkpoint
+
+        self.reader = open_checkpoint(local_checkpoint(source))
+        self.dtype = None if ctx.spec.dtype == "auto" else getattr(torch, ctx.spec.dtype)
+
+    def __getitem__(self, name: str) -> Any:
+        t = self.reader[name]
+        return t if self.dtype is None or not t.is_floating_point() else t.to(self.dtype)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.reader
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reader)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+
 def repair_model(ctx: RunContext, source_dir: Path, tmp: Path, *, keep_core: bool = False) -> dict[str, Any]:
     """Re-add the safety vector to the model in `source_dir` at the probe-chosen scale; save to `tmp/model`.
 
-    With `keep_core`, the safety core's entries are then put back to their protected values.
+    With `keep_core`, the safety core's entries are then put back to their protected values. Models in
+    memory: the aligned model while the probe measures it, then the model repaired and the copy each
+    scale is tried on; θ_aligned and θ_base are read tensor by tensor from their checkpoints.
     """
     from safe_cpift.protect.repair import add_safety_vector, choose_scale
 
     spec = ctx.spec
-    base = _state_dict(load_model(_needs_base(ctx, "post-hoc repair"), spec))
-    aligned_model = load_model(spec.aligned_model, spec)  # loaded once: the safety vector and the probe's baseline
-    aligned = _state_dict(aligned_model)
-    model, tok = load_model(source_dir, spec), ctx.tokenizer()
+    tok = ctx.tokenizer()
     probe = repair_probe(ctx)
-    start = probe.run(aligned_model, tok)
+    start = probe.run(load_model(spec.aligned_model, spec), tok)  # the probe's baseline; that model is dropped here
+    aligned = CheckpointWeights(ctx, spec.aligned_model)
+    base = CheckpointWeights(ctx, _needs_base(ctx, "post-hoc repair"))
+    model = load_model(source_dir, spec)
     settings = spec.protect_settings
     margin = float(settings.get("repair_margin", 0.05))
 

@@ -10,13 +10,16 @@ the only readers of a stage's `model/` directory (results and reports read `stag
 
 The last stage of each chain (a method's final model) is never deleted. A pruned stage stays done
 (its `stage.json` and regions are kept), so `resume` works as before; the manifest records the bytes
-freed under the stage's entry (`pruned_model_bytes`).
+freed under the stage's entry (`pruned_model_bytes`). Whether or not models are pruned, every stage's
+entry also records the run's disk right after it, before any pruning (`disk_after_stage`: the stage
+model directories then on disk and the run directory's bytes); the largest of these is the run's peak.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 from safe_cpift.footprint import dir_bytes
@@ -25,6 +28,18 @@ from safe_cpift.pipeline.common import MODEL_DIR, RunContext
 logger = logging.getLogger(__name__)
 
 FUSION_METHODS = ("safe_cpift", "cpift")
+
+
+def stage_models(root: Path) -> list[Path]:
+    """The model directories of a run's stages (`<stage>/model`, and the safety probe's `probe_model`)."""
+    from safe_cpift.pipeline.safety_core import PROBE_DIR
+
+    return sorted(p for pattern in (f"*/{MODEL_DIR}", f"*/{PROBE_DIR}") for p in Path(root).glob(pattern) if p.is_dir())
+
+
+def disk_after_stage(root: Path) -> dict[str, Any]:
+    """What the run directory holds now: `{"models": stage model directories, "bytes": all files}`."""
+    return {"models": len(stage_models(root)), "bytes": dir_bytes(root)}
 
 
 def readers(ctx: RunContext, done: Any) -> dict[str, list[str]]:

@@ -157,6 +157,9 @@ def build_results(ctx: RunContext) -> dict[str, Any]:
     if not spec.include_probes:
         notes.append("budget not matched: the baselines trained on fewer examples than safe_cpift "
                      "(its probes came on top); see `budget`")
+    if spec.probe_lora is not None:
+        notes.append("the task probes trained LoRA adapters (`probe_lora`), merged into their probe models: the task "
+                     "cores are the top of the merged LoRA deltas, not of full fine-tunes (docs/scaling.md)")
     if not spec.freeze_safety_core:
         notes.append("freeze_safety_core is off: the safety core was neither protected in fusion nor frozen")
     notes += _comparison_notes(methods)

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from safe_cpift.footprint import PeakMemory, dir_bytes
+from safe_cpift.footprint import ModelCensus, PeakMemory, dir_bytes
 from safe_cpift.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -262,16 +262,19 @@ class RunDirectory:
         tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; a finished stage gets the usual permissions
         start = time.perf_counter()
         info = {} if info is None else info
-        memory = PeakMemory()
+        memory, models = PeakMemory(), ModelCensus()
         memory.start()
+        models.start()
         try:
             yield tmp
             seconds = time.perf_counter() - start
-            cost = {"disk_bytes": dir_bytes(tmp), **memory.stop()}  # the manifest only: results stay reproducible
+            # the manifest only: results stay reproducible
+            cost = {"disk_bytes": dir_bytes(tmp), **memory.stop(), **models.stop()}
             # no timestamps here: stage.json feeds results, which must not depend on when a stage ran
             atomic_write_json(tmp / STAGE_FILE, {**_jsonable(info), "name": name, "stage_seconds": seconds})
             os.replace(tmp, final)
         except BaseException as err:
+            models.stop()
             shutil.rmtree(tmp, ignore_errors=True)
             entry.update({"status": "failed", "error": f"{type(err).__name__}: {err}"[:500],
                           "seconds": round(time.perf_counter() - start, 3)})

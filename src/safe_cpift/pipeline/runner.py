@@ -2,9 +2,13 @@
 
 The lifecycle, in stage order::
 
-    aligned_eval → safety_core → probe_<task>… → single_task → task_cores → clusters → fusion → sft_group_<i>…
-    → multitask_sft → sequential_sft_<i>_<task>… → safety_mix_sft → [sppft → resta → lora_sft → safe_lora] → cpift_fusion → cpift_sft_group_<i>…
-    → eval_<method>… → report
+    aligned_eval → safety_core → probe_<task>… → single_task → task_cores → clusters → fusion → cpift_fusion
+    → sft_group_<i>… → [repair] → cpift_sft_group_<i>… → multitask_sft → sequential_sft_<i>_<task>…
+    → safety_mix_sft → [sppft → resta → lora_sft → safe_lora] → eval_<method>… → report
+
+Both fusions run right after `clusters`: they are the last readers of the probe models, so with
+`prune_models` the probes are deleted before any later stage trains; cpift's group stages follow
+safe_cpift's, so its fused model is gone before the baselines train (`safe_cpift.pipeline.prune`).
 
 Each stage is a directory of the run, written under a temporary name and renamed when complete, so a
 run killed at any moment leaves only complete stages; `resume=True` skips them. Every stage reads its
@@ -52,10 +56,15 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
     yield probes.CLUSTERS, p(probes.run_clusters, ctx)
     n_groups = len(fusion_stage.groups(ctx))
     yield fusion_stage.fusion_stage("safe_cpift"), p(fusion_stage.run_fusion, ctx, method="safe_cpift")
+    if "cpift" in spec.methods:  # the probes' last reader: with `prune_models` they go before anything else trains
+        yield fusion_stage.fusion_stage("cpift"), p(fusion_stage.run_fusion, ctx, method="cpift")
     for i in range(n_groups):
         yield fusion_stage.group_stage("safe_cpift", i), p(fusion_stage.run_group, ctx, method="safe_cpift", i=i)
     if "repair" in spec.protections:
         yield protections.REPAIR, p(protections.run_repair, ctx)
+    if "cpift" in spec.methods:  # cpift's chain next, so its fused model is not kept while the baselines train
+        for i in range(n_groups):
+            yield fusion_stage.group_stage("cpift", i), p(fusion_stage.run_group, ctx, method="cpift", i=i)
     if "multitask_sft" in spec.methods:
         yield baselines.MULTITASK, p(baselines.run_multitask, ctx, safety=False)
     if "sequential_sft" in spec.methods:
@@ -71,10 +80,6 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
         yield lora.LORA_SFT, p(lora.run_lora_sft, ctx)
     if lora.SAFE_LORA in spec.methods:
         yield lora.SAFE_LORA, p(lora.run_safe_lora, ctx)
-    if "cpift" in spec.methods:
-        yield fusion_stage.fusion_stage("cpift"), p(fusion_stage.run_fusion, ctx, method="cpift")
-        for i in range(n_groups):
-            yield fusion_stage.group_stage("cpift", i), p(fusion_stage.run_group, ctx, method="cpift", i=i)
     for method in spec.methods:
         if method != "aligned":
             yield eval_stage(method), p(run_eval, ctx, method=method)
@@ -84,9 +89,13 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
 def stage_names(spec: PipelineSpec) -> list[str]:
     """Names a user may pass to `stop_after` (group stages as `sft_group_<i>`, `cpift_sft_group_<i>`)."""
     names = [ALIGNED_EVAL, safety_core.STAGE, *[probes.probe_stage(t) for t in spec.task_names],
-             probes.SINGLE_TASK, probes.TASK_CORES, probes.CLUSTERS, "fusion", "sft_group_<i>"]
+             probes.SINGLE_TASK, probes.TASK_CORES, probes.CLUSTERS, "fusion"]
+    names += ["cpift_fusion"] if "cpift" in spec.methods else []
+    names.append("sft_group_<i>")
     if "repair" in spec.protections:
         names.append(protections.REPAIR)
+    if "cpift" in spec.methods:
+        names.append("cpift_sft_group_<i>")
     if "multitask_sft" in spec.methods:
         names.append(baselines.MULTITASK)
     if "sequential_sft" in spec.methods:
@@ -94,8 +103,6 @@ def stage_names(spec: PipelineSpec) -> list[str]:
     if "safety_mix_sft" in spec.methods:
         names.append(baselines.SAFETY_MIX)
     names += [m for m in (protections.SPPFT, protections.RESTA, lora.LORA_SFT, lora.SAFE_LORA) if m in spec.methods]
-    if "cpift" in spec.methods:
-        names += ["cpift_fusion", "cpift_sft_group_<i>"]
     names += [eval_stage(m) for m in spec.methods if m != "aligned"] + [results.REPORT]
     return names
 
@@ -153,10 +160,7 @@ def output_dtype(ctx: RunContext) -> str:
     """The dtype of the published final model: the spec's `dtype`; `auto` = θ0's checkpoint dtype."""
     if ctx.spec.dtype != "auto":
         return ctx.spec.dtype
-    theta0 = ctx.theta0()
-    if isinstance(theta0, Path):
-        return checkpoint_dtype(theta0)
-    return str(next(theta0.parameters()).dtype).removeprefix("torch.")
+    return checkpoint_dtype(ctx.theta0())
 
 
 def _write_cast(ctx: RunContext, source: Path, tmp: Path, dtype: str) -> None:
@@ -214,6 +218,10 @@ def run_spec(spec: PipelineSpec, output_dir: str | Path, *, resume: bool = False
         if observer is not None:
             observer.stage_started(name)
         ran = run.run(name, body)
+        if ran:  # the run's disk at its fullest around this stage: after it wrote, before anything is pruned
+            from safe_cpift.pipeline.prune import disk_after_stage
+
+            run.annotate(name, disk_after_stage=disk_after_stage(root))
         if spec.prune_models:
             from safe_cpift.pipeline.prune import prune_models
 

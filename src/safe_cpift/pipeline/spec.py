@@ -81,6 +81,9 @@ class PipelineSpec:
             of the short safety SFT).
         safety_probe_examples / probe_examples (`int`): training examples of the safety probe and of
             each task probe (one epoch each).
+        probe_lora (`dict`, *optional*): train the task probes as LoRA adapters, merged into the probe
+            models (`rank`, `alpha`, `target_modules`, `learning_rate`; see `safe_cpift.pipeline.probes`);
+            `None` (default): full fine-tunes.
         examples_per_method (`int`): the budget of every method's final fine-tuning: each SFT baseline,
             and the pipelined stages of `cpift` / `safe_cpift` together (split over groups like the tasks).
         include_probes (`bool`): give each SFT baseline `safe_cpift`'s probe examples on top, so that
@@ -132,6 +135,7 @@ class PipelineSpec:
     protect_source: str = "aligned"
     safety_probe_examples: int = 256
     probe_examples: int = 256
+    probe_lora: dict[str, Any] | None = None
     examples_per_method: int = 1024
     include_probes: bool = True
     task_scorer: str = "update"
@@ -186,6 +190,11 @@ class PipelineSpec:
         if isinstance(self.examples_per_method, int) and self.examples_per_method < len(self.task_names):
             problems.append(f"`examples_per_method` ({self.examples_per_method}) must be at least the number of "
                             f"tasks ({len(self.task_names)})")
+        problems += probe_lora_problems(self.probe_lora)
+        if self.probe_lora is not None and self.scope == "tensor" and self.task_scorer == "update":
+            problems.append("`probe_lora` needs `scope: global` or `layer` for the task cores: with `tensor` every "
+                            "tensor gets its share of a core, also those LoRA leaves unchanged (their entries all tie "
+                            "at 0)")
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             problems.append(f"unknown methods {unknown}; available: {', '.join(ALL_METHODS)}")
@@ -214,3 +223,24 @@ class PipelineSpec:
     def stage_seed(self, stage: str) -> int:
         """A seed for `stage`, fixed by the run seed and the stage name (so resume replays it)."""
         return (self.seed * 1_000_003 + zlib.crc32(stage.encode("utf-8"))) % (2**31 - 1)
+
+
+PROBE_LORA_KEYS = ("rank", "alpha", "target_modules", "learning_rate")
+
+
+def probe_lora_problems(settings: dict[str, Any] | None) -> list[str]:
+    """What is wrong with `PipelineSpec.probe_lora` (empty when it is `None` or valid)."""
+    if settings is None:
+        return []
+    if not isinstance(settings, dict):
+        return [f"`probe_lora` must be a dict with {', '.join(PROBE_LORA_KEYS)} (or None), got {settings!r}"]
+    problems = [f"unknown key `probe_lora.{k}`; keys: {', '.join(PROBE_LORA_KEYS)}" for k in settings
+                if k not in PROBE_LORA_KEYS]
+    rank = settings.get("rank", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        problems.append(f"`probe_lora.rank` must be an integer >= 1, got {rank!r}")
+    for key in ("alpha", "learning_rate"):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            problems.append(f"`probe_lora.{key}` must be a number > 0, got {value!r}")
+    return problems
