@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from scripts.tiny import preference_dataset, prompt_dataset, sft_dataset, snapshot, tiny_llama, word_tokenizer
+from scripts.tiny import preference_dataset, prompt_dataset, sft_dataset, snapshot, tiny_llama, tiny_qwen2, word_tokenizer
 from scripts.tiny import safety_chats as safety_rows
 
 from safe_cpift.protect import PROTECTIONS, get_protection
@@ -145,6 +145,16 @@ def test_callbacks_run_in_dpo_and_grpo(tmp_path):
                 args=args, train_dataset=prompt_dataset(), processing_class=tok, callbacks=[kl]).train()
     assert kl.calls == 2
     assert any(not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters())
+
+
+def test_safety_vector_changes_a_tied_embedding_once():
+    base, aligned = tiny_qwen2(seed=1), tiny_qwen2(seed=2)  # embedding and output layer share one storage
+    tuned = copy.deepcopy(base)
+    assert tuned.lm_head.weight.data_ptr() == tuned.model.embed_tokens.weight.data_ptr()
+    assert add_safety_vector(tuned, aligned, base, 0.5) == len(dict(base.named_parameters()))
+    want = base.model.embed_tokens.weight + 0.5 * (aligned.model.embed_tokens.weight - base.model.embed_tokens.weight)
+    torch.testing.assert_close(tuned.model.embed_tokens.weight, want)  # added once, not twice
+    assert tuned.lm_head.weight.data_ptr() == tuned.model.embed_tokens.weight.data_ptr()  # still tied
 
 
 def test_safety_vector_and_scale_choice():

@@ -35,6 +35,9 @@ Scores = tuple[float, float, float]  # refusal, over-refusal, task score
 def add_safety_vector(model: torch.nn.Module, aligned: Any, base: Any, scale: float) -> int:
     """`θ ← θ + scale · (θ_aligned − θ_base)` for every floating-point tensor the three share.
 
+    A tied tensor (one storage under several names, e.g. Qwen2's or the tiny world's embedding and
+    output layer) is changed once, under its first name.
+
     Args:
         model (`torch.nn.Module`): the fine-tuned model, changed in place.
         aligned, base (`nn.Module` or state dict): the aligned model and the model before alignment.
@@ -46,9 +49,11 @@ def add_safety_vector(model: torch.nn.Module, aligned: Any, base: Any, scale: fl
     Raises:
         `ValueError`: a shared tensor has different shapes in the three models.
     """
+    from safe_cpift.models import drop_tied_aliases
+
     a, b = weights_of(aligned), weights_of(base)
     changed = 0
-    for name, p in model.state_dict().items():
+    for name, p in drop_tied_aliases(model.state_dict()).items():
         if name not in a or name not in b or not p.is_floating_point():
             continue
         if a[name].shape != p.shape or b[name].shape != p.shape:
