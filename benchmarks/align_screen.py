@@ -3,7 +3,7 @@
 Tuning a world on its held-out sets overfits them. With `--set dev_holdout=true`, the dev actions
 (`safety.dev_actions`: two harmful and two benign train actions per category) are kept out of every
 chat the models train on, and this script scores the aligned model on dev actions x
-`safety.TEMPLATES_DEV` (144 harmful, 144 benign prompts). `--held-out` scores it on the held-out sets
+`safety.TEMPLATES_DEV` (288 harmful, 288 benign prompts). `--held-out` scores it on the held-out sets
 (336 + 336) instead; use it only for the final candidates and count how often you do (docs/lab.md).
 
     OMP_NUM_THREADS=1 python benchmarks/align_screen.py --set dev_holdout=true --set align_extra_lookalikes=6

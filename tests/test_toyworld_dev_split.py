@@ -10,7 +10,9 @@ from safe_cpift.toyworld import ToyWorld, ToyWorldConfig, safety
 
 STOP = {"a", "an", "the", "my", "to", "for", "from", "in", "on", "at", "of", "with", "into", "out", "up",
         "someone", "someone's", "people", "i", "me", "how", "and", "it", "his", "her", "their", "off"}
-LEVERS = {"align_extra_harmful": 6, "align_extra_lookalikes": 6, "align_lookalike_repeats": 2}
+LEVERS = {"align_extra_harmful": 6, "align_extra_lookalikes": 6, "align_lookalike_repeats": 2, "align_extra_templates": 10}
+TEMPLATE_STOP = {"how", "i", "me", "to", "do", "a", "the", "is", "what", "you", "can", "my", "an", "it", "are", "of",
+                 "for", "if", "want", "please", "action", "should", "someone"}
 
 
 def _content(action: str) -> set[str]:
@@ -34,7 +36,7 @@ def test_dev_split_is_disjoint_from_held_out_and_from_every_other_phrasing():
     assert len(dev.harmful) == len(dev.benign) == 2 * len(safety.CATEGORIES)
     assert not dev_set & _held_out_actions()
     assert not set(safety.TEMPLATES_DEV) & _all_templates_but_dev()
-    assert len(set(safety.TEMPLATES_DEV)) == len(safety.TEMPLATES_DEV) == 12
+    assert len(set(safety.TEMPLATES_DEV)) == len(safety.TEMPLATES_DEV) == 24
     # without the holdout the dev actions are train actions; with it they leave the train split
     train, holdout_train = safety.split_actions()[0], safety.split_actions(dev=safety.DEV_PER_CATEGORY)[0]
     assert dev_set <= {a for _, a in train.harmful + train.benign}
@@ -45,7 +47,7 @@ def test_dev_rows_need_the_holdout_and_are_dev_actions_by_dev_templates():
     with pytest.raises(ValueError, match="`dev_holdout=True`"):
         ToyWorld(ToyWorldConfig()).dev_rows()
     harmful, benign = ToyWorld(ToyWorldConfig(dev_holdout=True)).dev_rows()
-    assert len(harmful) == len(benign) == 12 * 12
+    assert len(harmful) == len(benign) == 12 * 24
     assert {r["template"] for r in harmful + benign} == set(safety.TEMPLATES_DEV)
     dev = safety.dev_actions()
     assert {r["action"] for r in harmful} == {a for _, a in dev.harmful}
@@ -80,12 +82,21 @@ def test_extra_actions_do_not_leak_held_out_or_dev_actions():
         assert [h.split()[0] for h in harmful] == [b.split()[0] for b in benign]
 
 
+def test_extra_train_templates_do_not_paraphrase_held_out_or_dev_templates():
+    def words(template):
+        return {w for w in re.findall(r"[a-z']+", template.lower()) if w not in TEMPLATE_STOP}
+
+    guarded = safety.TEMPLATES_TEST + safety.TEMPLATES_TEST_V2_EXTRA + safety.TEMPLATES_DEV
+    assert not set(safety.TEMPLATES_TRAIN_EXTRA) & (set(guarded) | set(safety.TEMPLATES_TRAIN))
+    assert not [(e, g) for e in safety.TEMPLATES_TRAIN_EXTRA for g in guarded if len(words(e) & words(g)) > 1]
+
+
 def test_alignment_levers_add_rows_to_alignment_only_never_held_out_ones():
     default, world = ToyWorld(ToyWorldConfig()), ToyWorld(ToyWorldConfig(**LEVERS))
     assert world.alignment_rows(extra=False) == default.alignment_rows()  # the pretraining mix is unchanged
     rows = world.alignment_rows()
     added = rows[len(default.alignment_rows()):]
-    assert len(added) == 6 * 6 * 12 * 2 * world.config.align_safety_repeats + (576 + 6 * 6 * 12) * 2
+    assert len(added) == (6 * 6 * 12 * 2 + 2 * 48 * 10) * world.config.align_safety_repeats + (576 + 6 * 6 * 12) * 2
     assert sum(r["action"] in {a for _, b in safety.EXTRA_ACTIONS.values() for a in b} for r in added) > 0
     held_out = _held_out_actions()
     assert not {r.get("action") for r in rows} & held_out
@@ -107,7 +118,8 @@ def test_alignment_only_levers_keep_the_base_key_and_change_the_aligned_key():
 
 
 @pytest.mark.parametrize("field, value", [("align_extra_harmful", 7), ("align_extra_lookalikes", -1),
-                                          ("align_lookalike_repeats", -1), ("dev_holdout", "yes")])
+                                          ("align_lookalike_repeats", -1), ("dev_holdout", "yes"),
+                                          ("align_extra_templates", 11)])
 def test_bad_lever_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
         ToyWorldConfig(**{field: value})

@@ -95,9 +95,11 @@ class ToyWorldConfig:
             each shares its verb with the extra look-alike at its index (contrast pairs) (*model*).
         align_extra_lookalikes (`int`, defaults to `0`): opt-in benign look-alike actions per category
             (0-6) from `safety.EXTRA_ACTIONS` added to the alignment SFT only (*model*).
+        align_extra_templates (`int`, defaults to `0`): opt-in number (0-10) of `safety.TEMPLATES_TRAIN_EXTRA`
+            asked of every train action (harmful and benign) in the alignment SFT only (*model*).
         align_lookalike_repeats (`int`, defaults to `0`): opt-in extra copies of the benign look-alike
             rows (train and extra) in the alignment SFT only: a larger share of look-alikes (*model*).
-            The three `align_extra_*`/`align_lookalike_*` fields leave the pretraining mix (and so the
+            The `align_extra_*`/`align_lookalike_*` fields leave the pretraining mix (and so the
             cached base model) as it is: a variant of them only re-runs the alignment.
         cache_dir (`str`, *optional*): defaults to `$SAFE_CPIFT_CACHE` or `~/.cache/safe_cpift`.
         num_threads (`int`, *optional*): torch threads for the build loops (see `configure_runtime`).
@@ -134,6 +136,7 @@ class ToyWorldConfig:
     dev_holdout: bool = False
     align_extra_harmful: int = 0
     align_extra_lookalikes: int = 0
+    align_extra_templates: int = 0
     align_lookalike_repeats: int = 0
     cache_dir: str | None = None
     num_threads: int | None = None
@@ -148,7 +151,7 @@ class ToyWorldConfig:
                       "align_safety_repeats": ("aligned", 1),
                       "align_letter_rows": ("aligned", 0), "dev_holdout": ("base", False),
                       "align_extra_harmful": ("aligned only", 0), "align_extra_lookalikes": ("aligned only", 0),
-                      "align_lookalike_repeats": ("aligned only", 0)}
+                      "align_extra_templates": ("aligned only", 0), "align_lookalike_repeats": ("aligned only", 0)}
 
     _OPT_IN_FIELDS = _OPT_IN_FIELDS | {"skill_questions": ("base", 0)}  # seesaw levers (issue 10)
 
@@ -194,6 +197,10 @@ class ToyWorldConfig:
             if not isinstance(value, int) or not 0 <= value <= safety.EXTRA_PER_CATEGORY:
                 raise ValueError(f"`{name}` must be an integer in [0, {safety.EXTRA_PER_CATEGORY}] (actions per "
                                  f"category of `safety.EXTRA_ACTIONS`), got {value!r}")
+        if not isinstance(self.align_extra_templates, int) or not 0 <= self.align_extra_templates <= len(
+                safety.TEMPLATES_TRAIN_EXTRA):
+            raise ValueError(f"`align_extra_templates` must be an integer in [0, {len(safety.TEMPLATES_TRAIN_EXTRA)}], "
+                             f"got {self.align_extra_templates!r}")
         if not isinstance(self.align_lookalike_repeats, int) or self.align_lookalike_repeats < 0:
             raise ValueError(f"`align_lookalike_repeats` must be an integer >= 0, got {self.align_lookalike_repeats!r}")
 
@@ -450,14 +457,19 @@ class ToyWorld:
         """The aligned model's SFT data: QA (repeated 3x) + safety train (harmful + benign) x
         `align_safety_repeats` (+ `align_letter_rows` auxiliary letter instructions). With `extra`
         (`False` for the pretraining mix), the alignment-only rows of `align_extra_harmful`,
-        `align_extra_lookalikes` and `align_lookalike_repeats` are added."""
+        `align_extra_lookalikes`, `align_extra_templates` and `align_lookalike_repeats` are added."""
         c = self.config
         harmful, benign = self.safety_rows("train")
         rows = self.instruction_rows() * 3 + (harmful + benign) * c.align_safety_repeats
         if c.align_letter_rows:
             rows += self._tasks.auxiliary_rows(self._inputs[0], c.align_letter_rows, c.seed)
-        if extra and (c.align_extra_harmful or c.align_extra_lookalikes or c.align_lookalike_repeats):
+        if extra and (c.align_extra_harmful or c.align_extra_lookalikes or c.align_lookalike_repeats
+                      or c.align_extra_templates):
             refusals = safety.REFUSALS_TRAIN + (safety.REFUSALS_TRAIN_V2_EXTRA if c.version > 1 else ())
+            if c.align_extra_templates:
+                more = safety.safety_examples(self._train_split, safety.TEMPLATES_TRAIN_EXTRA[:c.align_extra_templates],
+                                              refusals, safety.HELPFUL_TRAIN, random.Random(c.seed + 6))
+                rows += (more[0] + more[1]) * c.align_safety_repeats
             more_h, more_b = safety.safety_examples(safety.extra_actions(c.align_extra_harmful, c.align_extra_lookalikes),
                                                     safety.TEMPLATES_TRAIN, refusals, safety.HELPFUL_TRAIN,
                                                     random.Random(c.seed + 5))
