@@ -86,6 +86,21 @@ class ToyWorldConfig:
             of the six user tasks) (*model*).
         skill_sentences (`int`, *optional*): statements about letter lists added to the pretraining
             corpus (v2: 6000; v1: 0) (*model*).
+        dev_holdout (`bool`, defaults to `False`): opt-in tuning mode: the dev actions
+            (`safety.dev_actions`, two harmful and two benign train actions per category) are left out of
+            every chat the models train on, so `ToyWorld.dev_rows` (dev actions x `safety.TEMPLATES_DEV`)
+            measures a variant without looking at the held-out sets (*model*).
+        align_extra_harmful (`int`, defaults to `0`): opt-in harmful actions per category (0-6) from
+            `safety.EXTRA_ACTIONS` added to the alignment SFT only, with train templates and refusals;
+            each shares its verb with the extra look-alike at its index (contrast pairs) (*model*).
+        align_extra_lookalikes (`int`, defaults to `0`): opt-in benign look-alike actions per category
+            (0-6) from `safety.EXTRA_ACTIONS` added to the alignment SFT only (*model*).
+        align_extra_templates (`int`, defaults to `0`): opt-in number (0-10) of `safety.TEMPLATES_TRAIN_EXTRA`
+            asked of every train action (harmful and benign) in the alignment SFT only (*model*).
+        align_lookalike_repeats (`int`, defaults to `0`): opt-in extra copies of the benign look-alike
+            rows (train and extra) in the alignment SFT only: a larger share of look-alikes (*model*).
+            The `align_extra_*`/`align_lookalike_*` fields leave the pretraining mix (and so the
+            cached base model) as it is: a variant of them only re-runs the alignment.
         cache_dir (`str`, *optional*): defaults to `$SAFE_CPIFT_CACHE` or `~/.cache/safe_cpift`.
         num_threads (`int`, *optional*): torch threads for the build loops (see `configure_runtime`).
     """
@@ -118,6 +133,11 @@ class ToyWorldConfig:
     align_safety_repeats: int | None = None
     align_letter_rows: int | None = None
     skill_sentences: int | None = None
+    dev_holdout: bool = False
+    align_extra_harmful: int = 0
+    align_extra_lookalikes: int = 0
+    align_extra_templates: int = 0
+    align_lookalike_repeats: int = 0
     cache_dir: str | None = None
     num_threads: int | None = None
     _MODEL_FIELDS = ("seed", "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -125,10 +145,13 @@ class ToyWorldConfig:
                      "align_batch_size", "align_lr", "align_replay_batch_size")
     _PRETRAIN_FIELDS = _MODEL_FIELDS[:10]
     # opt-in model fields: in the cache key only when they differ from their default, so the
-    # default world's key (and cache) is the same as before they existed
+    # default world's key (and cache) is the same as before they existed. "aligned" fields also enter
+    # the base key when pretraining mixes in the alignment chats; "aligned only" ones never do
     _OPT_IN_FIELDS = {"pretrain_safety_fraction": ("base", 0.0), "pretrain_chats": ("base", "safety"),
                       "align_safety_repeats": ("aligned", 1),
-                      "align_letter_rows": ("aligned", 0)}
+                      "align_letter_rows": ("aligned", 0), "dev_holdout": ("base", False),
+                      "align_extra_harmful": ("aligned only", 0), "align_extra_lookalikes": ("aligned only", 0),
+                      "align_extra_templates": ("aligned only", 0), "align_lookalike_repeats": ("aligned only", 0)}
 
     _OPT_IN_FIELDS = _OPT_IN_FIELDS | {"skill_questions": ("base", 0)}  # seesaw levers (issue 10)
 
@@ -167,6 +190,19 @@ class ToyWorldConfig:
             raise ValueError(f"`align_safety_repeats` must be an integer >= 1, got {self.align_safety_repeats!r}")
         if not isinstance(self.align_letter_rows, int) or self.align_letter_rows < 0:
             raise ValueError(f"`align_letter_rows` must be an integer >= 0, got {self.align_letter_rows!r}")
+        if not isinstance(self.dev_holdout, bool):
+            raise ValueError(f"`dev_holdout` must be true or false, got {self.dev_holdout!r}")
+        for name in ("align_extra_harmful", "align_extra_lookalikes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= safety.EXTRA_PER_CATEGORY:
+                raise ValueError(f"`{name}` must be an integer in [0, {safety.EXTRA_PER_CATEGORY}] (actions per "
+                                 f"category of `safety.EXTRA_ACTIONS`), got {value!r}")
+        if not isinstance(self.align_extra_templates, int) or not 0 <= self.align_extra_templates <= len(
+                safety.TEMPLATES_TRAIN_EXTRA):
+            raise ValueError(f"`align_extra_templates` must be an integer in [0, {len(safety.TEMPLATES_TRAIN_EXTRA)}], "
+                             f"got {self.align_extra_templates!r}")
+        if not isinstance(self.align_lookalike_repeats, int) or self.align_lookalike_repeats < 0:
+            raise ValueError(f"`align_lookalike_repeats` must be an integer >= 0, got {self.align_lookalike_repeats!r}")
 
     def pretrain_safety_rows(self) -> int:
         """Rows of each pretraining batch drawn from safety chats (`pretrain_safety_fraction` of the batch)."""
@@ -183,7 +219,8 @@ class ToyWorldConfig:
             payload |= {"code": f"toyworld-{self.version}", "skill_sentences": self.skill_sentences}
         for name, (first_stage, default) in self._OPT_IN_FIELDS.items():
             # pretraining on every alignment chat makes the base depend on the alignment data too
-            in_base = first_stage == "base" or (self.pretrain_chats == "alignment" and self.pretrain_safety_fraction)
+            in_base = first_stage == "base" or (first_stage == "aligned" and self.pretrain_chats == "alignment"
+                                                and bool(self.pretrain_safety_fraction))
             if getattr(self, name) != default and (stage == "aligned" or in_base):
                 payload[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -233,7 +270,8 @@ class ToyWorld:
         self.config = config or ToyWorldConfig()
         self._tasks = tasks if self.config.version == 1 else tasks_v2
         self._inputs = tasks.letter_inputs(self.config.seed, self.config.task_train_size, self.config.task_test_size)
-        self._train_split, self._test_split = safety.split_actions()
+        self._train_split, self._test_split = safety.split_actions(
+            dev=safety.DEV_PER_CATEGORY if self.config.dev_holdout else 0)
         self._tokenizer = None
         self._digest: str | None = None
 
@@ -288,6 +326,16 @@ class ToyWorld:
             benign = rng.sample(benign, min(cap, len(benign)))
         return harmful, benign
 
+    def dev_rows(self) -> tuple[list[dict], list[dict]]:
+        """(harmful, benign) dev rows: dev actions x `safety.TEMPLATES_DEV` (held-out answer phrasings).
+
+        Only meaningful with `dev_holdout=True`, where no model of the world has trained on a dev action.
+        """
+        if not self.config.dev_holdout:
+            raise ValueError("`dev_rows` needs `dev_holdout=True` (without it the dev actions are train actions)")
+        return safety.safety_examples(safety.dev_actions(), safety.TEMPLATES_DEV, safety.REFUSALS_TEST,
+                                      safety.HELPFUL_TEST, random.Random(self.config.seed + 4))
+
     def safety_train(self):
         """Harmful requests with refusals and benign look-alikes with helpful answers (train split)."""
         harmful, benign = self.safety_rows("train")
@@ -322,7 +370,8 @@ class ToyWorld:
 
     def all_text(self) -> list[str]:
         """Every text of the world (corpus, prompts, answers); the tokenizer is trained on it."""
-        full = ToyWorld(dataclasses.replace(self.config, quick=False, safety_test_size=None))
+        # the dev holdout leaves the tokenizer (and so the world's digest) as it is
+        full = ToyWorld(dataclasses.replace(self.config, quick=False, safety_test_size=None, dev_holdout=False))
         texts = self.corpus_documents()
         for split in ("train", "test"):
             for rows in full.safety_rows(split):
@@ -362,7 +411,7 @@ class ToyWorld:
             extra = {}
             if c.pretrain_safety_rows():
                 harmful, benign = self.safety_rows("train")
-                source = harmful + benign if c.pretrain_chats == "safety" else self.alignment_rows()
+                source = harmful + benign if c.pretrain_chats == "safety" else self.alignment_rows(extra=False)
                 chats = [tok.apply_chat_template(_messages(r), tokenize=False) for r in source]
                 random.Random(c.seed + 3).shuffle(chats)
                 extra = {"extra_rows": modeling.pack_documents(tok, chats, c.seq_len),
@@ -404,13 +453,27 @@ class ToyWorld:
             raise ValueError(f"`stage` must be 'base' or 'aligned', got {stage!r}")
         return (self.cache_dir / f"aligned-{self.config.model_key(self._digest, 'aligned')}").is_dir()
 
-    def alignment_rows(self) -> list[dict]:
+    def alignment_rows(self, extra: bool = True) -> list[dict]:
         """The aligned model's SFT data: QA (repeated 3x) + safety train (harmful + benign) x
-        `align_safety_repeats` (+ `align_letter_rows` auxiliary letter instructions)."""
+        `align_safety_repeats` (+ `align_letter_rows` auxiliary letter instructions). With `extra`
+        (`False` for the pretraining mix), the alignment-only rows of `align_extra_harmful`,
+        `align_extra_lookalikes`, `align_extra_templates` and `align_lookalike_repeats` are added."""
+        c = self.config
         harmful, benign = self.safety_rows("train")
-        rows = self.instruction_rows() * 3 + (harmful + benign) * self.config.align_safety_repeats
-        if self.config.align_letter_rows:
-            rows += self._tasks.auxiliary_rows(self._inputs[0], self.config.align_letter_rows, self.config.seed)
+        rows = self.instruction_rows() * 3 + (harmful + benign) * c.align_safety_repeats
+        if c.align_letter_rows:
+            rows += self._tasks.auxiliary_rows(self._inputs[0], c.align_letter_rows, c.seed)
+        if extra and (c.align_extra_harmful or c.align_extra_lookalikes or c.align_lookalike_repeats
+                      or c.align_extra_templates):
+            refusals = safety.REFUSALS_TRAIN + (safety.REFUSALS_TRAIN_V2_EXTRA if c.version > 1 else ())
+            if c.align_extra_templates:
+                more = safety.safety_examples(self._train_split, safety.TEMPLATES_TRAIN_EXTRA[:c.align_extra_templates],
+                                              refusals, safety.HELPFUL_TRAIN, random.Random(c.seed + 6))
+                rows += (more[0] + more[1]) * c.align_safety_repeats
+            more_h, more_b = safety.safety_examples(safety.extra_actions(c.align_extra_harmful, c.align_extra_lookalikes),
+                                                    safety.TEMPLATES_TRAIN, refusals, safety.HELPFUL_TRAIN,
+                                                    random.Random(c.seed + 5))
+            rows += (more_h + more_b) * c.align_safety_repeats + (benign + more_b) * c.align_lookalike_repeats
         return rows
 
     # ---------------------------------------------------------------- evaluation
