@@ -86,3 +86,22 @@ def test_recipe_picks_the_world_version_before_expanding_its_tasks(tmp_path):
 
     # the recipe schema lists the versions without importing the world (and torch)
     assert set(get_args(get_args(ToyWorldSettings.model_fields["version"].annotation)[0])) == set(WORLD_VERSIONS)
+
+
+def test_recipe_world_settings_reach_the_world_and_bad_ones_are_named():
+    from safe_cpift.pipeline.from_recipe import _world
+
+    d14 = "toyworld.settings={align_extra_lookalikes: 6, align_extra_harmful: 6, align_steps: 450, align_extra_templates: 10}"
+    recipe = load_recipe("recipes/toy.yaml", overrides=[d14])
+    world = _world(recipe)
+    assert (world.config.align_extra_lookalikes, world.config.align_steps, world.config.align_extra_templates) == (6, 450, 10)
+    default = _world(load_recipe("recipes/toy.yaml"))
+    assert default.config.align_steps == 300
+    assert world.cache_dir == default.cache_dir  # the same pretrained base (alignment-only settings) ...
+    assert world.config.model_key(stage="aligned") != default.config.model_key(stage="aligned")  # ... another aligned model
+    with pytest.raises(ValueError, match=r"toyworld\.settings.*align_extra_lookalike.*did you mean `align_extra_lookalikes`"):
+        load_recipe("recipes/toy.yaml", overrides=["toyworld.settings={align_extra_lookalike: 6}"])
+    with pytest.raises(ValueError, match=r"`seed` is set by `toyworld.seed`"):
+        load_recipe("recipes/toy.yaml", overrides=["toyworld.settings={seed: 3}"])
+    with pytest.raises(ValueError, match="toyworld.settings"):
+        load_recipe("recipes/toy.yaml", overrides=["toyworld.settings={hidden_size: -4}"])

@@ -266,12 +266,42 @@ class EvalConfig(Section):
     batch_size: Count = Field(64, description="Generation batch size.")
 
 
+_WORLD_FIELDS_SET_ELSEWHERE = {"seed": "`toyworld.seed`", "quick": "`toyworld.quick`", "version": "`toyworld.version`",
+                               "cache_dir": "the SAFE_CPIFT_CACHE environment variable",
+                               "num_threads": "OMP_NUM_THREADS / torch.set_num_threads"}
+
+
+def _world_settings(value: Any) -> Any:
+    """`toyworld.settings`: further `ToyWorldConfig` fields, checked by name (values by ToyWorldConfig itself)."""
+    from safe_cpift.toyworld.world import ToyWorldConfig
+
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of ToyWorldConfig fields, got {value!r}")
+    fields = sorted(f.name for f in dataclasses.fields(ToyWorldConfig) if not f.name.startswith("_"))
+    for key in value:
+        if key in _WORLD_FIELDS_SET_ELSEWHERE:
+            raise ValueError(f"`{key}` is set by {_WORLD_FIELDS_SET_ELSEWHERE[key]}, not here")
+        if key not in fields:
+            guess = did_you_mean(str(key), fields)
+            raise ValueError(f"unknown ToyWorldConfig field `{key}`" + (f" — did you mean `{guess}`?" if guess else "")
+                             + " (safe_cpift.toyworld.ToyWorldConfig lists them)")
+    try:
+        ToyWorldConfig(**value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(str(err)) from None
+    return dict(value)
+
+
 class ToyWorldSettings(Section):
     quick: bool = Field(False, description="Smaller, faster tiny world (the demo's --quick).")
     seed: Annotated[int, Field(ge=0)] | None = Field(None, description="World seed; defaults to the recipe's `seed`.")
     version: Literal[1, 2] | None = Field(  # safe_cpift.toyworld.world.WORLD_VERSIONS
         None, description="World version: 2 (sentence-answer tasks of three skills, deeper alignment) or 1 (the "
         "original letter-string world, to reproduce old reports); defaults to the library's current default.")
+    settings: Annotated[dict[str, Any], AfterValidator(_world_settings)] = Field(
+        default_factory=dict, description="Further `safe_cpift.toyworld.ToyWorldConfig` fields, for the lab's world "
+        "variants (docs/lab.md), e.g. `{align_extra_lookalikes: 6, align_extra_harmful: 6, align_steps: 450, "
+        "align_extra_templates: 10}` (variant d14). Empty: the default world.")
 
 
 class AttackConfig(Section):

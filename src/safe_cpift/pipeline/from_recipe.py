@@ -27,7 +27,7 @@ def _world(recipe: Any) -> Any:
 
     seed = recipe.toyworld.seed if recipe.toyworld.seed is not None else recipe.seed
     version = {} if recipe.toyworld.version is None else {"version": recipe.toyworld.version}
-    return ToyWorld(ToyWorldConfig(seed=seed, quick=recipe.toyworld.quick, **version))
+    return ToyWorld(ToyWorldConfig(seed=seed, quick=recipe.toyworld.quick, **version, **recipe.toyworld.settings))
 
 
 def _load_data(spec: Any, name: str | None, *, split: str | None = None, subset: str | None = None,

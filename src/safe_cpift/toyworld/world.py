@@ -151,9 +151,8 @@ class ToyWorldConfig:
                       "align_safety_repeats": ("aligned", 1),
                       "align_letter_rows": ("aligned", 0), "dev_holdout": ("base", False),
                       "align_extra_harmful": ("aligned only", 0), "align_extra_lookalikes": ("aligned only", 0),
-                      "align_extra_templates": ("aligned only", 0), "align_lookalike_repeats": ("aligned only", 0)}
-
-    _OPT_IN_FIELDS = _OPT_IN_FIELDS | {"skill_questions": ("base", 0)}  # seesaw levers (issue 10)
+                      "align_extra_templates": ("aligned only", 0), "align_lookalike_repeats": ("aligned only", 0),
+                      "skill_questions": ("base", 0)}  # the last: a seesaw lever (issue 10)
 
     def __post_init__(self) -> None:
         if self.version not in WORLD_VERSIONS:
