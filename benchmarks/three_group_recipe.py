@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                     str(out / "run")], check=True)
     agg = json.loads((out / "run" / "results.json").read_text())
     methods = agg["methods"]
-    print("task | " + " | ".join(m for m in methods if m != "aligned"))
+    print("task (per seed) | " + " | ".join(m for m in methods if m != "aligned"))
     for task in TASKS:
-        print(task + " | " + " | ".join(f"{methods[m]['task_scores'][task]['mean']:.3f}" for m in methods if m != "aligned"))
+        print(task + " | " + " | ".join(" / ".join(f"{v:.2f}" for v in methods[m]["task_scores"][task]["values"])
+                                        for m in methods if m != "aligned"))
     for m in methods:
         print(f"{m}: task mean {methods[m]['task_mean']['mean']:.3f} ± {methods[m]['task_mean']['sd']:.3f}, refusal "
               f"{methods[m]['refusal_rate']['mean']:.3f}, over-refusal {methods[m]['over_refusal_rate']['mean']:.3f}")
