@@ -7,6 +7,8 @@ protections issue's pipeline criteria: `cpift` never below `sequential_sft` on a
 mean against `multitask_sft`'s.
 
     python benchmarks/three_group_recipe.py --out runs/three_group --seeds 0 1 2
+    python benchmarks/three_group_recipe.py --out runs/three_group_balanced --seeds 0 1 2 \
+        --set cpift.replay_fraction=balanced 'baselines=[sequential_sft,cpift]'
 """
 
 from __future__ import annotations
@@ -64,16 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/three_group")
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides, as for `safe-cpift run` (e.g. cpift.replay_fraction=balanced)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     recipe = write_recipe(out)
-    subprocess.run(["safe-cpift", "run", str(recipe), "--seeds", *args.seeds, "--output-dir", str(out / "run")],
-                   check=True)
+    subprocess.run(["safe-cpift", "run", str(recipe), *args.set, "--seeds", *args.seeds, "--output-dir",
+                    str(out / "run")], check=True)
     agg = json.loads((out / "run" / "results.json").read_text())
     methods = agg["methods"]
-    print("task | " + " | ".join(m for m in methods if m != "aligned"))
+    print("task (per seed) | " + " | ".join(m for m in methods if m != "aligned"))
     for task in TASKS:
-        print(task + " | " + " | ".join(f"{methods[m]['task_scores'][task]['mean']:.3f}" for m in methods if m != "aligned"))
+        print(task + " | " + " | ".join(" / ".join(f"{v:.2f}" for v in methods[m]["task_scores"][task]["values"])
+                                        for m in methods if m != "aligned"))
     for m in methods:
         print(f"{m}: task mean {methods[m]['task_mean']['mean']:.3f} ± {methods[m]['task_mean']['sd']:.3f}, refusal "
               f"{methods[m]['refusal_rate']['mean']:.3f}, over-refusal {methods[m]['over_refusal_rate']['mean']:.3f}")

@@ -52,6 +52,23 @@ def test_replay_mixes_earlier_groups_into_later_stages_within_the_same_budget():
         spec(replay_fraction=1.0)
 
 
+def test_balanced_replay_gives_every_task_so_far_an_equal_share_of_the_stage():
+    s = spec(replay_fraction="balanced")
+    plan = group_plan(s, [["a"], ["b"], ["c"]], "cpift")
+    assert plan[0] == {"tasks": {"a": 100}, "safety": 0, "replay": 0, "total": 100}
+    assert plan[1]["replay"] == 50 and plan[1]["tasks"] == {"b": 50, "a": 50}  # the new task: 1/2
+    assert plan[2]["replay"] == 66 and plan[2]["tasks"] == {"c": 34, "a": 33, "b": 33}  # 1/3; the remainder to c
+    # a two-task group after a one-task group: 2/3 of the task rows, after safety comes off the stage
+    safe = group_plan(s, [["a"], ["b", "c"]], "safe_cpift")[1]
+    assert safe["safety"] == 10 and safe["replay"] == 63 and safe["tasks"] == {"b": 64, "c": 63, "a": 63}
+    assert sum(safe["tasks"].values()) + safe["safety"] == safe["total"] == 200
+    # a later group's share differs from the fixed default's (0.8 leaves the third stage's task 20 rows)
+    assert group_plan(spec(), [["a"], ["b"], ["c"]], "cpift")[2]["tasks"]["c"] == 20
+    for bad in ("balance", True, 1.0, -0.1):
+        with pytest.raises(ValueError, match="replay_fraction.*balanced"):
+            spec(replay_fraction=bad)
+
+
 def test_stop_after_names_are_checked():
     s = spec()
     for ok in ("clusters", "probe_b", "sft_group_3", "cpift_sft_group_0", "sequential_sft_2_c", "eval_cpift", "report"):

@@ -216,6 +216,16 @@ def test_override_typos_and_bad_values(tmp_path):
         load_recipe(path, ["tasks.9.split=x"])
 
 
+def test_replay_fraction_takes_a_share_or_balanced(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    assert load_recipe(path, ["cpift.replay_fraction=balanced"]).cpift.replay_fraction == "balanced"
+    assert load_recipe(path, ["cpift.replay_fraction=0.5"]).cpift.replay_fraction == 0.5
+    for bad in ("balance", "1", "true"):
+        with pytest.raises(ConfigError, match=r"`cpift.replay_fraction` must be a number in \[0, 1\) or `balanced`"):
+            load_recipe(path, [f"cpift.replay_fraction={bad}"])
+
+
 def test_apply_overrides_does_not_mutate():
     raw = copy.deepcopy(MINIMAL)
     out = apply_overrides(raw, ["seed=3"])

@@ -81,6 +81,24 @@ Fraction = number(gt=0.0, le=1.0)
 Share = number(ge=0.0, lt=1.0)
 Unit = number(ge=0.0, le=1.0)
 Count = Annotated[int, Field(ge=1)]
+BALANCED = "balanced"
+
+
+def _replay_share(value: Any) -> float | str:
+    if value == BALANCED:
+        return value
+    try:
+        share = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        share = None
+    if share is None or not 0 <= share < 1:
+        raise ValueError(f"must be a number in [0, 1) or `{BALANCED}` (an equal share for every task so far), "
+                         f"got {value!r}")
+    return share
+
+
+ReplayShare = Annotated[float | str, BeforeValidator(_replay_share), WithJsonSchema(
+    {"anyOf": [{"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0}, {"const": BALANCED}]})]
 Format = Literal[FORMATS + tuple(FORMAT_ALIASES)]
 
 
@@ -213,8 +231,10 @@ class CpiftConfig(Section):
     freeze_safety_core: bool = Field(True, description="safe_cpift: keep the safety core's entries frozen in every stage.")
     freeze_earlier_groups: bool = Field(True, description="Freeze cores of groups trained in earlier stages.")
     mix_safety: bool = Field(True, description="safe_cpift: add `safety.mix_fraction` safety examples to each stage's mix.")
-    replay_fraction: Share = Field(0.8, description="Share of each later stage's task examples replayed from earlier "
-                                   "groups' tasks (the paper's mixed-task stages); 0 trains each stage on its group alone.")
+    replay_fraction: ReplayShare = Field(
+        0.8, description="Share of each later stage's task examples replayed from earlier groups' tasks (the paper's "
+        "mixed-task stages); 0 trains each stage on its group alone; `balanced` gives every task seen so far an "
+        "equal share of the stage (the new group gets |group| / |tasks so far|).")
     track_stages: bool = Field(True, description="Score every task after fusion and after every pipelined stage "
                                "(report: forgetting and undertraining per stage).")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from safe_cpift.pipeline.common import RunContext, split_evenly
-from safe_cpift.pipeline.spec import PipelineSpec
+from safe_cpift.pipeline.spec import BALANCED, PipelineSpec
 
 CPIFT_METHODS = ("cpift", "safe_cpift")
 
@@ -41,12 +41,25 @@ def uses_safety(spec: PipelineSpec, method: str) -> bool:
     return method == "safe_cpift" and spec.mix_safety and spec.safety_mix > 0
 
 
+def replay_examples(replay_fraction: float | str, task_rows: int, n_new: int, n_earlier: int) -> int:
+    """How many of a stage's `task_rows` replay the `n_earlier` earlier tasks (the new group has `n_new`).
+
+    A float is the replayed share; `balanced` splits the rows equally over all tasks so far, so the
+    earlier tasks get `n_earlier / (n_new + n_earlier)` of them (the new tasks get the remainder).
+    """
+    if replay_fraction == BALANCED:
+        return task_rows // (n_new + n_earlier) * n_earlier
+    return int(task_rows * float(replay_fraction) + 0.5)
+
+
 def group_plan(spec: PipelineSpec, groups: list[list[str]], method: str) -> list[dict[str, Any]]:
     """Per group stage: `{"tasks": {task: n}, "safety": n, "replay": n, "total": n}`.
 
-    Totals sum to the stage budget. From the second stage on, a `replay_fraction` share of a stage's
-    task examples come from the tasks of earlier groups (split evenly over them), so each stage trains
-    on mixed-task data; `tasks` then also counts those replayed tasks.
+    Totals sum to the stage budget. From the second stage on, part of a stage's task examples come
+    from the tasks of earlier groups (split evenly over them), so each stage trains on mixed-task
+    data; `tasks` then also counts those replayed tasks. A float `replay_fraction` is that part's
+    share; `balanced` gives every task seen so far an equal share, so the new group gets
+    |group| / |tasks so far| of the stage (1/2 at the second of three one-task stages, 1/3 at the third).
     """
     per_task = split_evenly(stage_budget(spec, method), [t for g in groups for t in g])
     plan = []
@@ -55,7 +68,8 @@ def group_plan(spec: PipelineSpec, groups: list[list[str]], method: str) -> list
         safety = int(total * spec.safety_mix + 0.5) if uses_safety(spec, method) else 0
         safety = min(safety, total - len(g))
         earlier = [t for prev in groups[:i] for t in prev]
-        replay = min(int((total - safety) * spec.replay_fraction + 0.5), total - safety - len(g)) if earlier else 0
+        replay = min(replay_examples(spec.replay_fraction, total - safety, len(g), len(earlier)),
+                     total - safety - len(g)) if earlier else 0
         tasks = split_evenly(total - safety - replay, g)
         if replay > 0:
             tasks.update({t: n for t, n in split_evenly(replay, earlier).items() if n})

@@ -6,8 +6,8 @@
 * pipelined SFT (`sft_group_<i>` / `cpift_sft_group_<i>`), one stage per group in stage order,
   starting from the fused model: a balanced mix of the group's tasks (sizes from
   `safe_cpift.pipeline.budget.group_plan`). For `safe_cpift` a `safety_mix` share of the mix are
-  safety examples; from the second stage on a `replay_fraction` share of the task examples come
-  from earlier groups' tasks (mixed-task stages). The safety core plus the cores of earlier groups
+  safety examples; from the second stage on a `replay_fraction` share of the task examples (with
+  `balanced`: an equal share per task seen so far) come from earlier groups' tasks (mixed-task stages). The safety core plus the cores of earlier groups
   are frozen with `CoreFreezeCallback` (restored after every optimiser step, which is
   exact under AdamW weight decay). `cpift` freezes only the earlier groups' cores and adds no safety.
 """

@@ -25,6 +25,7 @@ DEFAULT_PROTECTIONS = ("freeze", "safety_mix", "token_kl")
 SCORERS = ("update", "alignment", "importance")
 SCOPES = ("global", "tensor", "layer")
 PROTECT_SOURCES = ("aligned", "safety_probe")
+BALANCED = "balanced"  # `replay_fraction`: every task seen so far gets an equal share of a stage
 
 Evaluator = Callable[[Any, Any], dict[str, Any]]
 DatasetLoader = Callable[[], Any]
@@ -91,8 +92,9 @@ class PipelineSpec:
         task_scorer (`str`): `update` (the paper) or `importance` for the task cores.
         freeze_safety_core / freeze_earlier_groups / mix_safety (`bool`): the parts of safe_cpift's
             pipelined SFT (each can be switched off for an ablation).
-        replay_fraction (`float`): share of each later stage's task examples drawn from the tasks of
-            earlier groups (mixed-task stages, as in the paper); 0 trains a stage on its group alone.
+        replay_fraction (`float` or `"balanced"`): share of each later stage's task examples drawn from
+            the tasks of earlier groups (mixed-task stages, as in the paper); 0 trains a stage on its group
+            alone; `balanced` gives every task seen so far an equal share of the stage.
         track_stages (`bool`): score every task after fusion and after every pipelined stage.
         protections (`tuple[str, ...]`): `safe_cpift`'s composition of `PROTECTIONS` (`freeze` and
             `safety_mix` are `freeze_safety_core` and `mix_safety`; see `safe_cpift.pipeline.protections`).
@@ -142,7 +144,7 @@ class PipelineSpec:
     freeze_safety_core: bool = True
     freeze_earlier_groups: bool = True
     mix_safety: bool = True
-    replay_fraction: float = 0.8
+    replay_fraction: float | str = 0.8
     track_stages: bool = True
     protections: tuple[str, ...] = DEFAULT_PROTECTIONS
     protect_settings: dict[str, Any] = field(default_factory=dict)
@@ -174,9 +176,11 @@ class PipelineSpec:
                              ("protect_source", PROTECT_SOURCES)):
             if getattr(self, fld) not in allowed:
                 problems.append(f"`{fld}` must be one of {', '.join(allowed)}, got {getattr(self, fld)!r}")
-        for fld in ("safety_mix", "replay_fraction"):
-            if not 0 <= getattr(self, fld) < 1:
-                problems.append(f"`{fld}` must be in [0, 1), got {getattr(self, fld)}")
+        if not 0 <= self.safety_mix < 1:
+            problems.append(f"`safety_mix` must be in [0, 1), got {self.safety_mix}")
+        r = self.replay_fraction
+        if r != BALANCED and (isinstance(r, (bool, str)) or not isinstance(r, (int, float)) or not 0 <= r < 1):
+            problems.append(f"`replay_fraction` must be a number in [0, 1) or {BALANCED!r}, got {r!r}")
         if self.safety_scorer == "alignment" and not self.base_model:
             problems.append("`safety_scorer: alignment` needs `base_model` (the model before alignment)")
         if self.protect_source == "safety_probe" and self.safety_scorer != "update":
