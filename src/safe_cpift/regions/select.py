@@ -59,8 +59,12 @@ def target_count(top_p: float, total: int, at_least_one: bool = True) -> int:
 
 
 def kth_largest(scores: torch.Tensor, k: int) -> float:
-    """The k-th largest value of a 1-D tensor (k >= 1); `kthvalue` is O(n), far faster than `topk`."""
-    return float(torch.kthvalue(scores, scores.numel() - k + 1).values)
+    """The k-th largest value of a 1-D tensor without NaN (k >= 1), in O(n): numpy's `partition` for
+    float32 on the CPU (~10x faster than `torch.kthvalue` on one thread), else `kthvalue`."""
+    n = scores.numel()
+    if scores.dtype == torch.float32 and scores.device.type == "cpu":
+        return float(np.partition(scores.contiguous().numpy(), n - k)[n - k])
+    return float(torch.kthvalue(scores, n - k + 1).values)
 
 
 def indices_above(scores: torch.Tensor, value: float, strict: bool = False) -> torch.Tensor:
@@ -176,17 +180,26 @@ class GlobalTopK:
         scores = torch.cat([p[2] for p in self.pieces])
         _check_finite(scores)
         thr = kth_largest(scores, self.k)
-        keep = scores >= thr
-        if int(keep.sum()) > self.k:  # ties at the threshold: the earliest (tensor, index) win
-            eq = scores == thr
-            need = self.k - int((scores > thr).sum())
-            keep = (scores > thr) | (eq & (torch.cumsum(eq, 0) <= need))
-        pieces, pos = [], 0
+        del scores
+        kept = []  # per piece: (tid, idx, scores, positions of ties) of the entries >= thr
+        above = 0
         for tid, idx, s in self.pieces:
-            m = keep[pos:pos + idx.numel()]
-            pos += idx.numel()
-            if bool(m.any()):
-                pieces.append((tid, idx[m], s[m]))
+            sel = indices_above(s, thr)
+            if sel.numel():
+                vals = s[sel]
+                ties = torch.nonzero(vals == thr).squeeze(1)
+                above += sel.numel() - ties.numel()
+                kept.append((tid, idx[sel], vals, ties))
+        ties_left = self.k - above  # ties at the threshold: the earliest (tensor, index) win
+        pieces = []
+        for tid, idx, vals, ties in kept:
+            if ties.numel() > ties_left:
+                m = torch.ones(idx.numel(), dtype=torch.bool)
+                m[ties[ties_left:]] = False
+                idx, vals = idx[m], vals[m]
+            ties_left -= min(ties_left, ties.numel())
+            if idx.numel():
+                pieces.append((tid, idx, vals))
         self.pieces = pieces
         self.count = self.k
         self.threshold = thr
@@ -237,7 +250,7 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
     # only the top of the sample matters: sort a generous head of it, the whole sample if needed
     head = min(m, int(4 * target * m / total) + 1024)
     while True:
-        values, order = torch.topk(scores, head) if head < m else torch.sort(scores, descending=True)
+        values, order = _top(scores, head)
         cum = torch.cumsum(weights[order], 0)
         pos = int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64)))
         if pos < values.numel():
@@ -245,6 +258,19 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
         if head >= m:
             return None
         head = m
+
+
+def _top(scores: torch.Tensor, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of at least the `head` largest scores (all those tied with the last one),
+    descending, tied values in any order. numpy's `partition` + a sort of the head is ~5x faster
+    than `torch.topk` on one thread."""
+    m = scores.numel()
+    if scores.dtype == torch.float32 and not bool(torch.isnan(scores).any()):  # NaN: torch ranks it first
+        arr = scores.numpy()
+        part = np.flatnonzero(arr >= np.partition(arr, m - head)[m - head]) if head < m else np.arange(m)
+        order = part[np.argsort(-arr[part], kind="stable")]
+        return torch.from_numpy(arr[order]), torch.from_numpy(order)
+    return torch.topk(scores, head) if head < m else torch.sort(scores, descending=True)
 
 
 def _margin(k: int) -> float:
