@@ -12,10 +12,20 @@ from safe_cpift.regions import select as region_select
 from safe_cpift.regions.scoring import natural_key
 
 
-def test_numba_is_installed_for_the_fused_path():
-    import numba  # noqa: F401 - the dev extra installs it; without it the tests below would test nothing new
+@pytest.fixture(autouse=True)
+def kernel_loaded():
+    # the dev extra installs numba: without it this fails rather than test nothing new
+    assert fused.warm_up(), "numba is missing: pip install -c constraints-cpu.txt -e '.[dev]'"
 
-    assert fused.kernel() is not None and fused.warm_up()
+
+def test_kernel_is_loaded_only_where_it_pays(monkeypatch):
+    monkeypatch.setattr(fused, "_KERNEL", None)
+    monkeypatch.setattr(fused, "_TRIED", False)
+    assert not fused.worth_it(10_000) and not fused._TRIED  # a small pair: numba is not even imported
+    monkeypatch.setattr(fused, "MIN_ENTRIES", 10_000)
+    assert fused.worth_it(10_000) and fused.kernel(load=False) is not None
+    monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")
+    assert not fused.worth_it(10**12) and fused.kernel() is None
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 4099])

@@ -242,10 +242,10 @@ class UpdateScores:
         `(start, stop, value, strict, bufs) -> (indices, scores)` of the entries of [start, stop) whose
         score is >= `value` (> when `strict`); `bufs` is (int32, float32, float32, float32) numpy
         arrays of at least `stop - start` entries (candidates, and the two models' chunks). None
-        unless both tensors are float32 and numba is installed."""
+        unless both tensors are float32 and the kernel is loaded (`fused.worth_it`)."""
         from safe_cpift.regions import fused
 
-        if fused.kernel() is None:
+        if fused.kernel(load=False) is None:
             return None
         name = self.names[tid]
         if self._readers is None or self._readers[0] != tid:

@@ -31,7 +31,7 @@ from safe_cpift.regions import fused
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 18  # elements scored at once (1 MiB of float32: stays in L2 between sub, abs, compare)
-FUSED_CHUNK = 1 << 20  # elements per call of the fused kernel (one read of each model, no temporaries)
+FUSED_CHUNK = 1 << 19  # elements per call of the fused kernel (2 MiB per model: read once, cut in cache)
 SAMPLE_BUDGET = 1 << 20
 SAMPLE_BLOCK = 8192
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -374,7 +374,7 @@ def _select_global(src: ScoreSource, top_p: float, progress: bool,
         return {t: torch.arange(n) for t, n in enumerate(src.numels) if n}, {}
     floor = estimate_floor(sample_scores(src), _margin(k))
     pool = GlobalTopK(k, floor)
-    fusable = hasattr(src, "cutter") and fused.kernel() is not None
+    fusable = hasattr(src, "cutter") and floor is not None and fused.worth_it(total)
     if floor is not None and hasattr(src, "scorer") and (threads > 1 or fusable):
         for tid, off, idx, values in iter_candidates(src, pool, threads, progress):
             pool.add_candidates(tid, off, idx, values)
