@@ -10,7 +10,7 @@ shards) to a temporary directory, then times, each in a fresh subprocess so peak
 - `touch`: open both with `safe_cpift.io.open_checkpoint` and sum every tensor (mmap + one pass);
 - `extract`: `CoreRegion.from_update(base_dir, tuned_dir, top_p)` (global exact threshold), timed
   after the per-process setup (importing `safe_cpift.regions` and loading the numba kernel of
-  `regions.fused`, ~0.45 s with the `fast` extra), which is printed as `setup_s`.
+  `regions.fused`, 0.4–0.6 s with the `fast` extra), which is printed as `setup_s`.
   `SAFE_CPIFT_FUSED=0` measures the torch path.
 
 Each is measured warm (files in the page cache) and cold (pages of these files dropped with

@@ -22,7 +22,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # The scan is ~0.5 ns per entry pair faster than the torch path on one thread and the kernel costs
-# ~0.45 s to load per process (measured on a 2-core machine): it repays itself from ~1G entry pairs.
+# 0.4–0.6 s to load per process (measured on a 2-core machine): it repays itself from ~1G entry pairs.
 MIN_ENTRIES = 1 << 30
 _KERNEL: Callable | None = None
 _TRIED = False
@@ -63,7 +63,7 @@ def _build() -> Callable:
 def kernel(load: bool = True) -> Callable | None:
     """The compiled kernel, or None without numba (or with `SAFE_CPIFT_FUSED=0`, or when it is not
     loaded yet and `load` is False). Compiled once per machine (cached on disk by numba), loaded once
-    per process: importing numba and loading the kernel took ~0.45 s here (`warm_up`)."""
+    per process: importing numba and loading the kernel took 0.4–0.6 s here (`warm_up`)."""
     global _KERNEL, _TRIED
     if os.environ.get("SAFE_CPIFT_FUSED", "1") == "0":
         return None
