@@ -346,7 +346,9 @@ def test_threads_give_the_same_region(monkeypatch, tmp_path, threads):
     real = region_select.iter_candidates
     monkeypatch.setattr(region_select, "iter_candidates", lambda *a, **k: used.append(a[2]) or real(*a, **k))
     base, tuned, planted = planted_pair(seed=3, frac=0.05)
+    monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")  # one thread without the fused kernel: the plain chunk scan
     one = CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=1)
+    monkeypatch.delenv("SAFE_CPIFT_FUSED")
     assert used == []
     many = CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=threads)
     assert used == [threads]  # the threaded scan ran

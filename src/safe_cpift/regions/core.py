@@ -126,12 +126,13 @@ class CoreRegion:
             idx = torch.as_tensor(indices[name]).reshape(-1).to(torch.int64)
             if idx.numel() == 0:
                 continue
-            idx = torch.sort(idx).values
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):  # already ascending: no sort
+                idx = torch.sort(idx).values
+                if not bool((idx[1:] > idx[:-1]).all()):
+                    raise ValueError(f"indices of `{name}` contain duplicates")
             numel = math.prod(self._fingerprint[name][0])
             if int(idx[0]) < 0 or int(idx[-1]) >= numel:
                 raise ValueError(f"indices of `{name}` fall outside its {numel} entries")
-            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-                raise ValueError(f"indices of `{name}` contain duplicates")
             self._indices[name] = idx.to(torch.int32) if numel < 2**31 else idx
         self.top_p = float(top_p)
         self.scope = scope

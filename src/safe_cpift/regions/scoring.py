@@ -17,9 +17,11 @@ import math
 import os
 import re
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from safe_cpift.regions.select import CHUNK
@@ -99,9 +101,39 @@ class TensorSource:
         size = self.dtypes[name].itemsize
         lo, hi = begin + start * size, min(end, begin + stop * size)
         if hi > lo:
-            if path not in self._fds:
-                self._fds[path] = os.open(path, os.O_RDONLY)
-            os.posix_fadvise(self._fds[path], lo, hi - lo, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(self._fd(path), lo, hi - lo, os.POSIX_FADV_WILLNEED)
+
+    def _fd(self, path: str) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def float32_reader(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray] | None:
+        """A thread-safe `(start, stop, buf) -> entries [start, stop)` of a float32 tensor as a numpy
+        array: `pread` from the checkpoint file into `buf` (a copy from the page cache, as fast as a
+        plain read and with no page mapping), or a view of an in-memory tensor. None for another dtype."""
+        if self.dtypes[name] != torch.float32:
+            return None
+        where = self._ranges.get(name)
+        if where is None or where[2] - where[1] != 4 * self.numel(name) or sys.byteorder != "little":
+            flat = self.get(name).reshape(-1)
+            if flat.device.type != "cpu":
+                flat = flat.cpu()
+            arr = flat.numpy()
+            return lambda start, stop, buf: arr[start:stop]
+        fd, begin = self._fd(where[0]), where[1]
+
+        def read(start: int, stop: int, buf: np.ndarray) -> np.ndarray:
+            out = buf[: stop - start]
+            view, pos = memoryview(out).cast("B"), begin + 4 * start
+            while view.nbytes:
+                got = os.preadv(fd, [view], pos)
+                if got <= 0:
+                    raise OSError(f"{where[0]} ended at byte {pos} inside tensor `{name}`")
+                view, pos = view[got:], pos + got
+            return out
+
+        return read
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -158,6 +190,7 @@ class UpdateScores:
         self._buf = torch.empty(0)
         self.prefetch = True
         self._ahead = (0, 0)  # (tensor id, entry) up to which reads were requested
+        self._readers: tuple | None = None  # (tensor id, base reader, tuned reader) for `cutter`
 
     def _read_ahead(self, tid: int, stop: int) -> None:
         """Keep WILLNEED requests about PREFETCH entries ahead of the sequential position."""
@@ -203,6 +236,33 @@ class UpdateScores:
             return (tc.to(wide) - bc.to(wide)).abs_().to(torch.float32)
 
         return score
+
+    def cutter(self, tid: int, stop: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+        """Like `scorer`, for the fused kernel (`regions.fused`): a thread-safe function
+        `(start, stop, value, strict, bufs) -> (indices, scores)` of the entries of [start, stop) whose
+        score is >= `value` (> when `strict`); `bufs` is (int32, float32, float32, float32) numpy
+        arrays of at least `stop - start` entries (candidates, and the two models' chunks). None
+        unless both tensors are float32 and the kernel is loaded (`fused.worth_it`)."""
+        from safe_cpift.regions import fused
+
+        if fused.kernel(load=False) is None:
+            return None
+        name = self.names[tid]
+        if self._readers is None or self._readers[0] != tid:
+            self._readers = (tid, self.base.float32_reader(name), self.tuned.float32_reader(name))
+        _, read_b, read_t = self._readers
+        if read_b is None or read_t is None:
+            return None
+        if self.prefetch and (tid, stop + PREFETCH // 2) > self._ahead:
+            self._read_ahead(tid, stop)
+
+        def cut(start: int, stop: int, value: float, strict: bool, bufs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+            idx_buf, val_buf, buf_b, buf_t = bufs
+            b, t = read_b(start, stop, buf_b), read_t(start, stop, buf_t)
+            idx, vals = fused.cut_at(b, t, value, strict, idx_buf, val_buf)
+            return torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(vals.copy())
+
+        return cut
 
 
 class PrecomputedScores:
