@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from tiny import random_region, sft_dataset, tiny_llama, word_tokenizer  # noqa: E402
+from tiny import exit_after_results, random_region, sft_dataset, tiny_llama, word_tokenizer  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
 from safe_cpift.protect.guard import RefusalProbe  # noqa: E402
@@ -62,3 +62,4 @@ def main(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    exit_after_results()

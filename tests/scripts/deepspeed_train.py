@@ -18,7 +18,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from tiny import random_region, tiny_llama, word_tokenizer  # noqa: E402
+from tiny import exit_after_results, random_region, tiny_llama, word_tokenizer  # noqa: E402
 
 
 def main(out_dir: Path, stage: int) -> None:
@@ -72,3 +72,4 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     main(out, int(sys.argv[2]))
+    exit_after_results()

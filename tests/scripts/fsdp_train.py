@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from tiny import random_region, safety_chats, sft_dataset, snapshot, tiny_llama, word_tokenizer  # noqa: E402
+from tiny import exit_after_results, random_region, safety_chats, sft_dataset, snapshot, tiny_llama, word_tokenizer  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
@@ -303,3 +303,4 @@ def main(out_dir: Path, mode: str, steps: int = 4, hidden: int | None = None) ->
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2], *(int(a) for a in sys.argv[3:]))
+    exit_after_results()
