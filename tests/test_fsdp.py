@@ -131,7 +131,7 @@ def test_plain_fully_shard_with_frozen_entries_and_gradient_protections(tmp_path
     for name in HAND_LOOP_PROTECTIONS:
         runs = [info["protections"][name] for info in infos]
         assert all(r["param_type"] == "DTensor" and r["frozen_intact"] is True and r["logged"] for r in runs), name
-        for a, b in zip(*(r["logged"] for r in runs)):  # global numbers (penalty, ⟨g, g_s⟩, KL): the same on both ranks
+        for a, b in zip(*(r["logged"] for r in runs), strict=True):  # global numbers (penalty, ⟨g, g_s⟩, KL): the same on both ranks
             assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-9) for k in a), name
         sharded = load_file(str(tmp_path / f"fully_shard-{name}.safetensors"))
         one = hand_loop_one_process(name)

@@ -7,7 +7,15 @@ import copy
 
 import pytest
 import torch
-from scripts.tiny import preference_dataset, prompt_dataset, sft_dataset, snapshot, tiny_llama, tiny_qwen2, word_tokenizer
+from scripts.tiny import (
+    preference_dataset,
+    prompt_dataset,
+    sft_dataset,
+    snapshot,
+    tiny_llama,
+    tiny_qwen2,
+    word_tokenizer,
+)
 from scripts.tiny import safety_chats as safety_rows
 
 from safe_cpift.protect import PROTECTIONS, get_protection

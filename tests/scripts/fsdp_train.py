@@ -38,7 +38,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from tiny import exit_after_results, random_region, safety_chats, sft_dataset, snapshot, tiny_llama, word_tokenizer  # noqa: E402
+from tiny import (  # noqa: E402
+    exit_after_results,
+    random_region,
+    safety_chats,
+    sft_dataset,
+    snapshot,
+    tiny_llama,
+    word_tokenizer,
+)
 from transformers import TrainerCallback  # noqa: E402
 
 from safe_cpift import CoreFreezeCallback, SafetyGuardCallback  # noqa: E402
