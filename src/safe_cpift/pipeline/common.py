@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,42 @@ def local_checkpoint(source: str | Path) -> Path:
     except Exception as err:  # offline without a cached copy, an unknown id, no access
         raise ValueError(f"cannot read the weights of `{source}` ({type(err).__name__}: {err}); pass a local "
                          "`save_pretrained` directory, or download the model first") from err
+
+
+class CheckpointWeights(Mapping):
+    """A checkpoint's tensors as `load_model(source, spec)` would hold them (in the run's `dtype`), read
+    from the file only when asked for: θ_aligned and θ_base for repair, `direction` and Safe LoRA
+    without more models in memory.
+
+    Args:
+        ctx (`RunContext`): the run (its `dtype`).
+        source (`str` or `Path`): a checkpoint directory or a hub id (its local snapshot).
+        dtype (`torch.dtype`, *optional*): instead of the run's `dtype`, e.g. the dtype `load_model(...,
+            train=True)` loads.
+    """
+
+    def __init__(self, ctx: RunContext, source: str | Path, dtype: Any = None) -> None:
+        import torch
+
+        from safe_cpift.io import open_checkpoint
+
+        self.reader = open_checkpoint(local_checkpoint(source))
+        if dtype is None and ctx.spec.dtype != "auto":
+            dtype = getattr(torch, ctx.spec.dtype)
+        self.dtype = dtype  # None: the checkpoint's own dtype
+
+    def __getitem__(self, name: str) -> Any:
+        t = self.reader[name]
+        return t if self.dtype is None or not t.is_floating_point() else t.to(self.dtype)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.reader
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reader)
+
+    def __len__(self) -> int:
+        return len(self.reader)
 
 
 def load_model(source: str | Path, spec: PipelineSpec | None = None, *, train: bool = False,

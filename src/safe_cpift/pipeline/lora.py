@@ -25,6 +25,7 @@ from typing import Any
 from safe_cpift.pipeline.common import (
     ADAPTER_DIR,
     MODEL_DIR,
+    CheckpointWeights,
     RunContext,
     load_model,
     save_model,
@@ -71,6 +72,7 @@ def run_safe_lora(ctx: RunContext, tmp: Path) -> dict[str, Any]:
     """Body of stage `safe_lora`: `lora_sft`'s adapter projected by Safe LoRA, merged."""
     from peft import PeftModel
 
+    from safe_cpift.precision import load_dtype
     from safe_cpift.protect.safe_lora import project_lora
 
     spec = ctx.spec
@@ -78,12 +80,12 @@ def run_safe_lora(ctx: RunContext, tmp: Path) -> dict[str, Any]:
         raise ValueError("`safe_lora` needs `model.base` (the model before alignment): V = W_aligned − W_base")
     s = lora_settings(ctx)
     adapter = ctx.stage_dir(LORA_SFT) / ADAPTER_DIR
-    base = {k: v.detach() for k, v in load_model(spec.base_model, spec, train=True).state_dict().items()}
-    aligned = load_model(spec.aligned_model, spec, train=True)
-    aligned_weights = {k: v.detach() for k, v in aligned.state_dict().items()}  # read before the merge changes them
-    model = PeftModel.from_pretrained(aligned, str(adapter))
+    # V = W_aligned − W_base read tensor by tensor, in the dtype the adapter was trained on
+    dtype = load_dtype(spec.train.precision)
+    aligned, base = CheckpointWeights(ctx, spec.aligned_model, dtype), CheckpointWeights(ctx, spec.base_model, dtype)
+    model = PeftModel.from_pretrained(load_model(spec.aligned_model, spec, train=True), str(adapter))
     layers = s["safe_lora_layers"]
-    report = project_lora(model, aligned_weights, base, threshold=float(s["safe_lora_threshold"]),
+    report = project_lora(model, aligned, base, threshold=float(s["safe_lora_threshold"]),
                           num_layers=None if layers is None else int(layers))
     save_model(model.merge_and_unload(), ctx.tokenizer(), Path(tmp) / MODEL_DIR)
     cos = sorted(report["cosine"].values())

@@ -19,16 +19,15 @@ Peer baselines (opt-in through the recipe's `baselines`), each at the SFT baseli
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from safe_cpift.pipeline.common import (
     MODEL_DIR,
     REGION_DIR,
+    CheckpointWeights,
     RunContext,
     load_model,
-    local_checkpoint,
     mix,
     save_model,
     split_evenly,
@@ -42,10 +41,6 @@ SPPFT = "sppft"
 RESTA = "resta"
 CALLBACK_PROTECTIONS = ("direction", "projection", "token_kl")
 PROBE_PROMPTS = 32
-
-
-def _state_dict(model: Any) -> dict[str, Any]:
-    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def _needs_base(ctx: RunContext, what: str) -> str:
@@ -64,13 +59,11 @@ def stage_callbacks(ctx: RunContext, method: str) -> list[Any]:
     settings = spec.protect_settings
     callbacks: list[Any] = []
     rows = list(ctx.safety_data())
-    # one copy of the aligned model serves both `direction` (its weights) and `token_kl` (its logits)
-    aligned = load_model(spec.aligned_model, spec) if {"direction", "token_kl"} & set(names) else None
-    if "direction" in names:
+    if "direction" in names:  # θ_aligned and θ_base read tensor by tensor: no model loaded for them
         from safe_cpift.protect.direction import AlignmentDirectionPenalty
 
-        base = load_model(_needs_base(ctx, "`direction`"), spec)
-        callbacks.append(AlignmentDirectionPenalty(_state_dict(aligned), _state_dict(base),
+        callbacks.append(AlignmentDirectionPenalty(CheckpointWeights(ctx, spec.aligned_model),
+                                                   CheckpointWeights(ctx, _needs_base(ctx, "`direction`")),
                                                    strength=float(settings.get("direction_strength", 1.0))))
     if "projection" in names:
         from safe_cpift.protect.direction import SafetyGradientProjection
@@ -80,7 +73,7 @@ def stage_callbacks(ctx: RunContext, method: str) -> list[Any]:
     if "token_kl" in names:
         from safe_cpift.protect.token_kl import ResponseTokenKL
 
-        callbacks.append(ResponseTokenKL(aligned, ctx.tokenizer(), rows,
+        callbacks.append(ResponseTokenKL(load_model(spec.aligned_model, spec), ctx.tokenizer(), rows,
                                          strength=float(settings.get("token_kl_strength", 1.0)),
                                          first_k=int(settings.get("token_kl_first_k", 5)),
                                          batch_size=spec.train.batch_size, seed=spec.seed))
@@ -106,32 +99,6 @@ def repair_probe(ctx: RunContext) -> Any:
     rng = random.Random(ctx.spec.seed)
     pick = lambda xs: xs if len(xs) <= PROBE_PROMPTS else rng.sample(xs, PROBE_PROMPTS)  # noqa: E731
     return RefusalProbe(pick(harmful), pick(benign))
-
-
-class CheckpointWeights(Mapping):
-    """A checkpoint's tensors as `load_model(source, spec)` would hold them (in the run's `dtype`), read
-    from the file only when asked for: the safety vector of a repair without two more models in memory."""
-
-    def __init__(self, ctx: RunContext, source: str | Path) -> None:
-        import torch
-
-        from safe_cpift.io import open_checkpoint
-
-        self.reader = open_checkpoint(local_checkpoint(source))
-        self.dtype = None if ctx.spec.dtype == "auto" else getattr(torch, ctx.spec.dtype)
-
-    def __getitem__(self, name: str) -> Any:
-        t = self.reader[name]
-        return t if self.dtype is None or not t.is_floating_point() else t.to(self.dtype)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.reader
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.reader)
-
-    def __len__(self) -> int:
-        return len(self.reader)
 
 
 def repair_model(ctx: RunContext, source_dir: Path, tmp: Path, *, keep_core: bool = False) -> dict[str, Any]:
