@@ -36,9 +36,18 @@ logger = logging.getLogger(__name__)
 
 LORA_SFT = "lora_sft"
 SAFE_LORA = "safe_lora"
-LR_FACTOR = 10.0  # lora_learning_rate when unset: this × the run's (full fine-tuning) learning rate
-LORA_DEFAULTS: dict[str, Any] = {"lora_r": 8, "lora_alpha": 32.0, "lora_target_modules": "all-linear",
+LR_FACTOR = 10.0  # a LoRA learning rate left unset: this × the run's (full fine-tuning) learning rate
+RANK, ALPHA, TARGET_MODULES = 8, 32.0, "all-linear"  # adapters of lora_sft and of LoRA probes, unless set
+LORA_DEFAULTS: dict[str, Any] = {"lora_r": RANK, "lora_alpha": ALPHA, "lora_target_modules": TARGET_MODULES,
                                  "lora_learning_rate": None, "safe_lora_threshold": 0.5, "safe_lora_layers": None}
+
+
+def lora_config(rank: int, alpha: float, target_modules: Any) -> Any:
+    """The `peft.LoraConfig` of the pipeline's adapters (no dropout, causal LM)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=0.0, target_modules=target_modules,
+                      task_type="CAUSAL_LM")
 
 
 def lora_settings(ctx: RunContext) -> dict[str, Any]:
@@ -52,14 +61,11 @@ def lora_settings(ctx: RunContext) -> dict[str, Any]:
 
 def run_lora_sft(ctx: RunContext, tmp: Path) -> dict[str, Any]:
     """Body of stage `lora_sft`: a LoRA adapter trained on `multitask_sft`'s rows, merged."""
-    from peft import LoraConfig
-
     from safe_cpift.pipeline.baselines import multitask_data
 
     s = lora_settings(ctx)
     data, counts, seed, total = multitask_data(ctx, safety=False)
-    config = LoraConfig(r=int(s["lora_r"]), lora_alpha=float(s["lora_alpha"]), lora_dropout=0.0,
-                        target_modules=s["lora_target_modules"], task_type="CAUSAL_LM")
+    config = lora_config(s["lora_r"], s["lora_alpha"], s["lora_target_modules"])
     train = train_and_save(ctx, ctx.spec.aligned_model, data, tmp, seed=seed,
                            learning_rate=float(s["lora_learning_rate"]), lora=config)
     train["mix"] = counts

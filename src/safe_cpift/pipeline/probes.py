@@ -34,18 +34,21 @@ def probe_stage(task: str) -> str:
     return f"probe_{task}"
 
 
-LORA_LR_FACTOR = 10.0  # probe_lora.learning_rate when unset: this × the run's (full fine-tuning) learning rate
-
-
 def probe_lora_settings(ctx: RunContext) -> dict[str, Any] | None:
-    """The run's LoRA probe settings with defaults filled in (`learning_rate` resolved), or `None`."""
+    """The run's LoRA probe settings with defaults filled in (`learning_rate` resolved), or `None`.
+
+    The defaults are `lora_sft`'s (`safe_cpift.pipeline.lora`): rank 8, α 32 on every linear layer, at
+    10 × the run's learning rate.
+    """
+    from safe_cpift.pipeline import lora as lora_defaults
+
     given = ctx.spec.probe_lora
     if given is None:
         return None
-    out = {"rank": 8, "alpha": 32.0, "target_modules": "all-linear", "learning_rate": None,
-           **{k: v for k, v in given.items() if v is not None}}
+    out = {"rank": lora_defaults.RANK, "alpha": lora_defaults.ALPHA, "target_modules": lora_defaults.TARGET_MODULES,
+           "learning_rate": None, **{k: v for k, v in given.items() if v is not None}}
     if out["learning_rate"] is None:
-        out["learning_rate"] = LORA_LR_FACTOR * ctx.spec.train.learning_rate
+        out["learning_rate"] = lora_defaults.LR_FACTOR * ctx.spec.train.learning_rate
     return out
 
 
@@ -58,10 +61,9 @@ def run_probe(ctx: RunContext, tmp: Path, task: str) -> dict[str, Any]:
     if lora is None:
         summary = {"task": task, "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed)}
     else:
-        from peft import LoraConfig
+        from safe_cpift.pipeline.lora import lora_config
 
-        config = LoraConfig(r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=0.0,
-                            target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+        config = lora_config(lora["rank"], lora["alpha"], lora["target_modules"])
         summary = {"task": task, "lora": lora,
                    "train": train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed,
                                            learning_rate=float(lora["learning_rate"]), lora=config)}
