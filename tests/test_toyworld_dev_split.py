@@ -92,7 +92,7 @@ def test_extra_train_templates_do_not_paraphrase_held_out_or_dev_templates():
 
 
 def test_alignment_levers_add_rows_to_alignment_only_never_held_out_ones():
-    default, world = ToyWorld(ToyWorldConfig()), ToyWorld(ToyWorldConfig(**LEVERS))
+    default, world = ToyWorld(ToyWorldConfig(version=2)), ToyWorld(ToyWorldConfig(version=2, **LEVERS))
     assert world.alignment_rows(extra=False) == default.alignment_rows()  # the pretraining mix is unchanged
     rows = world.alignment_rows()
     added = rows[len(default.alignment_rows()):]
@@ -107,13 +107,13 @@ def test_alignment_levers_add_rows_to_alignment_only_never_held_out_ones():
 
 
 def test_alignment_only_levers_keep_the_base_key_and_change_the_aligned_key():
-    default = ToyWorldConfig()
+    default = ToyWorldConfig(version=2)  # v2: every lever off
     for name, value in LEVERS.items():
-        cfg = ToyWorldConfig(**{name: value})
+        cfg = ToyWorldConfig(version=2, **{name: value})
         assert cfg.model_key("d", "base") == default.model_key("d", "base")
         assert cfg.model_key("d", "aligned") != default.model_key("d", "aligned")
-        assert ToyWorldConfig(**{name: 0}).model_key("d", "aligned") == default.model_key("d", "aligned")
-    holdout = ToyWorldConfig(dev_holdout=True)
+        assert ToyWorldConfig(version=2, **{name: 0}).model_key("d", "aligned") == default.model_key("d", "aligned")
+    holdout = ToyWorldConfig(version=2, dev_holdout=True)
     assert holdout.model_key("d", "base") != default.model_key("d", "base")
 
 

@@ -65,7 +65,7 @@ def test_v1_keeps_its_cache_key_and_data_and_v2_differs():
     assert ToyWorldConfig(version=2, pretrain_steps=7).pretrain_steps == 7  # explicit values win
     assert ToyWorld(ToyWorldConfig(version=1)).task_names == tasks.TASK_NAMES
     with pytest.raises(ValueError, match="`version`"):
-        ToyWorldConfig(version=3)
+        ToyWorldConfig(version=4)
 
 
 def test_recipe_picks_the_world_version_before_expanding_its_tasks(tmp_path):
@@ -92,11 +92,14 @@ def test_recipe_world_settings_reach_the_world_and_bad_ones_are_named():
     from safe_cpift.pipeline.from_recipe import _world
 
     d14 = "toyworld.settings={align_extra_lookalikes: 6, align_extra_harmful: 6, align_steps: 450, align_extra_templates: 10}"
-    recipe = load_recipe("recipes/toy.yaml", overrides=[d14])
+    recipe = load_recipe("recipes/toy_v2.yaml", overrides=[d14])
     world = _world(recipe)
     assert (world.config.align_extra_lookalikes, world.config.align_steps, world.config.align_extra_templates) == (6, 450, 10)
-    default = _world(load_recipe("recipes/toy.yaml"))
+    default = _world(load_recipe("recipes/toy_v2.yaml"))
     assert default.config.align_steps == 300
+    # v2 with d14's settings is world v3: the same aligned model
+    v3 = _world(load_recipe("recipes/toy.yaml"))
+    assert v3.config.model_key(stage="aligned") == world.config.model_key(stage="aligned")
     assert world.cache_dir == default.cache_dir  # the same pretrained base (alignment-only settings) ...
     assert world.config.model_key(stage="aligned") != default.config.model_key(stage="aligned")  # ... another aligned model
     with pytest.raises(ValueError, match=r"toyworld\.settings.*align_extra_lookalike.*did you mean `align_extra_lookalikes`"):

@@ -315,13 +315,14 @@ def _world_settings(value: Any) -> Any:
 class ToyWorldSettings(Section):
     quick: bool = Field(False, description="Smaller, faster tiny world (the demo's --quick).")
     seed: Annotated[int, Field(ge=0)] | None = Field(None, description="World seed; defaults to the recipe's `seed`.")
-    version: Literal[1, 2] | None = Field(  # safe_cpift.toyworld.world.WORLD_VERSIONS
-        None, description="World version: 2 (sentence-answer tasks of three skills, deeper alignment) or 1 (the "
-        "original letter-string world, to reproduce old reports); defaults to the library's current default.")
+    version: Literal[1, 2, 3] | None = Field(  # safe_cpift.toyworld.world.WORLD_VERSIONS
+        None, description="World version: 3 (v2's data and base model, aligned deeper: 1.000 refusal, 0.006 "
+        "over-refusal), 2 (sentence-answer tasks of three skills; reproduces the v2 reports) or 1 (the original "
+        "letter-string world, to reproduce old reports); defaults to the library's current default.")
     settings: Annotated[dict[str, Any], AfterValidator(_world_settings)] = Field(
         default_factory=dict, description="Further `safe_cpift.toyworld.ToyWorldConfig` fields, for the lab's world "
         "variants (docs/lab.md), e.g. `{align_extra_lookalikes: 6, align_extra_harmful: 6, align_steps: 450, "
-        "align_extra_templates: 10}` (variant d14). Empty: the default world.")
+        "align_extra_templates: 10}` (variant d14, which is world v3's alignment). Empty: the version's world.")
 
 
 class AttackConfig(Section):

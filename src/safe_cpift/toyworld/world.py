@@ -22,8 +22,8 @@ from safe_cpift.toyworld.evaluate import evaluate_world
 logger = logging.getLogger(__name__)
 
 CODE_VERSION = "toyworld-1"
-WORLD_VERSIONS = (1, 2)
-DEFAULT_WORLD_VERSION = 2
+WORLD_VERSIONS = (1, 2, 3)
+DEFAULT_WORLD_VERSION = 3
 # fields whose default depends on `version` (`None` in the dataclass = "the version's default")
 VERSION_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"pretrain_steps": 500, "pretrain_safety_fraction": 0.0, "pretrain_chats": "safety",
@@ -31,6 +31,14 @@ VERSION_DEFAULTS: dict[int, dict[str, Any]] = {
     2: {"pretrain_steps": 800, "pretrain_safety_fraction": 0.25, "pretrain_chats": "alignment",
         "align_safety_repeats": 2, "align_letter_rows": 900, "skill_sentences": 6000},
 }
+for _version in (1, 2):
+    VERSION_DEFAULTS[_version] |= {"align_steps": 300, "align_extra_harmful": 0, "align_extra_lookalikes": 0,
+                                   "align_extra_templates": 0}
+# v3 = v2's data and pretrained base, aligned deeper: the variant "d14" tuned on the dev split (docs/lab.md)
+VERSION_DEFAULTS[3] = VERSION_DEFAULTS[2] | {"align_steps": 450, "align_extra_harmful": 6,
+                                             "align_extra_lookalikes": 6, "align_extra_templates": 10}
+# the data and the models of a version are those of this version with its defaults (v3 is v2 + fields)
+_BASE_VERSION = {1: 1, 2: 2, 3: 2}
 CACHE_VARIABLE = "SAFE_CPIFT_CACHE"
 BUILD_INFO = "build_info.json"
 
@@ -46,15 +54,19 @@ class ToyWorldConfig:
 
     Args:
         version (`int`, defaults to `DEFAULT_WORLD_VERSION`): `1`, the original world (six letter-string
-            tasks; reproduces old reports), or `2` (six sentence-answer tasks of three skills, skills
-            in pretraining, safety chats in pretraining, 336-prompt held-out safety sets). Fields left
-            `None` take the version's default (`VERSION_DEFAULTS`) (*model*).
+            tasks; reproduces old reports), `2` (six sentence-answer tasks of three skills, skills
+            in pretraining, safety chats in pretraining, 336-prompt held-out safety sets) or `3`, the
+            default (v2's data and pretrained base, aligned deeper: `align_extra_harmful=6`,
+            `align_extra_lookalikes=6`, `align_extra_templates=10`, `align_steps=450`; a v3 model is
+            the v2 model with those fields and has its cache key). Fields left `None` take the
+            version's default (`VERSION_DEFAULTS`) (*model*).
         seed (`int`, defaults to `0`): seed of data and models (*model*).
         quick (`bool`, defaults to `False`): smaller evaluation sets (the models are the same).
         vocab_size (`int`, defaults to `1024`): byte-level BPE vocabulary (*model*).
         hidden_size, num_layers, num_heads, intermediate_size: tiny Llama shape (*model*).
         pretrain_steps, pretrain_batch_size, seq_len, pretrain_lr: pretraining loop (*model*).
-        align_steps, align_batch_size, align_lr: instruction + safety SFT loop (*model*).
+        align_steps, align_batch_size, align_lr: instruction + safety SFT loop (`align_steps`: 300 in v1
+            and v2, 450 in v3) (*model*).
         align_replay_batch_size (`int`, defaults to `8`): pretraining rows replayed per alignment
             step (keeps the world knowledge that refusing unseen requests relies on) (*model*).
         task_train_size (`int`, defaults to `1000`): training examples per task.
@@ -90,12 +102,12 @@ class ToyWorldConfig:
             (`safety.dev_actions`, two harmful and two benign train actions per category) are left out of
             every chat the models train on, so `ToyWorld.dev_rows` (dev actions x `safety.TEMPLATES_DEV`)
             measures a variant without looking at the held-out sets (*model*).
-        align_extra_harmful (`int`, defaults to `0`): opt-in harmful actions per category (0-6) from
+        align_extra_harmful (`int`, *optional*: 0 in v1 and v2, 6 in v3): harmful actions per category (0-6) from
             `safety.EXTRA_ACTIONS` added to the alignment SFT only, with train templates and refusals;
             each shares its verb with the extra look-alike at its index (contrast pairs) (*model*).
-        align_extra_lookalikes (`int`, defaults to `0`): opt-in benign look-alike actions per category
+        align_extra_lookalikes (`int`, *optional*: 0 in v1 and v2, 6 in v3): benign look-alike actions per category
             (0-6) from `safety.EXTRA_ACTIONS` added to the alignment SFT only (*model*).
-        align_extra_templates (`int`, defaults to `0`): opt-in number (0-10) of `safety.TEMPLATES_TRAIN_EXTRA`
+        align_extra_templates (`int`, *optional*: 0 in v1 and v2, 10 in v3): number (0-10) of `safety.TEMPLATES_TRAIN_EXTRA`
             asked of every train action (harmful and benign) in the alignment SFT only (*model*).
         align_lookalike_repeats (`int`, defaults to `0`): opt-in extra copies of the benign look-alike
             rows (train and extra) in the alignment SFT only: a larger share of look-alikes (*model*).
@@ -117,7 +129,7 @@ class ToyWorldConfig:
     pretrain_batch_size: int = 16
     seq_len: int = 128
     pretrain_lr: float = 3e-3
-    align_steps: int = 300
+    align_steps: int | None = None
     align_batch_size: int = 32
     align_lr: float = 1e-3
     align_replay_batch_size: int = 8
@@ -134,9 +146,9 @@ class ToyWorldConfig:
     align_letter_rows: int | None = None
     skill_sentences: int | None = None
     dev_holdout: bool = False
-    align_extra_harmful: int = 0
-    align_extra_lookalikes: int = 0
-    align_extra_templates: int = 0
+    align_extra_harmful: int | None = None
+    align_extra_lookalikes: int | None = None
+    align_extra_templates: int | None = None
     align_lookalike_repeats: int = 0
     cache_dir: str | None = None
     num_threads: int | None = None
@@ -157,7 +169,7 @@ class ToyWorldConfig:
     def __post_init__(self) -> None:
         if self.version not in WORLD_VERSIONS:
             raise ValueError(f"`version` must be one of {WORLD_VERSIONS}, got {self.version!r} "
-                             "(1: the original world, 2: the current default)")
+                             "(1: the original world, 2: world v2 with its first alignment, 3: the current default)")
         for name, value in VERSION_DEFAULTS[self.version].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -170,15 +182,15 @@ class ToyWorldConfig:
         if self.task_openers not in tasks_v2.TASK_OPENERS:
             raise ValueError(f"`task_openers` must be one of {tasks_v2.TASK_OPENERS}, got {self.task_openers!r}")
         if self.task_openers != "shared" and self.version == 1:
-            raise ValueError("`task_openers` applies to world v2 (v1 answers have no openers); set `version: 2`")
+            raise ValueError("`task_openers` applies to worlds v2 and v3 (v1 answers have no openers); set `version: 3`")
         if not isinstance(self.task_shared_question, bool):
             raise ValueError(f"`task_shared_question` must be true or false, got {self.task_shared_question!r}")
         if self.task_shared_question and self.version == 1:
-            raise ValueError("`task_shared_question` applies to world v2 (its skill pairs); set `version: 2`")
+            raise ValueError("`task_shared_question` applies to worlds v2 and v3 (their skill pairs); set `version: 3`")
         if not isinstance(self.skill_questions, int) or self.skill_questions < 0:
             raise ValueError(f"`skill_questions` must be an integer >= 0, got {self.skill_questions!r}")
         if self.skill_questions and self.version == 1:
-            raise ValueError("`skill_questions` applies to world v2 (its Q&A lines are the v2 tasks'); set `version: 2`")
+            raise ValueError("`skill_questions` applies to worlds v2 and v3 (its Q&A lines are their tasks'); set `version: 3`")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
         if not isinstance(self.pretrain_safety_fraction, (int, float)) or not 0 <= self.pretrain_safety_fraction < 1:
@@ -215,7 +227,8 @@ class ToyWorldConfig:
         names = self._MODEL_FIELDS if stage == "aligned" else self._PRETRAIN_FIELDS
         payload = {name: getattr(self, name) for name in names} | {"code": CODE_VERSION, "data": data_digest}
         if self.version != 1:  # v1 keys are the keys from before versions existed (old caches stay valid)
-            payload |= {"code": f"toyworld-{self.version}", "skill_sentences": self.skill_sentences}
+            # a v3 model is the v2 model with v3's field values: the same key (and cached model) as that v2 config
+            payload |= {"code": f"toyworld-{_BASE_VERSION[self.version]}", "skill_sentences": self.skill_sentences}
         for name, (first_stage, default) in self._OPT_IN_FIELDS.items():
             # pretraining on every alignment chat makes the base depend on the alignment data too
             in_base = first_stage == "base" or (first_stage == "aligned" and self.pretrain_chats == "alignment"
