@@ -8,7 +8,8 @@ depend on it (aligned eval, safety core, probes, single-task scores, task cores,
 multitask_sft, and the fusion when the row freezes the core as the reference does):
 
 * a composition row runs safe_cpift's pipelined SFT (and repair) with `protect.safe_cpift` = the row;
-* a peer row (`sppft`, `resta`) runs that peer baseline beside the reference's safe_cpift.
+* a peer row (`sppft`, `resta`, `safe_lora`) runs that peer baseline beside the reference's safe_cpift
+  (`safe_lora` also runs the `lora_sft` it projects, and reports both).
 
 Every method and row trains on the same number of examples.
 
@@ -40,7 +41,8 @@ ROWS = {
     "freeze+safety_mix+repair": ["freeze", "safety_mix", "repair"],
     "all": ["freeze", "safety_mix", "direction", "projection", "token_kl", "repair"],
 }
-PEERS = ("sppft", "resta")
+# a peer row runs these baselines beside the reference's safe_cpift (Safe LoRA projects lora_sft's adapter)
+PEERS = {"sppft": ("sppft",), "resta": ("resta",), "safe_lora": ("lora_sft", "safe_lora")}
 SHARED_STAGES = ("aligned_eval", "safety_core", "single_task", "task_cores", "clusters", "multitask_sft",
                  "eval_multitask_sft")
 METRICS = ("refusal_rate", "over_refusal_rate", "task_mean", "train_seconds")
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             record(m if m != "safe_cpift" else f"safe_cpift[{'+'.join(recipe.protect.safe_cpift)}] (reference)", result)
         for row in args.rows:
             peer = row in PEERS
-            extra = [f"baselines=[{row}]"] if peer else ["baselines=[]", f"protect.safe_cpift={json.dumps(ROWS[row])}"]
+            extra = ([f"baselines=[{','.join(PEERS[row])}]"] if peer
+                     else ["baselines=[]", f"protect.safe_cpift={json.dumps(ROWS[row])}"])
             spec = spec_from_recipe(load_recipe(path, overrides=[*base, *extra]))
             out = root / f"seed_{seed}" / row
             start = time.perf_counter()
@@ -118,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                 reuse_stages(ref_dir, out, spec, with_fusion=freeze, with_safe_cpift=peer)
             res = run_spec(spec, out, resume=True)
             wall[f"{seed}/{row}"] = time.perf_counter() - start
-            name = row if peer else f"safe_cpift[{row}]"
-            got = res["methods"][row if peer else "safe_cpift"]
-            record(name, got)
-            print(f"seed {seed} {name}: refusal {got['refusal_rate']:.3f} over-refusal {got['over_refusal_rate']:.3f} "
-                  f"task {got['task_mean']:.3f} ({wall[f'{seed}/{row}']:.0f}s)", file=sys.stderr, flush=True)
+            for name, method in ([(m, m) for m in PEERS[row]] if peer else [(f"safe_cpift[{row}]", "safe_cpift")]):
+                got = res["methods"][method]
+                record(name, got)
+                print(f"seed {seed} {name}: refusal {got['refusal_rate']:.3f} over-refusal "
+                      f"{got['over_refusal_rate']:.3f} task {got['task_mean']:.3f} ({wall[f'{seed}/{row}']:.0f}s)",
+                      file=sys.stderr, flush=True)
 
     summary = {row: {k: summarize(v) for k, v in metrics.items()} for row, metrics in values.items()}
     print(f"protection study: {args.recipe} {' '.join(args.overrides)} over seeds {args.seeds}; mean ± sample sd "
