@@ -109,3 +109,26 @@ def test_overrides_may_follow_the_seeds_on_the_command_line():
     for bad, msg in ((["x"], "takes integers"), (["-1"], "takes integers"), (["a=1"], "names no seed")):
         with pytest.raises(ValueError, match=msg):
             split_seeds(argparse.Namespace(seeds=bad, overrides=[]))
+
+
+def test_an_undefined_early_warning_says_why():
+    """Probes that erode no refusal (small `cpift.probe_examples`) leave nothing to correlate: the reports say so."""
+    from safe_cpift.report_sections import early_warning_section
+    from safe_cpift.seeds_report import render_seeds_report
+
+    per_seed = {s: fake_results(s) for s in (0, 1, 2)}
+    for r in per_seed.values():
+        r["early_warning"] = {"safety_overlap": {"a": 0.1, "b": 0.3}, "refusal_drop": {"a": 0.0, "b": 0.0},
+                              "pearson": None}
+    agg = aggregate(per_seed, seeds=[0, 1, 2])
+    ew = agg["early_warning"]
+    assert ew["pearson"] is None and ew["max_refusal_drop"] == ew["min_refusal_drop"] == 0.0
+    report = render_seeds_report(agg)
+    assert "Pearson r = –" in report and "Undefined: every probe lost the same refusal (+0.000)" in report
+    single = "\n".join(early_warning_section(per_seed[0]))
+    assert "too few tasks" in single  # two tasks in one run
+    three = {"safety_overlap": {"a": 0.1, "b": 0.3, "c": 0.2}, "refusal_drop": {"a": 0.0, "b": 0.0, "c": 0.0},
+             "pearson": None}
+    assert "every probe lost the same refusal" in "\n".join(early_warning_section({"early_warning": three}))
+    # a defined correlation prints no such note
+    assert "Undefined" not in render_seeds_report(aggregate({s: fake_results(s) for s in (0, 1, 2)}, seeds=[0, 1, 2]))

@@ -65,6 +65,17 @@ def stage_scores_section(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def no_correlation_reason(pairs: int, high: float | None, low: float | None) -> str:
+    """Why the early warning's correlation is undefined, from the number of (task, seed) pairs and the
+    largest and smallest refusal a probe lost."""
+    if pairs < 3:
+        return "too few tasks for a correlation"
+    if high is not None and high == low:
+        return (f"undefined: every probe lost the same refusal ({high:+.3f}), so there is no erosion to predict "
+                "at this probe budget (larger `cpift.probe_examples` erode more)")
+    return "undefined: the task cores' overlaps with the safety core do not differ"
+
+
 def early_warning_section(results: Mapping[str, Any]) -> list[str]:
     """Lines of the early-warning section: safety-core overlap of each task core vs the refusal it eroded."""
     ew = results.get("early_warning")
@@ -73,7 +84,9 @@ def early_warning_section(results: Mapping[str, Any]) -> list[str]:
     rows = ["| task | overlap with the safety core | refusal lost when trained alone |", "|---|---:|---:|"]
     rows += [f"| {t} | {_num(ew['safety_overlap'][t])} | {_signed(ew['refusal_drop'][t])} |" for t in ew["refusal_drop"]]
     r = ew.get("pearson")
-    verdict = ("too few tasks (or no spread) for a correlation" if r is None else
+    drops = list(ew["refusal_drop"].values())
+    verdict = (no_correlation_reason(len(drops), max(drops, default=None), min(drops, default=None))
+               if r is None else
                f"Pearson r = {r:+.2f} over {len(ew['refusal_drop'])} tasks — "
                + ("the overlap ranks the tasks by the safety they erode: a warning before the expensive training "
                   "is possible on this setup" if r >= 0.5 else

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_cpift.io import atomic_write_json, atomic_write_text
-from safe_cpift.report_sections import stage_scores_section
+from safe_cpift.report_sections import no_correlation_reason, stage_scores_section
 from safe_cpift.report_tables import DESCRIPTIONS
 
 __all__ = ["mean_sd", "seeds_table", "per_seed_table", "render_seeds_report", "write_seeds_report"]
@@ -106,7 +106,9 @@ def render_seeds_report(agg: Mapping[str, Any], *, command: str | None = None,
         parts += ["## Early warning", "", "Core overlap with the safety core vs refusal lost by each task trained "
                   f"alone, over {ew['pairs']} (task, seed) pairs: Pearson r = "
                   + ("–" if r is None else f"{r:+.2f}") + " (per seed: "
-                  + ", ".join(f"{s} {'–' if v is None else f'{v:+.2f}'}" for s, v in ew["per_seed"].items()) + ").", ""]
+                  + ", ".join(f"{s} {'–' if v is None else f'{v:+.2f}'}" for s, v in ew["per_seed"].items()) + ")."
+                  + ("" if r is not None else " " + _sentence(no_correlation_reason(
+                      ew["pairs"], ew.get("max_refusal_drop"), ew.get("min_refusal_drop")))), ""]
     cores = agg.get("safety_core") or {}
     if cores:
         parts += ["## Safety core", "", *[f"- seed {s}: {c.get('entries')} entries, "
@@ -131,3 +133,7 @@ def write_seeds_report(agg: Mapping[str, Any], out_dir: str | Path, *, command: 
     images = ("tradeoff.png",) if plot_tradeoff(agg, out / "tradeoff.png") is not None else ()
     atomic_write_text(out / "report.md", render_seeds_report(agg, command=command, images=images))
     return ["results.json", *images, "report.md"]
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."

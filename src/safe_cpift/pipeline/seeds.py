@@ -117,7 +117,8 @@ def pooled_early_warning(per_seed: Mapping[int, Mapping[str, Any] | None]) -> di
         per[str(seed)] = ew.get("pearson")
     if not xs:
         return None
-    return {"pairs": len(xs), "pearson": pearson(xs, ys), "per_seed": per}
+    return {"pairs": len(xs), "pearson": pearson(xs, ys), "per_seed": per,
+            "max_refusal_drop": max(ys), "min_refusal_drop": min(ys)}
 
 
 def run_seeds(
