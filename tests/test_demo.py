@@ -35,6 +35,7 @@ def test_quick_demo_writes_the_whole_run_directory(tmp_path, capsys):
     # equal budgets: every fine-tuned method saw as many examples as safe_cpift (cpift lacks the safety probe)
     seen = results["budget"]["examples_seen"]
     assert seen["multitask_sft"] == seen["sequential_sft"] == seen["safety_mix_sft"] == seen["safe_cpift"] > 0
+    assert seen["safe_cpift"] == 1776 + 6 * 32 + 256  # --quick: a quarter of the demo's 8,384 (half its safety probe)
 
     for name in ("report.md", "tradeoff.png", "overlap.png", "manifest.json", "final_model/README.md",
                  "final_model/model.safetensors", "final_model/config.json"):

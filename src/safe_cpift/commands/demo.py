@@ -19,12 +19,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = "runs/demo"
 DEMO_RECIPE = "toy"
-# `--quick`: a quarter of the fine-tuning budget and the quick evaluation sets (100 prompts each).
+# `--quick`: a quarter of the task probes' and the final fine-tuning's budget (half the safety probe's: 2,224
+# examples per method in all) and the quick evaluation sets (100 prompts each).
 QUICK_OVERRIDES = (
     "toyworld.quick=true",
-    "cpift.probe_examples=128",
+    "cpift.probe_examples=32",
     "safety.core.probe_examples=256",
-    "budget.examples_per_method=1200",
+    "budget.examples_per_method=1776",
     "eval.task_examples=50",
 )
 
