@@ -8,8 +8,8 @@ depend on it (aligned eval, safety core, probes, single-task scores, task cores,
 multitask_sft, and the fusion when the row freezes the core as the reference does):
 
 * a composition row runs safe_cpift's pipelined SFT (and repair) with `protect.safe_cpift` = the row;
-* a peer row (`sppft`, `resta`, `safe_lora`) runs that peer baseline beside the reference's safe_cpift
-  (`safe_lora` also runs the `lora_sft` it projects, and reports both).
+* a peer row (`sppft`, `resta`, `safe_lora`, `protected_sft`) runs that baseline beside the reference's
+  safe_cpift (`safe_lora` also runs the `lora_sft` it projects, and reports both).
 
 Every method and row trains on the same number of examples.
 
@@ -42,7 +42,8 @@ ROWS = {
     "all": ["freeze", "safety_mix", "direction", "projection", "token_kl", "repair"],
 }
 # a peer row runs these baselines beside the reference's safe_cpift (Safe LoRA projects lora_sft's adapter)
-PEERS = {"sppft": ("sppft",), "resta": ("resta",), "safe_lora": ("lora_sft", "safe_lora")}
+PEERS = {"sppft": ("sppft",), "resta": ("resta",), "safe_lora": ("lora_sft", "safe_lora"),
+         "protected_sft": ("protected_sft",)}  # the last: multitask SFT with safe_cpift's protections
 SHARED_STAGES = ("aligned_eval", "safety_core", "single_task", "task_cores", "clusters", "multitask_sft",
                  "eval_multitask_sft")
 METRICS = ("refusal_rate", "over_refusal_rate", "task_mean", "train_seconds")

@@ -326,6 +326,32 @@ def test_safe_lora_projects_lora_sfts_adapter_trained_on_multitask_rows(tiny_wor
     assert "safe_lora" in report and "Hsu et al. 2024" in report
 
 
+def test_protected_sft_is_multitask_sft_with_safe_cpifts_protections_at_its_budget(tiny_world, tmp_path):
+    """`protected_sft`: one multi-task SFT from the aligned model with the frozen safety core, the safety mix and
+    the token KL, no probes, fusion or stages; as many examples in all as safe_cpift."""
+    from safe_cpift.models import load_causal_lm
+
+    spec = make_spec(tiny_world, methods=("protected_sft",), protections=("freeze", "safety_mix", "token_kl"),
+                     protect_settings={"token_kl_first_k": 2})
+    root = tmp_path / "run"
+    results = run_spec(spec, root)
+    assert list(results["methods"]) == ["aligned", "protected_sft", "safe_cpift"]
+    stage = json.loads((root / "protected_sft" / "stage.json").read_text())
+    assert stage["protections"] == ["freeze", "safety_mix", "token_kl"]
+    # the same total as safe_cpift: its SFT plus the safety probe it needs for the core
+    assert results["methods"]["protected_sft"]["examples_seen"] == results["methods"]["safe_cpift"]["examples_seen"]
+    assert stage["train"]["examples_seen"] == stage["budget"] == spec.examples_per_method + 2 * spec.probe_examples
+    assert stage["train"]["mix"]["safety"] == int(stage["budget"] * spec.safety_mix + 0.5) > 0
+    # the safety core keeps its protected values exactly (multitask_sft's training would move them); the rest trained
+    region = CoreRegion.load(root / "safety_core" / "region")
+    check = verify_safety_core(root / "protected_sft" / "model", region, root / "safety_core" / PROTECTED_FILE)
+    assert check["intact"] and check["entries"] == len(region) > 0
+    tuned = load_causal_lm(root / "protected_sft" / "model").state_dict()
+    aligned = load_causal_lm(tiny_world.aligned_model_path()).state_dict()
+    assert any(not torch.equal(tuned[n], aligned[n]) for n in tuned)
+    assert "protected_sft" in (root / "report.md").read_text()
+
+
 def test_protections_needing_the_base_model_say_so(tiny_world):
     with pytest.raises(ValueError, match="direction, repair need `base_model`"):
         make_spec(tiny_world, protections=("freeze", "direction", "repair"))

@@ -59,7 +59,7 @@ __all__ = [
 
 TOYWORLD = "toyworld"
 BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
-PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora")  # opt-in: name them in `baselines`
+PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft")  # opt-in: name them in `baselines`
 METHODS = ("aligned", *BASELINES, "safe_cpift")
 ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
@@ -359,7 +359,8 @@ class Recipe(Section):
         "weight_decay, ...); " + ", ".join(sorted(PIPELINE_OWNED)) + " are set by safe-cpift.")
     baselines: list[Literal[BASELINES + PEER_BASELINES]] = Field(
         list(BASELINES), description="Baselines run beside safe_cpift; peer baselines `sppft`, `resta`, `lora_sft` and "
-        "`safe_lora` run when named.")
+        "`safe_lora`, and `protected_sft` (multi-task SFT with safe_cpift's protections, no CPI-FT pipeline), run "
+        "when named.")
     protect: ProtectConfig = Field(default_factory=ProtectConfig, description="safe_cpift's protections and their "
                                    "settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation suites and sizes.")

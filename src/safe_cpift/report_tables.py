@@ -24,8 +24,9 @@ DESCRIPTIONS = {
     "resta": "peer baseline RESTA (Bhardwaj et al. 2024): multitask_sft plus the re-added safety vector",
     "lora_sft": "LoRA SFT on multitask_sft's rows, merged (the model Safe LoRA projects)",
     "safe_lora": "peer baseline Safe LoRA (Hsu et al. 2024): lora_sft's adapter projected onto the alignment subspace",
+    "protected_sft": "multi-task SFT with safe_cpift's protections and no CPI-FT pipeline (what the pipeline adds)",
 }
-PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora")  # opt-in methods: not listed as missing when not run
+PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft")  # opt-in methods: not listed as missing when not run
 METRICS = (  # key, label, higher is better
     ("task_mean", "task mean", True),
     ("refusal_rate", "refusal of harmful prompts", True),

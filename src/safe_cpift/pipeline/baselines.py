@@ -38,6 +38,8 @@ def cost_stages(ctx: RunContext, method: str) -> list[str]:
         return [MULTITASK]
     if method in ("lora_sft", "safe_lora"):  # safe_lora projects lora_sft's adapters: no training of its own
         return ["lora_sft"]
+    if method == "protected_sft":  # it freezes safe_cpift's safety core, so it pays for the safety probe too
+        return ["safety_core", "protected_sft"]
     if method == "sequential_sft":
         return sequential_stages(ctx)
     probes = [probe_stage(t) for t in ctx.spec.task_names]

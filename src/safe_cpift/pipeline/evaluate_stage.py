@@ -31,7 +31,7 @@ def final_model_stage(ctx: RunContext, method: str) -> str:
         return method
     if method == "sequential_sft":
         return sequential_stages(ctx)[-1]
-    if method in ("sppft", "resta", "lora_sft", "safe_lora"):
+    if method in ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft"):
         return method
     if method == "safe_cpift" and "repair" in ctx.spec.protections:
         return "repair"

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 REPAIR = "repair"
 SPPFT = "sppft"
+PROTECTED_SFT = "protected_sft"
 RESTA = "resta"
 CALLBACK_PROTECTIONS = ("direction", "projection", "token_kl")
 PROBE_PROMPTS = 32
@@ -51,9 +52,9 @@ def _needs_base(ctx: RunContext, what: str) -> str:
 
 
 def stage_callbacks(ctx: RunContext, method: str) -> list[Any]:
-    """The protection callbacks of `method`'s pipelined stages (only `safe_cpift` has any)."""
+    """The protection callbacks of `method`'s training (`safe_cpift`'s stages and `protected_sft`; none for others)."""
     spec = ctx.spec
-    names = [n for n in spec.protections if n in CALLBACK_PROTECTIONS] if method == "safe_cpift" else []
+    names = [n for n in spec.protections if n in CALLBACK_PROTECTIONS] if method in ("safe_cpift", PROTECTED_SFT) else []
     if not names:
         return []
     settings = spec.protect_settings
@@ -154,6 +155,33 @@ def run_resta(ctx: RunContext, tmp: Path) -> dict[str, Any]:
     from safe_cpift.pipeline.baselines import MULTITASK
 
     return {"method": RESTA, **repair_model(ctx, ctx.model_dir(MULTITASK), tmp)}
+
+
+def run_protected_sft(ctx: RunContext, tmp: Path) -> dict[str, Any]:
+    """Body of stage `protected_sft`: one multi-task SFT from the aligned model with `safe_cpift`'s protections
+    (`protect.safe_cpift`: the frozen safety core, the safety mix and the training-time callbacks; not `repair`)
+    and none of CPI-FT's probes, fusion or stages: what the pipeline adds over its protections.
+
+    It trains on as many examples as `safe_cpift` in all: the baselines' budget less the safety probe, which it
+    pays for as `safe_cpift` does (it needs the safety core)."""
+    from safe_cpift.pipeline.baselines import baseline_budget
+    from safe_cpift.pipeline.budget import probe_examples
+    from safe_cpift.pipeline.safety_core import STAGE as SAFETY_CORE
+
+    spec = ctx.spec
+    probe = probe_examples(spec, "safe_cpift") - probe_examples(spec, "cpift")  # the safety probe's examples
+    total = baseline_budget(ctx) - (probe if spec.include_probes else 0)
+    n_safety = int(total * spec.safety_mix + 0.5) if spec.mix_safety and spec.safety_mix > 0 else 0
+    seed = spec.stage_seed(PROTECTED_SFT)
+    data, counts = mix(ctx, split_evenly(max(len(spec.task_names), total - n_safety), list(spec.task_names)),
+                       n_safety, seed)
+    region = ctx.region(SAFETY_CORE) if spec.freeze_safety_core else None
+    summary = {"method": PROTECTED_SFT, "protections": [n for n in spec.protections if n != "repair"],
+               "budget": total,
+               "train": _train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed, freeze=region,
+                                        callbacks=stage_callbacks(ctx, PROTECTED_SFT))}
+    summary["train"]["mix"] = counts
+    return summary
 
 
 def run_sppft(ctx: RunContext, tmp: Path) -> dict[str, Any]:

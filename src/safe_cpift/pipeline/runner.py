@@ -80,6 +80,8 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
         yield lora.LORA_SFT, p(lora.run_lora_sft, ctx)
     if lora.SAFE_LORA in spec.methods:
         yield lora.SAFE_LORA, p(lora.run_safe_lora, ctx)
+    if protections.PROTECTED_SFT in spec.methods:
+        yield protections.PROTECTED_SFT, p(protections.run_protected_sft, ctx)
     for method in spec.methods:
         if method != "aligned":
             yield eval_stage(method), p(run_eval, ctx, method=method)
@@ -102,7 +104,8 @@ def stage_names(spec: PipelineSpec) -> list[str]:
         names += [f"sequential_sft_{i}_{t}" for i, t in enumerate(spec.task_names)]
     if "safety_mix_sft" in spec.methods:
         names.append(baselines.SAFETY_MIX)
-    names += [m for m in (protections.SPPFT, protections.RESTA, lora.LORA_SFT, lora.SAFE_LORA) if m in spec.methods]
+    names += [m for m in (protections.SPPFT, protections.RESTA, lora.LORA_SFT, lora.SAFE_LORA, protections.PROTECTED_SFT)
+              if m in spec.methods]
     names += [eval_stage(m) for m in spec.methods if m != "aligned"] + [results.REPORT]
     return names
 

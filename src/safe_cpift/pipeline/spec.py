@@ -17,8 +17,9 @@ METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", "cpif
 BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
 # peer baselines from the safety literature, run when asked for (`sppft`: frozen safety layers; `resta`:
 # multitask_sft + the safety vector re-added; `lora_sft` / `safe_lora`: LoRA SFT, and Safe LoRA's projection
-# of its adapter); in report order among all methods
-PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora")
+# of its adapter; `protected_sft`: multi-task SFT with safe_cpift's protections and no CPI-FT pipeline, the
+# ablation of the pipeline itself); in report order among all methods
+PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft")
 ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
 DEFAULT_PROTECTIONS = ("freeze", "safety_mix", "token_kl")
