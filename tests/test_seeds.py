@@ -132,3 +132,14 @@ def test_an_undefined_early_warning_says_why():
     assert "every probe lost the same refusal" in "\n".join(early_warning_section({"early_warning": three}))
     # a defined correlation prints no such note
     assert "Undefined" not in render_seeds_report(aggregate({s: fake_results(s) for s in (0, 1, 2)}, seeds=[0, 1, 2]))
+
+
+def test_a_report_without_a_seesaw_points_to_protected_sft():
+    from safe_cpift.seeds_report import render_seeds_report
+
+    per_seed = {s: fake_results(s) for s in (0, 1, 2)}
+    assert "protected_sft" not in render_seeds_report(aggregate(per_seed, seeds=[0, 1, 2]))  # a seesaw: no hint
+    for r in per_seed.values():
+        r["single_task"] = {"a": 0.1, "b": 0.2}  # the tasks alone do worse than together
+    report = render_seeds_report(aggregate(per_seed, seeds=[0, 1, 2]))
+    assert "no seesaw (gap under 0.05)" in report and "compare `protected_sft`" in report

@@ -31,7 +31,7 @@ def single_task_section(results: Mapping[str, Any]) -> list[str]:
         gap = alone - multi
         lines += [f"Trained alone, the tasks average {_num(alone)}; `multitask_sft` reaches {_num(multi)} "
                   f"({_signed(-gap)}): " + ("a seesaw — training the tasks together costs them."
-                                            if gap >= 0.05 else "no seesaw at this budget (gap under 0.05)."), ""]
+                                            if gap >= 0.05 else "no seesaw at this budget (gap under 0.05). " + NO_SEESAW_HINT), ""]
     budget = results.get("single_task_budget") or {}
     if budget and not budget.get("matched"):
         lines += [f"Budgets differ: each task alone saw {budget.get('examples_per_task')} examples, while "
@@ -63,6 +63,12 @@ def stage_scores_section(results: Mapping[str, Any]) -> list[str]:
                          + " | ".join(_num(r["task_scores"].get(t)) for t in tasks) + f" | {examples} |")
         lines.append("")
     return lines
+
+
+# CPI-FT isolates task cores against interference; where the tasks do not interfere, the measured comparison
+# is the same protections without the pipeline (docs/efficacy.md section 0c)
+NO_SEESAW_HINT = ("CPI-FT isolates tasks that interfere; where they do not, compare `protected_sft` (the same "
+                  "protections around plain multi-task SFT, opt-in in `baselines`).")
 
 
 def no_correlation_reason(pairs: int, high: float | None, low: float | None) -> str:
