@@ -67,15 +67,17 @@ def run_multitask(ctx: RunContext, tmp: Path, *, safety: bool) -> dict[str, Any]
     return summary
 
 
-def multitask_data(ctx: RunContext, *, safety: bool) -> tuple[Any, dict[str, int], int, int]:
+def multitask_data(ctx: RunContext, *, safety: bool, total: int | None = None,
+                   name: str | None = None) -> tuple[Any, dict[str, int], int, int]:
     """`(dataset, counts, seed, budget)` of `multitask_sft` (or `safety_mix_sft`): the rows, in their training
-    order, and the seed its trainer uses; `lora_sft` trains on exactly these."""
+    order, and the seed its trainer uses; `lora_sft` trains on exactly these. `total` (default: the
+    baselines' budget) and `name` (the stage whose seed is used) serve other multi-task stages."""
     spec = ctx.spec
-    total = baseline_budget(ctx)
+    total = baseline_budget(ctx) if total is None else total
     # the same total; with `safety=True` a `safety_mix` share of it are safety examples
     n_safety = int(total * spec.safety_mix + 0.5) if safety else 0
     n_task = max(len(spec.task_names), total - n_safety)
-    seed = spec.stage_seed(SAFETY_MIX if safety else MULTITASK)
+    seed = spec.stage_seed(name or (SAFETY_MIX if safety else MULTITASK))
     data, counts = mix(ctx, split_evenly(n_task, list(spec.task_names)), n_safety, seed)
     return data, counts, seed, total
 

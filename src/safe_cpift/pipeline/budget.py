@@ -19,12 +19,15 @@ from safe_cpift.pipeline.spec import BALANCED, PipelineSpec
 CPIFT_METHODS = ("cpift", "safe_cpift")
 
 
+def safety_probe_examples(spec: PipelineSpec) -> int:
+    """Examples of the safety probe (the short safety SFT that gives an `update`-scored safety core; 0 otherwise)."""
+    return spec.safety_probe_examples if spec.safety_scorer == "update" else 0
+
+
 def probe_examples(spec: PipelineSpec, method: str) -> int:
     """Examples the probes of `method` train on (the safety probe belongs to `safe_cpift` only)."""
     n = spec.probe_examples * len(spec.task_names)
-    if method == "safe_cpift" and spec.safety_scorer == "update":
-        n += spec.safety_probe_examples
-    return n
+    return n + safety_probe_examples(spec) if method == "safe_cpift" else n
 
 
 def stage_budget(spec: PipelineSpec, method: str) -> int:
@@ -38,7 +41,8 @@ def baseline_examples(spec: PipelineSpec) -> int:
 
 
 def uses_safety(spec: PipelineSpec, method: str) -> bool:
-    return method == "safe_cpift" and spec.mix_safety and spec.safety_mix > 0
+    """Whether `method` mixes safety examples into its training (`safe_cpift` and `protected_sft`, with `safety_mix`)."""
+    return method in ("safe_cpift", "protected_sft") and spec.mix_safety and spec.safety_mix > 0
 
 
 def replay_examples(replay_fraction: float | str, task_rows: int, n_new: int, n_earlier: int) -> int:

@@ -164,17 +164,14 @@ def run_protected_sft(ctx: RunContext, tmp: Path) -> dict[str, Any]:
 
     It trains on as many examples as `safe_cpift` in all: the baselines' budget less the safety probe, which it
     pays for as `safe_cpift` does (it needs the safety core)."""
-    from safe_cpift.pipeline.baselines import baseline_budget
-    from safe_cpift.pipeline.budget import probe_examples
+    from safe_cpift.pipeline.baselines import baseline_budget, multitask_data
+    from safe_cpift.pipeline.budget import safety_probe_examples, uses_safety
     from safe_cpift.pipeline.safety_core import STAGE as SAFETY_CORE
 
     spec = ctx.spec
-    probe = probe_examples(spec, "safe_cpift") - probe_examples(spec, "cpift")  # the safety probe's examples
-    total = baseline_budget(ctx) - (probe if spec.include_probes else 0)
-    n_safety = int(total * spec.safety_mix + 0.5) if spec.mix_safety and spec.safety_mix > 0 else 0
-    seed = spec.stage_seed(PROTECTED_SFT)
-    data, counts = mix(ctx, split_evenly(max(len(spec.task_names), total - n_safety), list(spec.task_names)),
-                       n_safety, seed)
+    total = baseline_budget(ctx) - (safety_probe_examples(spec) if spec.include_probes else 0)
+    data, counts, seed, _ = multitask_data(ctx, safety=uses_safety(spec, PROTECTED_SFT), total=total,
+                                           name=PROTECTED_SFT)
     region = ctx.region(SAFETY_CORE) if spec.freeze_safety_core else None
     summary = {"method": PROTECTED_SFT, "protections": [n for n in spec.protections if n != "repair"],
                "budget": total,

@@ -25,15 +25,14 @@ CODE_VERSION = "toyworld-1"
 WORLD_VERSIONS = (1, 2, 3)
 DEFAULT_WORLD_VERSION = 3
 # fields whose default depends on `version` (`None` in the dataclass = "the version's default")
+_FIRST_ALIGNMENT = {"align_steps": 300, "align_extra_harmful": 0, "align_extra_lookalikes": 0,
+                    "align_extra_templates": 0}
 VERSION_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"pretrain_steps": 500, "pretrain_safety_fraction": 0.0, "pretrain_chats": "safety",
-        "align_safety_repeats": 1, "align_letter_rows": 0, "skill_sentences": 0},
+        "align_safety_repeats": 1, "align_letter_rows": 0, "skill_sentences": 0, **_FIRST_ALIGNMENT},
     2: {"pretrain_steps": 800, "pretrain_safety_fraction": 0.25, "pretrain_chats": "alignment",
-        "align_safety_repeats": 2, "align_letter_rows": 900, "skill_sentences": 6000},
+        "align_safety_repeats": 2, "align_letter_rows": 900, "skill_sentences": 6000, **_FIRST_ALIGNMENT},
 }
-for _version in (1, 2):
-    VERSION_DEFAULTS[_version] |= {"align_steps": 300, "align_extra_harmful": 0, "align_extra_lookalikes": 0,
-                                   "align_extra_templates": 0}
 # v3 = v2's data and pretrained base, aligned deeper: the variant "d14" tuned on the dev split (docs/lab.md)
 VERSION_DEFAULTS[3] = VERSION_DEFAULTS[2] | {"align_steps": 450, "align_extra_harmful": 6,
                                              "align_extra_lookalikes": 6, "align_extra_templates": 10}
