@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from safe_cpift.data import FORMAT_ALIASES, FORMATS, LOCAL_SUFFIXES
+from safe_cpift.pipeline.spec import ALL_METHODS, BASELINES, METHODS, PEER_BASELINES  # PEER_BASELINES: opt-in
 from safe_cpift.schema import (
     ConfigError,
     Number,
@@ -58,10 +59,6 @@ __all__ = [
 ]
 
 TOYWORLD = "toyworld"
-BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
-PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft")  # opt-in: name them in `baselines`
-METHODS = ("aligned", *BASELINES, "safe_cpift")
-ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
 SUITES = ("tasks", "refusal", "overrefusal")
 DTYPES = ("float32", "bfloat16", "float16", "auto")

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from safe_cpift.pipeline.spec import PEER_BASELINES  # opt-in methods: not listed as missing when not run
+
 METHOD = "safe_cpift"
 # differences smaller than this are reported as ties (results are shown with three decimals)
 TIE = 5e-4
@@ -26,7 +28,6 @@ DESCRIPTIONS = {
     "safe_lora": "peer baseline Safe LoRA (Hsu et al. 2024): lora_sft's adapter projected onto the alignment subspace",
     "protected_sft": "multi-task SFT with safe_cpift's protections and no CPI-FT pipeline (what the pipeline adds)",
 }
-PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft")  # opt-in methods: not listed as missing when not run
 METRICS = (  # key, label, higher is better
     ("task_mean", "task mean", True),
     ("refusal_rate", "refusal of harmful prompts", True),
