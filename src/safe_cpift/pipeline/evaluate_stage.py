@@ -8,6 +8,7 @@ from typing import Any
 
 from safe_cpift.io import atomic_write_json
 from safe_cpift.pipeline.common import RunContext, load_model
+from safe_cpift.pipeline.spec import PEER_BASELINES
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def final_model_stage(ctx: RunContext, method: str) -> str:
         return method
     if method == "sequential_sft":
         return sequential_stages(ctx)[-1]
-    if method in ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft"):
+    if method in PEER_BASELINES:  # one stage each, named after the method
         return method
     if method == "safe_cpift" and "repair" in ctx.spec.protections:
         return "repair"
