@@ -35,7 +35,11 @@ def test_quick_demo_writes_the_whole_run_directory(tmp_path, capsys):
     # equal budgets: every fine-tuned method saw as many examples as safe_cpift (cpift lacks the safety probe)
     seen = results["budget"]["examples_seen"]
     assert seen["multitask_sft"] == seen["sequential_sft"] == seen["safety_mix_sft"] == seen["safe_cpift"] > 0
-    assert seen["safe_cpift"] == 1776 + 6 * 32 + 256  # --quick: a quarter of the demo's 8,384 (half its safety probe)
+    assert seen["safe_cpift"] == 1776 + 2 * 32 + 256 == 8384 // 4  # --quick: a quarter of the demo's budget
+    # the demo's seesaw check: each of its two tasks alone at multitask_sft's examples per task
+    assert results["single_task_budget"] == {"examples_per_task": 1048, "multitask_examples_per_task": 1048.0,
+                                             "matched": True, "source": "matched"}
+    assert results["tasks"] == ["count_letters", "count_a"]
 
     for name in ("report.md", "tradeoff.png", "overlap.png", "manifest.json", "final_model/README.md",
                  "final_model/model.safetensors", "final_model/config.json"):

@@ -359,3 +359,26 @@ def test_protections_needing_the_base_model_say_so(tiny_world):
         make_spec(tiny_world, methods=("safe_lora",))
     with pytest.raises(ValueError, match="unknown protections"):
         make_spec(tiny_world, protections=("freez",))
+
+
+def test_matched_single_task_reference_trains_each_task_alone_at_the_multitask_share(tiny_world, tmp_path):
+    """`single_task: matched`: each task alone at multitask_sft's examples per task (the seesaw check), not the
+    probes; its models are scored, then deleted; the probe reference stays the default."""
+    from safe_cpift.pipeline.budget import baseline_examples
+
+    spec = make_spec(tiny_world, single_task="matched")
+    run_spec(spec, tmp_path / "run", stop_after="single_task")
+    stage = tmp_path / "run" / "single_task"
+    out = json.loads((stage / "single_task.json").read_text())
+    share = baseline_examples(spec) // len(TASKS)  # 24 + 2 × 16 + 16 = 72 over two tasks
+    assert share == 36 and out["budget"] == {"examples_per_task": 36, "multitask_examples_per_task": 36.0,
+                                             "matched": True, "source": "matched"}
+    assert {t: r["examples_seen"] for t, r in out["trained_alone"].items()} == {t: 36 for t in TASKS}
+    assert set(out["scores"]) == set(TASKS) and set(out["refusal_after_probe"]) == set(TASKS)
+    assert not [p for p in stage.rglob("*.safetensors")]  # the models alone are not kept
+    from safe_cpift.pipeline.progress import headline
+
+    assert headline("single_task", out).startswith("alone: sort_up ")  # the stage line shows the scores
+    assert make_spec(tiny_world).single_task == "probe"
+    with pytest.raises(ValueError, match="`single_task` must be one of probe, matched"):
+        make_spec(tiny_world, single_task="alone")

@@ -47,7 +47,8 @@ def test_replay_mixes_earlier_groups_into_later_stages_within_the_same_budget():
     assert safe["safety"] == 10 and safe["replay"] == 57 and safe["tasks"] == {"b": 67, "c": 66, "a": 57}
     assert sum(safe["tasks"].values()) + safe["safety"] == safe["total"] == 200
     assert group_plan(spec(replay_fraction=0.0), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 150}  # no replay
-    assert group_plan(spec(), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 30, "a": 120}  # the default: 0.8
+    assert group_plan(spec(replay_fraction=0.8), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 30, "a": 120}
+    assert group_plan(spec(), [["a"], ["b"]], "cpift")[1]["tasks"] == {"b": 75, "a": 75}  # the default: balanced
     with pytest.raises(ValueError, match="replay_fraction"):
         spec(replay_fraction=1.0)
 
@@ -62,8 +63,9 @@ def test_balanced_replay_gives_every_task_so_far_an_equal_share_of_the_stage():
     safe = group_plan(s, [["a"], ["b", "c"]], "safe_cpift")[1]
     assert safe["safety"] == 10 and safe["replay"] == 63 and safe["tasks"] == {"b": 64, "c": 63, "a": 63}
     assert sum(safe["tasks"].values()) + safe["safety"] == safe["total"] == 200
-    # a later group's share differs from the fixed default's (0.8 leaves the third stage's task 20 rows)
-    assert group_plan(spec(), [["a"], ["b"], ["c"]], "cpift")[2]["tasks"]["c"] == 20
+    # a later group's share differs from a fixed share's (0.8 leaves the third stage's task 20 rows)
+    assert group_plan(spec(replay_fraction=0.8), [["a"], ["b"], ["c"]], "cpift")[2]["tasks"]["c"] == 20
+    assert spec().replay_fraction == "balanced"  # the default (docs/efficacy.md section 00)
     for bad in ("balance", True, 1.0, -0.1):
         with pytest.raises(ValueError, match="replay_fraction.*balanced"):
             spec(replay_fraction=bad)

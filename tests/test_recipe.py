@@ -63,14 +63,22 @@ def test_shipped_recipe_is_valid_and_documented(path):
     assert recipe_from_dict(recipe.to_dict()) == recipe  # round trip
 
 
-def test_toy_recipe_uses_every_world_task_and_all_baselines():
-    recipe = load_recipe(find_recipe("toy"))
+def test_toy_recipe_trains_the_conflicting_counting_pair_with_all_baselines():
+    """The demo: the counting pair with its shared question (the lab's seesaw, docs/lab.md), every baseline,
+    8,384 examples per method, the matched single-task reference; the six-task demo stays reachable."""
     from safe_cpift.toyworld.world import DEFAULT_WORLD_VERSION, world_task_names
 
-    assert [t.name for t in recipe.tasks] == list(world_task_names(recipe.toyworld.version or DEFAULT_WORLD_VERSION))
+    recipe = load_recipe(find_recipe("toy"))
+    assert [t.name for t in recipe.tasks] == ["count_letters", "count_a"]
+    assert recipe.toyworld.settings == {"task_shared_question": True} and recipe.budget.single_task == "matched"
     assert all(t.source == "toyworld" for t in recipe.tasks)
     assert tuple(recipe.baselines) == BASELINES and recipe.uses_toyworld
     assert recipe.methods == ["aligned", *BASELINES, "safe_cpift"]
+    six = load_recipe(find_recipe("toy_six"))
+    assert [t.name for t in six.tasks] == list(world_task_names(six.toyworld.version or DEFAULT_WORLD_VERSION))
+    assert six.toyworld.settings == {} and six.budget.examples_per_method == 7104
+    for r in (recipe, six):  # both at the demo's total budget
+        assert 8384 == r.budget.examples_per_method + len(r.tasks) * r.cpift.probe_examples + r.safety.core.probe_examples
 
 
 def test_minimal_recipe_gets_defaults():
@@ -219,7 +227,7 @@ def test_override_typos_and_bad_values(tmp_path):
 def test_replay_fraction_takes_a_share_or_balanced(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
-    assert load_recipe(path, ["cpift.replay_fraction=balanced"]).cpift.replay_fraction == "balanced"
+    assert load_recipe(path).cpift.replay_fraction == "balanced"  # the default (docs/efficacy.md section 00)
     assert load_recipe(path, ["cpift.replay_fraction=0.5"]).cpift.replay_fraction == 0.5
     for bad in ("balance", "1", "true"):
         with pytest.raises(ConfigError, match=r"`cpift.replay_fraction` must be a number in \[0, 1\) or `balanced`"):

@@ -143,3 +143,8 @@ def test_a_report_without_a_seesaw_points_to_protected_sft():
         r["single_task"] = {"a": 0.1, "b": 0.2}  # the tasks alone do worse than together
     report = render_seeds_report(aggregate(per_seed, seeds=[0, 1, 2]))
     assert "no seesaw (gap under 0.05)" in report and "compare `protected_sft`" in report
+    for r in per_seed.values():  # the probes as the reference: a different budget is no seesaw check
+        r["single_task_budget"] = {"examples_per_task": 2, "multitask_examples_per_task": 10, "matched": False}
+    report = render_seeds_report(aggregate(per_seed, seeds=[0, 1, 2]))
+    assert "not a seesaw check: the budgets differ" in report and "no seesaw" not in report
+    assert "`budget.single_task: matched`" in report

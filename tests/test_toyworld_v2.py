@@ -75,7 +75,7 @@ def test_recipe_picks_the_world_version_before_expanding_its_tasks(tmp_path):
     assert names == list(tasks_v2.TASK_NAMES)
     default = [t["name"] for t in expand_toyworld_tasks({"tasks": "toyworld"})["tasks"]]
     assert default == list(world_task_names(DEFAULT_WORLD_VERSION))
-    recipe = load_recipe("recipes/toy.yaml", overrides=["toyworld.version=1"])
+    recipe = load_recipe("recipes/toy_six.yaml", overrides=["toyworld.version=1"])  # `tasks: toyworld`
     assert recipe.toyworld.version == 1 and [t.name for t in recipe.tasks] == list(tasks.TASK_NAMES)
     with pytest.raises(ValueError, match="toyworld.version"):
         load_recipe("recipes/toy.yaml", overrides=["toyworld.version=5"])

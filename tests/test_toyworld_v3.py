@@ -40,6 +40,7 @@ def test_v3_has_v2_data_and_more_alignment_rows():
 
 
 @pytest.mark.parametrize("path, version", [("recipes/toy.yaml", 3), ("recipes/toy_v2.yaml", 2),
-                                           ("recipes/attack_20pct.yaml", 3), ("recipes/toy_v1.yaml", 1)])
+                                           ("recipes/attack_20pct.yaml", 3), ("recipes/toy_v1.yaml", 1),
+                                           ("recipes/toy_six.yaml", 3)])
 def test_shipped_recipes_name_their_world(path, version):
     assert load_recipe(path).toyworld.version == version

@@ -23,16 +23,16 @@ def single_task_section(results: Mapping[str, Any]) -> list[str]:
         rows.append(f"| {t} | {_num(single[t])} | "
                     + " | ".join(_num(results["methods"][m].get("task_scores", {}).get(t)) for m in methods) + " |")
     alone = sum(single[t] for t in tasks) / len(tasks)
+    budget = results.get("single_task_budget") or {}
+    how = ("trained alone at `multitask_sft`'s examples per task" if budget.get("source") == "matched"
+           else "trained alone (its CPI-FT probe model)")
     lines = ["## Single-task reference", "",
-             "Each task's score when trained alone (its CPI-FT probe model), beside every method's final model:",
-             "", *rows, ""]
+             f"Each task's score when {how}, beside every method's final model:", "", *rows, ""]
     multi = (results["methods"].get("multitask_sft") or {}).get("task_mean")
     if multi is not None:
         gap = alone - multi
         lines += [f"Trained alone, the tasks average {_num(alone)}; `multitask_sft` reaches {_num(multi)} "
-                  f"({_signed(-gap)}): " + ("a seesaw — training the tasks together costs them."
-                                            if gap >= 0.05 else "no seesaw at this budget (gap under 0.05). " + NO_SEESAW_HINT), ""]
-    budget = results.get("single_task_budget") or {}
+                  f"({_signed(-gap)}): " + seesaw_verdict(gap, budget), ""]
     if budget and not budget.get("matched"):
         lines += [f"Budgets differ: each task alone saw {budget.get('examples_per_task')} examples, while "
                   f"`multitask_sft` gave each task {_num(budget.get('multitask_examples_per_task'), 0)}; "
@@ -63,6 +63,16 @@ def stage_scores_section(results: Mapping[str, Any]) -> list[str]:
                          + " | ".join(_num(r["task_scores"].get(t)) for t in tasks) + f" | {examples} |")
         lines.append("")
     return lines
+
+
+def seesaw_verdict(gap: float, budget: Mapping[str, Any]) -> str:
+    """What a gap (tasks alone minus `multitask_sft`, in task mean) says, given the single-task budget."""
+    if budget and not budget.get("matched"):
+        return ("not a seesaw check: the budgets differ (below); `budget.single_task: matched` trains each task "
+                "alone at `multitask_sft`'s examples per task.")
+    if gap >= 0.05:
+        return "a seesaw: training the tasks together costs them."
+    return "no seesaw (gap under 0.05). " + NO_SEESAW_HINT
 
 
 # CPI-FT isolates task cores against interference; where the tasks do not interfere, the measured comparison

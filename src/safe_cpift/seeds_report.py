@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_cpift.io import atomic_write_json, atomic_write_text
-from safe_cpift.report_sections import NO_SEESAW_HINT, no_correlation_reason, stage_scores_section
+from safe_cpift.report_sections import no_correlation_reason, seesaw_verdict, stage_scores_section
 from safe_cpift.report_tables import DESCRIPTIONS
 
 __all__ = ["mean_sd", "seeds_table", "per_seed_table", "render_seeds_report", "write_seeds_report"]
@@ -74,7 +74,7 @@ def _seesaw_line(agg: Mapping[str, Any]) -> list[str]:
     mean_gap = sum(gaps) / n
     return [f"Seesaw: trained alone the tasks average {sum(alone) / n:.3f}, `multitask_sft` {multi['mean']:.3f}; "
             f"gap {mean_gap:+.3f} (per seed: {' / '.join(f'{g:+.3f}' for g in gaps)}) — "
-            + ("training the tasks together costs them." if mean_gap >= 0.05 else "no seesaw (gap under 0.05). " + NO_SEESAW_HINT), ""]
+            + seesaw_verdict(mean_gap, agg.get("single_task_budget") or {}), ""]
 
 
 def render_seeds_report(agg: Mapping[str, Any], *, command: str | None = None,

@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = "runs/demo"
 DEMO_RECIPE = "toy"
-# `--quick`: a quarter of the task probes' and the final fine-tuning's budget (half the safety probe's: 2,224
-# examples per method in all) and the quick evaluation sets (100 prompts each).
+# `--quick`: a quarter of the demo's 8,384 examples per method (2,096: task probes of 32, half the safety
+# probe's 512, 1,776 for the final fine-tuning) and the quick evaluation sets (100 prompts each).
 QUICK_OVERRIDES = (
     "toyworld.quick=true",
     "cpift.probe_examples=32",
@@ -168,7 +168,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "demo", help="Safe-CPI-FT and its baselines on the built-in tiny world (offline; CPU, or a GPU with --device)",
-        description="Run recipes/toy.yaml: the aligned tiny Llama learns six tasks with every method; "
+        description="Run recipes/toy.yaml: the aligned tiny Llama learns two conflicting counting tasks with every method; "
                     "the report shows task gains against safety retention.",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. cpift.top_p=0.02")

@@ -224,7 +224,7 @@ def spec_from_recipe(recipe: Any) -> PipelineSpec:
         probe_lora=cp.probe_lora.model_dump() if cp.probe_lora is not None else None,
         protect_source=core.protect_source,
         examples_per_method=recipe.budget.examples_per_method,
-        include_probes=recipe.budget.include_probes,
+        include_probes=recipe.budget.include_probes, single_task=recipe.budget.single_task,
         freeze_safety_core=cp.freeze_safety_core, freeze_earlier_groups=cp.freeze_earlier_groups,
         mix_safety=cp.mix_safety, replay_fraction=cp.replay_fraction, track_stages=cp.track_stages,
         protections=tuple(recipe.protect.safe_cpift),

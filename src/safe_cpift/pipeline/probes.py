@@ -5,10 +5,11 @@
   `learning_rate`, default 10 × the run's), merged into θ0: its core is the top-`top_p` of the merged
   LoRA delta, and the merged model is the task model that fusion SLERPs (SLERP needs whole models).
 * `task_cores`: each task's core = top-`top_p` of |θ_probe − θ0| (scope from the spec).
-* `single_task`: each probe model scored on its own task: the single-task reference of the report
-  (each task trained alone), at `probe_examples` per task; `matched` says whether that equals what
-  `multitask_sft` gives each task. Also each probe model's refusal rate: how much training on that
-  task alone eroded refusal (compared with the task core's overlap with the safety core in the report).
+* `single_task`: the single-task reference of the report (each task trained alone, on its own task):
+  the probe models at `probe_examples` per task, or, with `single_task: matched`, each task trained
+  alone at `multitask_sft`'s examples per task; the budget's `matched` says whether the two are equal.
+  Also each model's refusal rate: how much training on that task alone eroded refusal (compared with
+  the task core's overlap with the safety core in the report).
 * `clusters`: Jaccard matrix of the task cores and the safety core, groups = connected components of
   Jaccard ≥ `tau` (`safe_cpift.cluster.cluster_tasks`, which also fixes the stage order), `overlap.png`.
 """
@@ -81,24 +82,44 @@ def task_scores(ctx: RunContext, model: Any, names: list[str]) -> dict[str, floa
 
 
 def run_single_task(ctx: RunContext, tmp: Path) -> dict[str, Any]:
-    """Body of stage `single_task`: each task's probe model (trained on that task alone) on its test set."""
-    from safe_cpift.pipeline.budget import baseline_examples
-    from safe_cpift.pipeline.common import load_model
+    """Body of stage `single_task`: each task trained alone, scored on its own test set.
+
+    With `single_task: probe` the models are the task probes (`probe_examples` per task); with `matched`
+    each task is trained alone here from θ0 at `multitask_sft`'s examples per task (the models are
+    scored, then deleted), so the report's seesaw check compares at equal examples per task.
+    """
+    import shutil
+
+    from safe_cpift.pipeline.baselines import baseline_budget
+    from safe_cpift.pipeline.common import load_model, split_evenly
 
     spec = ctx.spec
-    scores, refusal = {}, {}
+    shares = split_evenly(baseline_budget(ctx), list(spec.task_names))  # what multitask_sft gives each task
+    matched_run = spec.single_task == "matched"
+    scores, refusal, trained = {}, {}, {}
     refusal_of = getattr(spec.evaluate, "refusal_rate", None)
     for task in spec.task_names:
-        model = load_model(ctx.model_dir(probe_stage(task)), spec)
+        source = ctx.model_dir(probe_stage(task))
+        if matched_run:
+            seed = spec.stage_seed(f"{SINGLE_TASK}_{task}")
+            data, _ = mix(ctx, {task: shares[task]}, 0, seed)
+            trained[task] = train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed, out_name=f"alone_{task}")
+            source = Path(tmp) / f"alone_{task}"
+        model = load_model(source, spec)
         scores[task] = float(task_scores(ctx, model, [task])[task])
         if refusal_of is not None:  # how much training on this task alone eroded refusal (early warning)
             refusal[task] = refusal_of(model, ctx.tokenizer())
         del model
-    multitask_per_task = baseline_examples(spec) / len(spec.task_names)
-    budget = {"examples_per_task": spec.probe_examples, "multitask_examples_per_task": multitask_per_task,
-              "matched": abs(multitask_per_task - spec.probe_examples) < 1}
+        if matched_run:
+            shutil.rmtree(source, ignore_errors=True)
+    multitask_per_task = baseline_budget(ctx) / len(spec.task_names)
+    per_task = round(multitask_per_task) if matched_run else spec.probe_examples
+    budget = {"examples_per_task": per_task, "multitask_examples_per_task": multitask_per_task,
+              "matched": abs(multitask_per_task - per_task) < 1, "source": spec.single_task}
     logger.info("single-task scores: %s", ", ".join(f"{t} {v:.3f}" for t, v in scores.items()))
     out = {"scores": scores, "budget": budget, "refusal_after_probe": refusal or None}
+    if trained:
+        out["trained_alone"] = trained  # not `train`: the stage line shows the scores
     atomic_write_json(Path(tmp) / "single_task.json", out)
     return out
 

@@ -90,12 +90,16 @@ class PipelineSpec:
             and the pipelined stages of `cpift` / `safe_cpift` together (split over groups like the tasks).
         include_probes (`bool`): give each SFT baseline `safe_cpift`'s probe examples on top, so that
             it trains on exactly as many examples as `safe_cpift` in total (the fair default).
+        single_task (`str`): the report's single-task reference (the seesaw check): `probe` (default) scores
+            the probe models, free but at `probe_examples` per task; `matched` trains each task alone at
+            `multitask_sft`'s examples per task (costs one more multi-task budget, outside every method's).
         task_scorer (`str`): `update` (the paper) or `importance` for the task cores.
         freeze_safety_core / freeze_earlier_groups / mix_safety (`bool`): the parts of safe_cpift's
             pipelined SFT (each can be switched off for an ablation).
         replay_fraction (`float` or `"balanced"`): share of each later stage's task examples drawn from
             the tasks of earlier groups (mixed-task stages, as in the paper); 0 trains a stage on its group
-            alone; `balanced` gives every task seen so far an equal share of the stage.
+            alone; `balanced` (default) gives every task seen so far an equal share of the stage
+            (docs/efficacy.md section 00: better than 0.8 for `safe_cpift` on every seed).
         track_stages (`bool`): score every task after fusion and after every pipelined stage.
         protections (`tuple[str, ...]`): `safe_cpift`'s composition of `PROTECTIONS` (`freeze` and
             `safety_mix` are `freeze_safety_core` and `mix_safety`; see `safe_cpift.pipeline.protections`).
@@ -141,11 +145,12 @@ class PipelineSpec:
     probe_lora: dict[str, Any] | None = None
     examples_per_method: int = 1024
     include_probes: bool = True
+    single_task: str = "probe"
     task_scorer: str = "update"
     freeze_safety_core: bool = True
     freeze_earlier_groups: bool = True
     mix_safety: bool = True
-    replay_fraction: float | str = 0.8
+    replay_fraction: float | str = BALANCED
     track_stages: bool = True
     protections: tuple[str, ...] = DEFAULT_PROTECTIONS
     protect_settings: dict[str, Any] = field(default_factory=dict)
@@ -186,6 +191,8 @@ class PipelineSpec:
             problems.append("`safety_scorer: alignment` needs `base_model` (the model before alignment)")
         if self.protect_source == "safety_probe" and self.safety_scorer != "update":
             problems.append("`protect_source: safety_probe` needs `safety_scorer: update` (no probe is trained otherwise)")
+        if self.single_task not in SINGLE_TASK_BUDGETS:
+            problems.append(f"`single_task` must be one of {', '.join(SINGLE_TASK_BUDGETS)}, got {self.single_task!r}")
         if self.task_scorer not in ("update", "importance"):
             problems.append(f"`task_scorer` must be update or importance, got {self.task_scorer!r}")
         for fld in ("safety_probe_examples", "probe_examples", "examples_per_method"):
@@ -230,6 +237,7 @@ class PipelineSpec:
         return (self.seed * 1_000_003 + zlib.crc32(stage.encode("utf-8"))) % (2**31 - 1)
 
 
+SINGLE_TASK_BUDGETS = ("probe", "matched")  # PipelineSpec.single_task
 PROBE_LORA_KEYS = ("rank", "alpha", "target_modules", "learning_rate")
 
 
