@@ -36,7 +36,13 @@ from pydantic import (
 )
 
 from safe_cpift.data import FORMAT_ALIASES, FORMATS, LOCAL_SUFFIXES
-from safe_cpift.pipeline.spec import ALL_METHODS, BASELINES, METHODS, PEER_BASELINES  # PEER_BASELINES: opt-in
+from safe_cpift.pipeline.spec import (  # PEER_BASELINES: opt-in
+    ALL_METHODS,
+    BASELINES,
+    METHODS,
+    PEER_BASELINES,
+    SINGLE_TASK_BUDGETS,
+)
 from safe_cpift.schema import (
     ConfigError,
     Number,
@@ -269,7 +275,7 @@ class BudgetConfig(Section):
                                        "(equal budget); split across tasks, stages or groups by each method.")
     include_probes: bool = Field(True, description="Give each SFT baseline safe_cpift's probe examples on top, so "
                                  "every method trains on as many examples in total (false: baselines get fewer).")
-    single_task: Literal["probe", "matched"] = Field(
+    single_task: Literal[SINGLE_TASK_BUDGETS] = Field(
         "probe", description="The report's single-task reference, the seesaw check: `probe` scores the CPI-FT probe "
         "models (free, at `cpift.probe_examples` per task); `matched` trains each task alone at `multitask_sft`'s "
         "examples per task (costs one more multi-task budget, outside every method's).")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from safe_cpift.pipeline.common import RunContext, split_evenly
-from safe_cpift.pipeline.spec import BALANCED, PipelineSpec
+from safe_cpift.pipeline.spec import BALANCED, PROTECTED_METHODS, PipelineSpec
 
 CPIFT_METHODS = ("cpift", "safe_cpift")
 
@@ -42,7 +42,7 @@ def baseline_examples(spec: PipelineSpec) -> int:
 
 def uses_safety(spec: PipelineSpec, method: str) -> bool:
     """Whether `method` mixes safety examples into its training (`safe_cpift` and `protected_sft`, with `safety_mix`)."""
-    return method in ("safe_cpift", "protected_sft") and spec.mix_safety and spec.safety_mix > 0
+    return method in PROTECTED_METHODS and spec.mix_safety and spec.safety_mix > 0
 
 
 def replay_examples(replay_fraction: float | str, task_rows: int, n_new: int, n_earlier: int) -> int:

@@ -94,17 +94,19 @@ def run_single_task(ctx: RunContext, tmp: Path) -> dict[str, Any]:
     from safe_cpift.pipeline.common import load_model, split_evenly
 
     spec = ctx.spec
-    shares = split_evenly(baseline_budget(ctx), list(spec.task_names))  # what multitask_sft gives each task
+    total = baseline_budget(ctx)
+    shares = split_evenly(total, list(spec.task_names))  # what multitask_sft gives each task
     matched_run = spec.single_task == "matched"
     scores, refusal, trained = {}, {}, {}
     refusal_of = getattr(spec.evaluate, "refusal_rate", None)
     for task in spec.task_names:
-        source = ctx.model_dir(probe_stage(task))
         if matched_run:
             seed = spec.stage_seed(f"{SINGLE_TASK}_{task}")
             data, _ = mix(ctx, {task: shares[task]}, 0, seed)
             trained[task] = train_and_save(ctx, spec.aligned_model, data, tmp, seed=seed, out_name=f"alone_{task}")
             source = Path(tmp) / f"alone_{task}"
+        else:
+            source = ctx.model_dir(probe_stage(task))
         model = load_model(source, spec)
         scores[task] = float(task_scores(ctx, model, [task])[task])
         if refusal_of is not None:  # how much training on this task alone eroded refusal (early warning)
@@ -112,7 +114,7 @@ def run_single_task(ctx: RunContext, tmp: Path) -> dict[str, Any]:
         del model
         if matched_run:
             shutil.rmtree(source, ignore_errors=True)
-    multitask_per_task = baseline_budget(ctx) / len(spec.task_names)
+    multitask_per_task = total / len(spec.task_names)
     per_task = round(multitask_per_task) if matched_run else spec.probe_examples
     budget = {"examples_per_task": per_task, "multitask_examples_per_task": multitask_per_task,
               "matched": abs(multitask_per_task - per_task) < 1, "source": spec.single_task}

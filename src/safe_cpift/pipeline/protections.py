@@ -33,6 +33,7 @@ from safe_cpift.pipeline.common import (
     split_evenly,
 )
 from safe_cpift.pipeline.common import train_and_save as _train_and_save
+from safe_cpift.pipeline.spec import PROTECTED_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def _needs_base(ctx: RunContext, what: str) -> str:
 def stage_callbacks(ctx: RunContext, method: str) -> list[Any]:
     """The protection callbacks of `method`'s training (`safe_cpift`'s stages and `protected_sft`; none for others)."""
     spec = ctx.spec
-    names = [n for n in spec.protections if n in CALLBACK_PROTECTIONS] if method in ("safe_cpift", PROTECTED_SFT) else []
+    names = [n for n in spec.protections if n in CALLBACK_PROTECTIONS] if method in PROTECTED_METHODS else []
     if not names:
         return []
     settings = spec.protect_settings

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from safe_cpift.pipeline import baselines, fusion_stage, lora, probes, protections, results, safety_core
 from safe_cpift.pipeline.common import RunContext
 from safe_cpift.pipeline.evaluate_stage import ALIGNED_EVAL, eval_stage, final_model_stage, run_eval
-from safe_cpift.pipeline.spec import PipelineSpec
+from safe_cpift.pipeline.spec import PEER_BASELINES, PipelineSpec
 
 if TYPE_CHECKING:
     from safe_cpift.pipeline.progress import StageObserver
@@ -104,8 +104,7 @@ def stage_names(spec: PipelineSpec) -> list[str]:
         names += [f"sequential_sft_{i}_{t}" for i, t in enumerate(spec.task_names)]
     if "safety_mix_sft" in spec.methods:
         names.append(baselines.SAFETY_MIX)
-    names += [m for m in (protections.SPPFT, protections.RESTA, lora.LORA_SFT, lora.SAFE_LORA, protections.PROTECTED_SFT)
-              if m in spec.methods]
+    names += [m for m in PEER_BASELINES if m in spec.methods]  # one stage each, named after the method
     names += [eval_stage(m) for m in spec.methods if m != "aligned"] + [results.REPORT]
     return names
 

@@ -21,6 +21,8 @@ BASELINES = ("multitask_sft", "sequential_sft", "safety_mix_sft", "cpift")
 # ablation of the pipeline itself); in report order among all methods
 PEER_BASELINES = ("sppft", "resta", "lora_sft", "safe_lora", "protected_sft")
 ALL_METHODS = ("aligned", "multitask_sft", "sequential_sft", "safety_mix_sft", *PEER_BASELINES, "cpift", "safe_cpift")
+# the methods trained with `protections` (`protected_sft`: the same composition without the CPI-FT pipeline)
+PROTECTED_METHODS = ("safe_cpift", "protected_sft")
 PROTECTIONS = ("freeze", "safety_mix", "direction", "projection", "token_kl", "repair")
 DEFAULT_PROTECTIONS = ("freeze", "safety_mix", "token_kl")
 SCORERS = ("update", "alignment", "importance")
