@@ -140,3 +140,13 @@ def test_fusion_stage_uses_the_recipes_slerp_weights(tmp_path):
     want = fuse(tmp_path / "base", {t: tmp_path / t for t in "abc"}, regions, weights=weights)
     got = open_checkpoint(tmp_path / "out" / "model")
     assert all(torch.equal(got.get(n), want[n]) for n in want)
+
+
+def test_every_peer_baseline_has_its_one_stage():
+    """`plan` runs and `stage_names` lists one stage per peer baseline, named after it: each needs a body."""
+    from safe_cpift.pipeline.runner import _PEER_STAGES, stage_names
+    from safe_cpift.pipeline.spec import PEER_BASELINES
+
+    assert tuple(_PEER_STAGES) == PEER_BASELINES
+    names = stage_names(spec(methods=PEER_BASELINES, base_model="b"))
+    assert [n for n in names if n in PEER_BASELINES] == list(PEER_BASELINES)

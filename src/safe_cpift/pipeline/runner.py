@@ -43,6 +43,12 @@ FINAL_MODEL = "final_model"
 PUBLISHED = ("results.json", "report.md", "tradeoff.png", "overlap.png")
 
 
+# the body of each peer baseline's one stage, by method (`PEER_BASELINES` gives their order)
+_PEER_STAGES = {protections.SPPFT: protections.run_sppft, protections.RESTA: protections.run_resta,
+                lora.LORA_SFT: lora.run_lora_sft, lora.SAFE_LORA: lora.run_safe_lora,
+                protections.PROTECTED_SFT: protections.run_protected_sft}
+
+
 def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, StageBody]]:
     """The stages of the run in order, each with its body. Lazy: group stages appear once `clusters` is done."""
     spec = ctx.spec
@@ -72,16 +78,9 @@ def plan(ctx: RunContext, command: str | None = None) -> Iterator[tuple[str, Sta
             yield name, p(baselines.run_sequential, ctx, i=i)
     if "safety_mix_sft" in spec.methods:
         yield baselines.SAFETY_MIX, p(baselines.run_multitask, ctx, safety=True)
-    if protections.SPPFT in spec.methods:
-        yield protections.SPPFT, p(protections.run_sppft, ctx)
-    if protections.RESTA in spec.methods:
-        yield protections.RESTA, p(protections.run_resta, ctx)
-    if lora.LORA_SFT in spec.methods:
-        yield lora.LORA_SFT, p(lora.run_lora_sft, ctx)
-    if lora.SAFE_LORA in spec.methods:
-        yield lora.SAFE_LORA, p(lora.run_safe_lora, ctx)
-    if protections.PROTECTED_SFT in spec.methods:
-        yield protections.PROTECTED_SFT, p(protections.run_protected_sft, ctx)
+    for method in PEER_BASELINES:  # one stage each, named after the method (stage_names lists the same)
+        if method in spec.methods:
+            yield method, p(_PEER_STAGES[method], ctx)
     for method in spec.methods:
         if method != "aligned":
             yield eval_stage(method), p(run_eval, ctx, method=method)
