@@ -116,7 +116,8 @@ def main() -> int:
     p.add_argument("--gb", type=float, default=1.0, help="size of EACH checkpoint in GB (float32)")
     p.add_argument("--top-p", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="num_threads of the extraction")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="num_threads of the extraction (default: 2, or 1 on a 1-core machine)")
     p.add_argument("--quick", action="store_true", help="2 x 0.5 GB, one repeat (under 3 minutes)")
     p.add_argument("--keep", default=None, help="write the checkpoints here and keep them")
     a = p.parse_args()

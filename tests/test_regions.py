@@ -350,6 +350,7 @@ def test_threads_give_the_same_region(monkeypatch, tmp_path, threads):
     one = CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=1)
     monkeypatch.delenv("SAFE_CPIFT_FUSED")
     assert used == []
+    monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")  # the torch path's threaded scan (the fused scan: test_regions_fused)
     many = CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=threads)
     assert used == [threads]  # the threaded scan ran
     assert many == one and one.num_selected > 0

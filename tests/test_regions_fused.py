@@ -1,5 +1,5 @@
-"""The fused numba kernel (`regions.fused`) against numpy, and fused vs torch region extraction
-against an exact reference ranking. numba is in the dev extra: these tests fail without it."""
+"""The numba kernels (`regions.fused`) against numpy, and the fused scan (`regions.fused_scan`) vs the
+torch path against an exact reference ranking. numba is in the dev extra: these tests fail without it."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_llama
 
 from safe_cpift.io import ShardedWriter
-from safe_cpift.regions import CoreRegion, fused
+from safe_cpift.regions import CoreRegion, fused, fused_scan
 from safe_cpift.regions import select as region_select
 from safe_cpift.regions.scoring import natural_key
 
@@ -19,17 +19,17 @@ def kernel_loaded():
 
 
 def test_kernel_is_loaded_only_where_it_pays(monkeypatch):
-    monkeypatch.setattr(fused, "_KERNEL", None)
+    monkeypatch.setattr(fused, "_KERNELS", None)
     monkeypatch.setattr(fused, "_TRIED", False)
     assert not fused.worth_it(10_000) and not fused._TRIED  # a small pair: numba is not even imported
     monkeypatch.setattr(fused, "MIN_ENTRIES", 10_000)
-    assert fused.worth_it(10_000) and fused.kernel(load=False) is not None
+    assert fused.worth_it(10_000) and fused.kernels(load=False) is not None
     monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")
-    assert not fused.worth_it(10**12) and fused.kernel() is None
+    assert not fused.worth_it(10**12) and fused.kernels() is None
 
 
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 4099])
-def test_cut_at_equals_numpy(n):
+@pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 1000, 4099])
+def test_cut_equals_numpy(n):
     rng = np.random.default_rng(n)
     a = rng.standard_normal(n).astype(np.float32)
     b = a + (rng.standard_normal(n) * 1e-2).astype(np.float32)
@@ -37,13 +37,35 @@ def test_cut_at_equals_numpy(n):
     if n > 8:
         b[3], a[4], b[5], a[6] = np.nan, np.inf, np.inf, -0.0  # NaN and inf - inf never pass
     d = np.abs(b - a)
-    bufs = np.empty(n, np.int32), np.empty(n, np.float32)
+    idx, val = np.empty(n, np.int32), np.empty(n, np.float32)
     for value in (0.0, 1e-3, float(d[0]), 0.25, 10.0):
-        for strict in (False, True):
-            want = np.flatnonzero(d > np.float32(value) if strict else d >= np.float32(value))
-            idx, vals = fused.cut_at(a, b, value, strict, *bufs)
-            assert np.array_equal(idx, want), (value, strict)
-            assert np.array_equal(vals, d[want])
+        want = np.flatnonzero(d >= np.float32(value))
+        m = fused.kernels().cut(a, b, np.float32(value), idx, val)
+        assert np.array_equal(idx[:m], want), value
+        assert np.array_equal(val[:m], d[want])
+
+
+@pytest.mark.parametrize("k", [1, 2, 37, 500, 999, 1000])
+def test_kth_largest_bits_is_exact_with_ties(k):
+    rng = np.random.default_rng(k)
+    vals = np.abs(rng.standard_normal(1000)).astype(np.float32)
+    vals[::7] = np.float32(0.5)  # many ties
+    vals[:3] = [0.0, np.float32(3e-39), np.inf]  # zero, a denormal and inf sort like their bit patterns
+    parts = [vals[:1], vals[1:400], vals[400:400], vals[400:]]
+    bits, greater = fused.kth_largest_bits([p.view(np.int32) for p in parts], k)
+    kth = np.sort(vals)[::-1][k - 1]
+    assert np.array([bits], dtype=np.int32).view(np.float32)[0] == kth
+    assert greater == int((vals > kth).sum())
+
+
+def test_pick_breaks_ties_by_order_across_calls():
+    kern = fused.kernels()
+    bits = np.array([5, 3, 3, 7, 3], dtype=np.int32)
+    out, ties = np.empty(8, np.int64), np.array([2], dtype=np.int64)
+    m = kern.pick(np.arange(5, dtype=np.int32), bits, np.int32(3), ties, np.int64(100), out, np.int64(0))
+    m = kern.pick(np.arange(5, dtype=np.int32), bits, np.int32(3), ties, np.int64(200), out, np.int64(m))
+    assert out[:m].tolist() == [100, 101, 102, 103, 200, 203]  # the two ties go to the earliest entries
+    assert ties[0] == 0
 
 
 def reference(base, tuned, top_p):
@@ -83,24 +105,34 @@ def write(tmp_path, name, sd):
     return tmp_path / name
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+def count_fused_scans(monkeypatch):
+    """A list that gets the result of every fused scan (None when it gave up)."""
+    results = []
+    real = fused_scan.select_top_k
+    monkeypatch.setattr(fused_scan, "select_top_k", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+    return results
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("top_p", [0.01, 0.08, 0.2])
 def test_fused_and_torch_paths_equal_the_reference(monkeypatch, tmp_path, threads, top_p):
-    monkeypatch.setattr(region_select, "FUSED_CHUNK", 1000)  # many chunks, pool reductions mid-scan
-    calls = []
-    real = fused.cut_at
-    monkeypatch.setattr(fused, "cut_at", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(fused_scan, "CHUNK", 1000)  # many chunks, taken by the workers in any order
+    scans = count_fused_scans(monkeypatch)
     base, tuned = tied_pair()
     want = reference(base, tuned, top_p)
     dirs = write(tmp_path, "base", base), write(tmp_path, "tuned", tuned)
     for src in ((base, tuned), dirs):  # in-memory views and pread from sharded checkpoints
-        calls.clear()
+        scans.clear()
         got = CoreRegion.from_update(*src, top_p=top_p, num_threads=threads, progress=False)
-        assert calls, "the fused kernel did not run"
+        # the ties at 0.5 are 7.7% of all entries: for top_p 0.01 they pass MAX_POOL x k, and the
+        # fused scan gives up for the streaming selection (exact either way)
+        assert len(scans) == 1 and (scans[0] is not None) == (top_p > 0.01), "the fused scan did not select"
         monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")
         plain = CoreRegion.from_update(*src, top_p=top_p, num_threads=threads, progress=False)
         monkeypatch.delenv("SAFE_CPIFT_FUSED")
+        assert len(scans) == 1
         assert got == plain
+        assert got.metadata["threshold"] == plain.metadata["threshold"]
         assert sorted(got.names()) == sorted(want), src
         for n, idx in want.items():
             assert torch.equal(torch.as_tensor(got.indices(n)).long(), idx), n
@@ -110,22 +142,72 @@ def test_fused_path_stays_exact_when_the_sampled_floor_is_wrong(monkeypatch, tmp
     base, tuned = tied_pair(seed=2)
     want = reference(base, tuned, 0.05)
     dirs = write(tmp_path, "base", base), write(tmp_path, "tuned", tuned)
-    monkeypatch.setattr(region_select, "FUSED_CHUNK", 777)
-    for floor in (0.0, 0.5, 0.6):  # far too low (all entries are candidates), at the ties, too high (second pass)
+    monkeypatch.setattr(fused_scan, "CHUNK", 777)
+    scans = count_fused_scans(monkeypatch)
+    # far too low (every entry a candidate: gives up), at the ties (selects), too high (too few: gives up)
+    for floor, selects in ((0.0, False), (0.5, True), (0.6, False)):
         monkeypatch.setattr(region_select, "estimate_floor", lambda *a, _f=floor, **k: _f)
-        got = CoreRegion.from_update(*dirs, top_p=0.05, progress=False)
+        scans.clear()
+        got = CoreRegion.from_update(*dirs, top_p=0.05, num_threads=2, progress=False)
+        assert [s is not None for s in scans] == [selects], floor
         for n, idx in want.items():
             assert torch.equal(torch.as_tensor(got.indices(n)).long(), idx), (floor, n)
 
 
+def test_a_read_error_in_a_worker_reaches_the_caller(monkeypatch):
+    def broken(start, stop, buf):
+        raise OSError("disk gone")
+
+    ok = np.zeros(3000, np.float32)
+    readers = [(lambda s, e, buf: ok[s:e], lambda s, e, buf: ok[s:e]), (broken, broken)]
+    with pytest.raises(OSError, match="disk gone"):
+        fused_scan.select_top_k(readers, [3000, 3000], k=5000, floor=0.0, threads=2, chunk=1000)
+
+
 def test_mixed_dtypes_fall_back_to_torch(monkeypatch):
-    calls = []
-    real = fused.cut_at
-    monkeypatch.setattr(fused, "cut_at", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scans = count_fused_scans(monkeypatch)
     base, tuned = tied_pair(seed=4)
     tuned = {n: v.double() for n, v in tuned.items()}
     got = CoreRegion.from_update(base, tuned, top_p=0.05, progress=False)
-    assert calls == []
+    assert scans == []
     want = reference(base, tuned, 0.05)
     assert {n: torch.as_tensor(got.indices(n)).long().tolist() for n in got.names()} == \
         {n: v.tolist() for n, v in want.items()}
+
+
+def test_reads_ask_for_read_ahead_only_when_pages_are_missing(monkeypatch, tmp_path):
+    """`float32_reader` reads with RWF_NOWAIT: a warm file costs no hint; a miss asks the kernel for the
+    next PREFETCH entries once, then reads blocking; a file system without RWF_NOWAIT reads plainly."""
+    import errno
+    import os
+
+    from safe_cpift.regions import scoring
+
+    data = torch.arange(50_000, dtype=torch.float32)
+    path = write(tmp_path, "ckpt", {"w": data})
+    real_preadv, hints, calls = os.preadv, [], []
+
+    def preadv(fd, bufs, pos, flags=0, *, miss=set()):  # noqa: B006 -- the set remembers the first miss
+        calls.append(flags)
+        if flags and behaviour == "miss" and not miss:
+            miss.add(pos)
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+        if flags and behaviour == "unsupported":
+            raise OSError(errno.EOPNOTSUPP, "no RWF_NOWAIT")
+        return real_preadv(fd, bufs, pos, flags)
+
+    monkeypatch.setattr(scoring.os, "preadv", preadv)
+    monkeypatch.setattr(scoring.os, "posix_fadvise", lambda fd, off, n, advice: hints.append((off, n, advice)))
+    for behaviour in ("warm", "miss", "unsupported"):
+        hints.clear(), calls.clear()
+        src = scoring.TensorSource(path)
+        read = src.float32_reader("w")
+        buf = np.empty(50_000, np.float32)
+        for start in range(0, 50_000, 10_000):
+            assert np.array_equal(read(start, start + 10_000, buf), data[start:start + 10_000].numpy())
+        if behaviour == "warm":
+            assert hints == [] and all(f == os.RWF_NOWAIT for f in calls)
+        elif behaviour == "miss":
+            assert len(hints) == 1 and hints[0][1] == 4 * scoring.PREFETCH and hints[0][2] == os.POSIX_FADV_WILLNEED
+        else:
+            assert hints == [] and calls[0] == os.RWF_NOWAIT and set(calls[1:]) == {0}

@@ -106,6 +106,14 @@ def test_cli_extract_show_compare(pair, tmp_path, capsys):
                  "--top-p", "0.02", "--scope", "tensor", "--out", str(r2), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["scope"] == "tensor" and summary["entries"] == CoreRegion.load(r2).num_selected
+    r3 = tmp_path / "r3"
+    assert main(["region", "extract", "--base", str(root / "base"), "--tuned", str(root / "tuned"),
+                 "--top-p", "0.02", "--threads", "3", "--out", str(r3), "--json"]) == 0
+    capsys.readouterr()
+    assert CoreRegion.load(r3) == CoreRegion.load(r1)  # worker threads do not change the region
+    assert main(["region", "extract", "--base", str(root / "base"), "--tuned", str(root / "tuned"),
+                 "--threads", "0", "--out", str(tmp_path / "r4")]) != 0
+    assert "`num_threads` must be >= 1" in capsys.readouterr().err
 
     assert main(["region", "show", str(r1), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -57,7 +57,8 @@ def run_extract(args: argparse.Namespace) -> int:
     from safe_cpift.regions import CoreRegion
 
     region = CoreRegion.from_update(_resolve_model(args.base), _resolve_model(args.tuned), top_p=args.top_p,
-                                    scope=args.scope, scorer=args.scorer, progress=not args.json)
+                                    scope=args.scope, scorer=args.scorer, progress=not args.json,
+                                    num_threads=args.threads)
     region.metadata.update({"base": args.base, "tuned": args.tuned})
     out = region.save(args.out, overwrite=args.overwrite)
     if args.json:
@@ -130,6 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--scorer", choices=("update", "alignment"), default="update",
                     help="label: `update` (task tuning) or `alignment` (base -> aligned: the safety core)")
     ex.add_argument("--out", required=True, type=os.fspath, help="output region directory")
+    ex.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="worker threads scoring the checkpoints (default: torch's thread count); the "
+                         "region is the same for any N")
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ex.add_argument("--json", action="store_true", help="print a machine-readable summary")
     ex.set_defaults(func=run_extract)

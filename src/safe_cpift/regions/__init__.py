@@ -5,6 +5,8 @@
 - `scoring`: streaming scores over checkpoints, state dicts and modules (`UpdateScores`,
   `importance_scores`, `TensorSource`);
 - `select`: exact top-p selection over streamed shards (global, tensor or layer scope);
+- `fused_scan` and `fused`: the one-pass global selection over float32 pairs with compiled kernels
+  (the `fast` extra, numba), on worker threads;
 - `stats`: per-module and per-layer counts of a region.
 """
 

@@ -123,7 +123,9 @@ class CoreRegion:
         for name in sorted(indices, key=natural_key):
             if name not in self._fingerprint:
                 raise ValueError(f"indices given for tensor `{name}`, which is not in the region's fingerprint")
-            idx = torch.as_tensor(indices[name]).reshape(-1).to(torch.int64)
+            idx = torch.as_tensor(indices[name]).reshape(-1)
+            if idx.dtype not in (torch.int32, torch.int64):
+                idx = idx.to(torch.int64)
             if idx.numel() == 0:
                 continue
             if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):  # already ascending: no sort
@@ -133,7 +135,7 @@ class CoreRegion:
             numel = math.prod(self._fingerprint[name][0])
             if int(idx[0]) < 0 or int(idx[-1]) >= numel:
                 raise ValueError(f"indices of `{name}` fall outside its {numel} entries")
-            self._indices[name] = idx.to(torch.int32) if numel < 2**31 else idx
+            self._indices[name] = idx.to(torch.int32) if numel < 2**31 else idx.to(torch.int64)
         self.top_p = float(top_p)
         self.scope = scope
         self.scorer = scorer

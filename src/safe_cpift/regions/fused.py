@@ -1,14 +1,20 @@
-"""Optional fused scoring kernel: |θ_tuned − θ_base| and the cut at a floor in one pass (numba).
+"""Optional compiled kernels (numba) for an exact global top-k over float32 checkpoint pairs.
 
 With the `fast` extra (`pip install "safe-cpift[fast]"`, numba) a region extraction reads each pair
 of float32 chunks once and keeps only the entries that can be in the top p, with no full-size
-temporaries; without it `regions.scoring` does the same with torch and numpy in three passes. Both
-give the same candidates bit for bit: the difference is float32 subtraction (no fast-math) and the
-comparison is IEEE `>=`, so NaN never passes.
+temporaries (`regions.fused_scan` drives the kernels); without it `regions.scoring` and
+`regions.select` do the same with torch and numpy. Both give the same region bit for bit: scores are
+float32 subtractions (no fast-math) and the cut is IEEE `>=`, so NaN never passes.
 
-A region extraction uses the kernel when it is loaded already (`warm_up`) or when the pair has at
+Kernels (`Kernels`):
+- `cut`: (index, |b − a|) of the entries of a chunk pair with |b − a| >= floor;
+- `histogram`: count non-negative float32 values by the high or low half of their bits (for
+  non-negative floats the bit pattern orders like the value), the two passes of a radix select;
+- `pick`: the indices of the values above a threshold, plus of the first `ties` equal to it.
+
+A region extraction uses them when they are loaded already (`warm_up`) or when the pair has at
 least `MIN_ENTRIES` entries, enough for the faster scan to repay the per-process load.
-`SAFE_CPIFT_FUSED=0` turns the kernel off (the torch path is then used even with numba installed).
+`SAFE_CPIFT_FUSED=0` turns them off (the torch path is then used even with numba installed).
 """
 
 from __future__ import annotations
@@ -16,40 +22,65 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# The scan is ~0.5 ns per entry pair faster than the torch path on one thread and the kernel costs
-# 0.4–0.6 s to load per process (measured on a 2-core machine): it repays itself from ~1G entry pairs.
+# The fused scan is ~0.5 ns per entry pair faster than the torch path on one thread and the kernels
+# cost 0.4–0.8 s to load per process (measured on a 2-core machine): they repay it from ~1G pairs.
 MIN_ENTRIES = 1 << 30
-_KERNEL: Callable | None = None
+BLOCK = 64  # entries compared at once into a bit mask, whose set bits are then visited (fastest measured)
+HIGH_BITS = 16  # radix select: first pass on bits 30..15 of the float32 pattern, second on bits 14..0
+
+
+class Kernels(NamedTuple):
+    """The compiled kernels (see the module docstring)."""
+
+    cut: Callable[..., int]
+    histogram: Callable[..., None]
+    pick: Callable[..., int]
+
+
+_KERNELS: Kernels | None = None
 _TRIED = False
 
 
-def _build() -> Callable:
+def _build() -> Kernels:
     import numba
+    from llvmlite import ir
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _trailing_zeros(typingctx, x):  # noqa: ANN001 -- numba intrinsic: LLVM cttz of a nonzero integer
+        def codegen(context, builder, signature, args):  # noqa: ANN001
+            return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+        return x(x), codegen
+
+    block = BLOCK
+    low_bits = 31 - HIGH_BITS
+    low_mask = (1 << low_bits) - 1
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def cut(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray) -> int:
-        # idx_out / val_out hold at least len(a) entries; returns how many were written
-        n = a.shape[0]
+    def cut(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray) -> np.int64:
+        # writes (index, score) of the candidates to idx_out / val_out (room for len(a)); returns their count
         m = 0
-        whole = n // 8
+        n = a.shape[0]
+        whole = n // block
         for k in range(whole):
-            lo = k * 8
-            hit = False
-            for j in range(8):  # branch-free test of 8 entries; most blocks hold no candidate
-                hit |= abs(b[lo + j] - a[lo + j]) >= floor
-            if hit:
-                for j in range(8):
-                    d = abs(b[lo + j] - a[lo + j])
-                    if d >= floor:
-                        idx_out[m] = lo + j
-                        val_out[m] = d
-                        m += 1
-        for i in range(whole * 8, n):
+            lo = k * block
+            hits = np.uint64(0)
+            for j in range(block):  # branch-free bit mask of the block's candidates (vectorized)
+                hits |= np.uint64(abs(b[lo + j] - a[lo + j]) >= floor) << np.uint64(j)
+            while hits:  # most blocks hold none or one
+                j = _trailing_zeros(hits)
+                idx_out[m] = lo + j
+                val_out[m] = abs(b[lo + j] - a[lo + j])
+                m += 1
+                hits &= hits - np.uint64(1)
+        for i in range(whole * block, n):
             d = abs(b[i] - a[i])
             if d >= floor:
                 idx_out[m] = i
@@ -57,52 +88,94 @@ def _build() -> Callable:
                 m += 1
         return m
 
-    return cut
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def histogram(bits: np.ndarray, high: np.int64, counts: np.ndarray) -> None:
+        # high < 0: count by the high bits; else count by the low bits the entries whose high bits == high
+        if high < 0:
+            for x in bits:
+                counts[x >> low_bits] += 1
+        else:
+            for x in bits:
+                if (x >> low_bits) == high:
+                    counts[x & low_mask] += 1
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def pick(idx: np.ndarray, bits: np.ndarray, threshold: np.int32, ties: np.ndarray, add: np.int64,
+             out: np.ndarray, m: np.int64) -> np.int64:
+        # appends (in input order) add + the indices with bits > threshold, and of the first ties[0]
+        # equal to it (ties[0] is decremented in place, so the count carries over to the next call)
+        for i in range(bits.shape[0]):
+            x = bits[i]
+            if x > threshold:
+                out[m] = add + idx[i]
+                m += 1
+            elif x == threshold and ties[0] > 0:
+                out[m] = add + idx[i]
+                m += 1
+                ties[0] -= 1
+        return m
+
+    return Kernels(cut, histogram, pick)
 
 
-def kernel(load: bool = True) -> Callable | None:
-    """The compiled kernel, or None without numba (or with `SAFE_CPIFT_FUSED=0`, or when it is not
-    loaded yet and `load` is False). Compiled once per machine (cached on disk by numba), loaded once
-    per process: importing numba and loading the kernel took 0.4–0.6 s here (`warm_up`)."""
-    global _KERNEL, _TRIED
+def kernels(load: bool = True) -> Kernels | None:
+    """The compiled kernels, or None without numba (or with `SAFE_CPIFT_FUSED=0`, or when they are
+    not loaded yet and `load` is False). Compiled once per machine (cached on disk by numba), loaded
+    once per process: importing numba and loading them took 0.4–0.8 s here (`warm_up`)."""
+    global _KERNELS, _TRIED
     if os.environ.get("SAFE_CPIFT_FUSED", "1") == "0":
         return None
     if not _TRIED and load:
         _TRIED = True
         try:
-            _KERNEL = _build()
+            _KERNELS = _build()
         except ImportError:
             logger.debug("numba is not installed: region scoring uses the torch path (pip install 'safe-cpift[fast]')")
-    return _KERNEL
+    return _KERNELS
 
 
 def worth_it(entries: int) -> bool:
-    """Whether to score `entries` parameter pairs with the kernel: when it is loaded already, or when
-    the pair is big enough (>= `MIN_ENTRIES`) for the faster scan to repay loading it."""
-    if kernel(load=False) is not None:
+    """Whether to score `entries` parameter pairs with the kernels: when they are loaded already, or
+    when the pair is big enough (>= `MIN_ENTRIES`) for the faster scan to repay loading them."""
+    if kernels(load=False) is not None:
         return True
-    return entries >= MIN_ENTRIES and kernel() is not None
+    return entries >= MIN_ENTRIES and kernels() is not None
 
 
 def warm_up() -> bool:
-    """Load (or compile) the kernel now; returns whether the fused path is available."""
-    k = kernel()
+    """Load (or compile) the kernels now; returns whether the fused path is available."""
+    k = kernels()
     if k is None:
         return False
-    z = np.zeros(9, dtype=np.float32)
-    k(z, z, np.float32(1.0), np.empty(9, dtype=np.int32), np.empty(9, dtype=np.float32))
+    z = np.zeros(BLOCK + 1, dtype=np.float32)
+    idx, val = np.empty(BLOCK + 1, dtype=np.int32), np.empty(BLOCK + 1, dtype=np.float32)
+    m = k.cut(z, z, np.float32(0.0), idx, val)
+    bits = val[:m].view(np.int32)
+    k.histogram(bits, np.int64(-1), np.zeros(1 << HIGH_BITS, dtype=np.int64))
+    k.histogram(bits, np.int64(0), np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64))
+    for dtype in (np.int32, np.int64):  # per-tensor indices: int32, or int64 for tensors of >= 2^31 entries
+        k.pick(idx[:m], bits, np.int32(0), np.ones(1, dtype=np.int64), np.int64(0), np.empty(m, dtype=dtype),
+               np.int64(0))
     return True
 
 
-def cut_at(a: np.ndarray, b: np.ndarray, floor: float, strict: bool, idx_buf: np.ndarray,
-           val_buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, |b − a|) of the entries with |b − a| >= `floor` (> when `strict`), ascending, for two
-    contiguous float32 arrays of one length; `idx_buf` (int32) and `val_buf` (float32) hold at least
-    `len(a)` entries and back the returned views (valid until the buffers are reused)."""
-    f = np.float32(floor)
-    if strict:
-        f = np.nextafter(f, np.float32(np.inf))  # for float32 d: d > x  <=>  d >= next float after x
-    k = kernel()
-    assert k is not None, "cut_at needs numba; check kernel() first"
-    m = k(a, b, f, idx_buf, val_buf)
-    return idx_buf[:m], val_buf[:m]
+def kth_largest_bits(parts: list[np.ndarray], k: int) -> tuple[int, int]:
+    """(int32 bit pattern of the k-th largest, how many entries are strictly larger) of non-negative,
+    non-NaN float32 values given as int32 views `parts` (together at least k >= 1 entries): an exact
+    two-pass radix select."""
+    kern = kernels()
+    assert kern is not None, "kth_largest_bits needs numba; check kernels() first"
+    high = np.zeros(1 << HIGH_BITS, dtype=np.int64)
+    for p in parts:
+        kern.histogram(p, np.int64(-1), high)
+    above = np.cumsum(high[::-1])  # above[i]: entries whose high bits are >= len - 1 - i
+    i = int(np.searchsorted(above, k))
+    top = len(high) - 1 - i
+    rank = k - (int(above[i - 1]) if i else 0)  # rank within the bucket `top`, from its largest
+    low = np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64)
+    for p in parts:
+        kern.histogram(p, np.int64(top), low)
+    below = np.cumsum(low[::-1])
+    j = int(np.searchsorted(below, rank))
+    greater = k - rank + (int(below[j - 1]) if j else 0)
+    return (top << (31 - HIGH_BITS)) | (len(low) - 1 - j), greater

@@ -11,6 +11,7 @@ models yields the same region whether it comes as modules, state dicts or sharde
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -60,6 +61,8 @@ class TensorSource:
         self.label = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
         self._ranges: dict[str, tuple[str, int, int]] = {}
         self._fds: dict[str, int] = {}
+        self._asked: dict[str, int] = {}  # per file: byte up to which read-ahead was asked (float32_reader)
+        self._nowait = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
         if isinstance(x, torch.nn.Module):
             params = {n: p.detach() for n, p in x.named_parameters()}
             self._get: Callable[[str], torch.Tensor] = params.__getitem__
@@ -111,7 +114,11 @@ class TensorSource:
     def float32_reader(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray] | None:
         """A thread-safe `(start, stop, buf) -> entries [start, stop)` of a float32 tensor as a numpy
         array: `pread` from the checkpoint file into `buf` (a copy from the page cache, as fast as a
-        plain read and with no page mapping), or a view of an in-memory tensor. None for another dtype."""
+        plain read and with no page mapping), or a view of an in-memory tensor. None for another dtype.
+
+        A read first asks for pages already in the page cache only (`RWF_NOWAIT`); when some are
+        missing it asks the kernel to read the next `PREFETCH` entries of the file ahead
+        (`POSIX_FADV_WILLNEED`) and waits for its own. A warm file costs no hint at all."""
         if self.dtypes[name] != torch.float32:
             return None
         where = self._ranges.get(name)
@@ -121,19 +128,41 @@ class TensorSource:
                 flat = flat.cpu()
             arr = flat.numpy()
             return lambda start, stop, buf: arr[start:stop]
-        fd, begin = self._fd(where[0]), where[1]
+        path, fd, begin = where[0], self._fd(where[0]), where[1]
 
         def read(start: int, stop: int, buf: np.ndarray) -> np.ndarray:
             out = buf[: stop - start]
             view, pos = memoryview(out).cast("B"), begin + 4 * start
             while view.nbytes:
-                got = os.preadv(fd, [view], pos)
+                if self._nowait:
+                    try:
+                        got = os.preadv(fd, [view], pos, self._nowait)
+                    except BlockingIOError:  # pages not cached: read ahead, then wait for these
+                        self._hint(path, fd, pos)
+                        got = os.preadv(fd, [view], pos)
+                    except OSError as e:
+                        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
+                        self._nowait = 0  # a file system without RWF_NOWAIT: plain reads
+                        continue
+                else:
+                    got = os.preadv(fd, [view], pos)
                 if got <= 0:
-                    raise OSError(f"{where[0]} ended at byte {pos} inside tensor `{name}`")
+                    raise OSError(f"{path} ended at byte {pos} inside tensor `{name}`")
                 view, pos = view[got:], pos + got
             return out
 
         return read
+
+    def _hint(self, path: str, fd: int, pos: int) -> None:
+        """Ask for the `PREFETCH` entries of `path` from byte `pos`, unless most were asked for already."""
+        ahead = 4 * PREFETCH
+        asked = self._asked.get(path, 0)
+        if pos + ahead // 2 <= asked or not hasattr(os, "posix_fadvise"):
+            return
+        lo = max(pos, asked)
+        self._asked[path] = pos + ahead
+        os.posix_fadvise(fd, lo, pos + ahead - lo, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -188,9 +217,10 @@ class UpdateScores:
         self.numels = [base.numel(n) for n in base.names]
         self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._buf = torch.empty(0)
+        self._reads: tuple[np.ndarray, ...] = ()
+        self._f32: tuple | None = None  # (tensor id, base reader, tuned reader) for `chunk`
         self.prefetch = True
         self._ahead = (0, 0)  # (tensor id, entry) up to which reads were requested
-        self._readers: tuple | None = None  # (tensor id, base reader, tuned reader) for `cutter`
 
     def _read_ahead(self, tid: int, stop: int) -> None:
         """Keep WILLNEED requests about PREFETCH entries ahead of the sequential position."""
@@ -215,10 +245,21 @@ class UpdateScores:
         return self._cached[1], self._cached[2]
 
     def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor:
-        """Scores of entries [start, stop) of tensor `tid`; valid until the next call."""
+        """Scores of entries [start, stop) of tensor `tid`; valid until the next call. Float32 tensors
+        of a checkpoint are read with `pread` (`TensorSource.float32_reader`), no page mapping."""
         if self._buf.numel() < stop - start:
             self._buf = torch.empty(max(stop - start, CHUNK), dtype=torch.float32)
-        return self.scorer(tid, stop)(start, stop, self._buf)
+            self._reads = tuple(np.empty(self._buf.numel(), dtype=np.float32) for _ in range(2))
+        if self._f32 is None or self._f32[0] != tid:
+            name = self.names[tid]
+            self._f32 = (tid, self.base.float32_reader(name), self.tuned.float32_reader(name))
+        _, read_b, read_t = self._f32
+        if read_b is None or read_t is None:
+            return self.scorer(tid, stop)(start, stop, self._buf)
+        b, t = read_b(start, stop, self._reads[0]), read_t(start, stop, self._reads[1])
+        out = self._buf[: stop - start].numpy()
+        np.abs(np.subtract(t, b, out=out), out=out)
+        return self._buf[: stop - start]
 
     def scorer(self, tid: int, stop: int) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
         """A function `(start, stop, buf) -> scores` of tensor `tid` that is safe to call from worker
@@ -237,32 +278,17 @@ class UpdateScores:
 
         return score
 
-    def cutter(self, tid: int, stop: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
-        """Like `scorer`, for the fused kernel (`regions.fused`): a thread-safe function
-        `(start, stop, value, strict, bufs) -> (indices, scores)` of the entries of [start, stop) whose
-        score is >= `value` (> when `strict`); `bufs` is (int32, float32, float32, float32) numpy
-        arrays of at least `stop - start` entries (candidates, and the two models' chunks). None
-        unless both tensors are float32 and the kernel is loaded (`fused.worth_it`)."""
-        from safe_cpift.regions import fused
-
-        if fused.kernel(load=False) is None:
-            return None
-        name = self.names[tid]
-        if self._readers is None or self._readers[0] != tid:
-            self._readers = (tid, self.base.float32_reader(name), self.tuned.float32_reader(name))
-        _, read_b, read_t = self._readers
-        if read_b is None or read_t is None:
-            return None
-        if self.prefetch and (tid, stop + PREFETCH // 2) > self._ahead:
-            self._read_ahead(tid, stop)
-
-        def cut(start: int, stop: int, value: float, strict: bool, bufs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-            idx_buf, val_buf, buf_b, buf_t = bufs
-            b, t = read_b(start, stop, buf_b), read_t(start, stop, buf_t)
-            idx, vals = fused.cut_at(b, t, value, strict, idx_buf, val_buf)
-            return torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(vals.copy())
-
-        return cut
+    def float32_readers(self) -> list[tuple[Callable, Callable]] | None:
+        """Per tensor, the base's and the tuned model's `TensorSource.float32_reader` (thread-safe
+        `(start, stop, buf) -> entries`), for the fused scan (`regions.fused_scan`); None unless
+        every tensor of both models is float32."""
+        readers = []
+        for name in self.names:
+            pair = self.base.float32_reader(name), self.tuned.float32_reader(name)
+            if pair[0] is None or pair[1] is None:
+                return None
+            readers.append(pair)
+        return readers
 
 
 class PrecomputedScores:

@@ -26,12 +26,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from safe_cpift.regions import fused
+from safe_cpift.regions import fused, fused_scan
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 18  # elements scored at once (1 MiB of float32: stays in L2 between sub, abs, compare)
-FUSED_CHUNK = 1 << 19  # elements per call of the fused kernel (2 MiB per model: read once, cut in cache)
 SAMPLE_BUDGET = 1 << 20
 SAMPLE_BLOCK = 8192
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -247,8 +246,9 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
     total = float(weights.sum())
     if target >= total:
         return None
-    # only the top of the sample matters: sort a generous head of it, the whole sample if needed
-    head = min(m, int(4 * target * m / total) + 1024)
+    # only the top of the sample matters: sort a head of it (1.5x the expected rank), twice as much
+    # until the target weight is inside it
+    head = min(m, int(1.5 * target * m / total) + 1024)
     while True:
         values, order = _top(scores, head)
         cum = torch.cumsum(weights[order], 0)
@@ -257,7 +257,7 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
             return float(values[pos])
         if head >= m:
             return None
-        head = m
+        head = min(m, 2 * head)
 
 
 def _top(scores: torch.Tensor, head: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,13 +277,28 @@ def _margin(k: int) -> float:
     return 1.25 * k + 5 * math.sqrt(k) + 64
 
 
-def iter_chunks(src: ScoreSource, tids: list[int] | None = None, progress: bool = True):
-    """Yield (tensor id, offset, score chunk) in tie-break order, with a tqdm bar over entries."""
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, progress: bool) -> Any:
+    """A tqdm bar over `total` scored entries (shown on terminals only), or a no-op one when
+    `progress` is False: importing `tqdm.auto` costs ~0.1 s once per process."""
+    if not progress:
+        return _NoBar()
     from tqdm.auto import tqdm
 
+    return tqdm(total=total, unit="param", unit_scale=True, desc="scoring", disable=None)
+
+
+def iter_chunks(src: ScoreSource, tids: list[int] | None = None, progress: bool = True):
+    """Yield (tensor id, offset, score chunk) in tie-break order, with a tqdm bar over entries."""
     tids = list(range(len(src.names))) if tids is None else tids
-    bar = tqdm(total=sum(src.numels[t] for t in tids), unit="param", unit_scale=True, desc="scoring",
-               disable=not progress or None)
+    bar = progress_bar(sum(src.numels[t] for t in tids), progress)
     try:
         for tid in tids:
             n = src.numels[tid]
@@ -299,24 +314,11 @@ def iter_candidates(src: ScoreSource, pool: GlobalTopK, threads: int, progress: 
                     ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """Yield (tensor id, offset, chunk-relative indices, scores) of the entries that can still enter
     `pool` (>= its floor, or > its threshold once it has one), in tie-break order. Chunks are scored
-    and cut by the fused kernel where `src.cutter` offers it (`regions.fused`), else by torch and
-    numpy; with `threads` > 1 on worker threads (both release the GIL), a bounded window of chunks
-    ahead of the consumer, each cut at the pool's bar when it was submitted."""
-    from tqdm.auto import tqdm
-
+    by torch and cut by numpy on `threads` worker threads (both release the GIL), a bounded window
+    of chunks ahead of the consumer, each cut at the pool's bar when it was submitted."""
     local = threading.local()
 
-    def bar_now() -> tuple[float, bool]:
-        return (pool.floor, False) if pool.threshold is None else (pool.threshold, True)
-
-    def work(cut: Callable | None, score: Callable | None, start: int, stop: int, value: float,
-             strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if cut is not None:
-            bufs = getattr(local, "cut_bufs", None)
-            if bufs is None:
-                bufs = local.cut_bufs = (np.empty(FUSED_CHUNK, dtype=np.int32),
-                                         *(np.empty(FUSED_CHUNK, dtype=np.float32) for _ in range(3)))
-            return cut(start, stop, value, strict, bufs)
+    def work(score: Callable, start: int, stop: int, value: float, strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = torch.empty(CHUNK, dtype=torch.float32)
@@ -325,28 +327,15 @@ def iter_candidates(src: ScoreSource, pool: GlobalTopK, threads: int, progress: 
         return idx, scores[idx]
 
     def jobs() -> Iterator[tuple[int, int, int, tuple]]:
-        cutter = getattr(src, "cutter", None)
         for tid, n in enumerate(src.numels):
-            if n == 0:
-                continue
-            cut = cutter(tid, min(n, FUSED_CHUNK)) if cutter is not None else None
-            step = FUSED_CHUNK if cut is not None else CHUNK
-            for start in range(0, n, step):
-                stop = min(n, start + step)
-                if cut is not None:
-                    cut = cutter(tid, stop)  # keeps the read-ahead going
-                    yield tid, start, stop, (cut, None, start, stop, *bar_now())
-                else:
-                    yield tid, start, stop, (None, src.scorer(tid, stop), start, stop, *bar_now())
+            for start in range(0, n, CHUNK):
+                stop = min(n, start + CHUNK)
+                bar_now = (pool.floor, False) if pool.threshold is None else (pool.threshold, True)
+                yield tid, start, stop, (src.scorer(tid, stop), start, stop, *bar_now)
 
-    bar = tqdm(total=sum(src.numels), unit="param", unit_scale=True, desc="scoring", disable=not progress or None)
+    bar = progress_bar(sum(src.numels), progress)
+    window: deque = deque()
     try:
-        if threads == 1:
-            for tid, start, stop, args in jobs():
-                yield (tid, start, *work(*args))
-                bar.update(stop - start)
-            return
-        window: deque = deque()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="safe-cpift-score") as pool_x:
             try:
                 for tid, start, stop, args in jobs():
@@ -366,6 +355,28 @@ def iter_candidates(src: ScoreSource, pool: GlobalTopK, threads: int, progress: 
         bar.close()
 
 
+def _fused_select(src: ScoreSource, k: int, floor: float, threads: int,
+                  progress: bool) -> tuple[dict[int, torch.Tensor], dict] | None:
+    """The global top k by the one-pass fused scan (`regions.fused_scan`), or None where it does not
+    apply (no kernels, a tensor that is not float32 in both models) or gave up (the floor misled)."""
+    total = sum(src.numels)
+    get_readers = getattr(src, "float32_readers", None)
+    if get_readers is None or not fused.worth_it(total):
+        return None
+    readers = get_readers()
+    if readers is None:
+        return None
+    bar = progress_bar(total, progress)
+    try:
+        got = fused_scan.select_top_k(readers, src.numels, k, floor, threads, expected=int(_margin(k)), bar=bar)
+    finally:
+        bar.close()
+    if got is None:
+        logger.info("sampled floor %.6g misled the fused scan; streaming selection instead", floor)
+        return None
+    return got[0], {"threshold": got[1]}
+
+
 def _select_global(src: ScoreSource, top_p: float, progress: bool,
                    threads: int = 1) -> tuple[dict[int, torch.Tensor], dict]:
     total = sum(src.numels)
@@ -373,9 +384,12 @@ def _select_global(src: ScoreSource, top_p: float, progress: bool,
     if k >= total:
         return {t: torch.arange(n) for t, n in enumerate(src.numels) if n}, {}
     floor = estimate_floor(sample_scores(src), _margin(k))
+    if floor is not None:
+        done = _fused_select(src, k, floor, threads, progress)
+        if done is not None:
+            return done
     pool = GlobalTopK(k, floor)
-    fusable = hasattr(src, "cutter") and floor is not None and fused.worth_it(total)
-    if floor is not None and hasattr(src, "scorer") and (threads > 1 or fusable):
+    if floor is not None and hasattr(src, "scorer") and threads > 1:
         for tid, off, idx, values in iter_candidates(src, pool, threads, progress):
             pool.add_candidates(tid, off, idx, values)
     else:

@@ -1,0 +1,130 @@
+"""One-pass exact global top-k of |θ_tuned − θ_base| over float32 pairs, with the compiled kernels.
+
+`select_top_k` is what `regions.select` runs for a `global` selection when every tensor of both
+models is float32 and the kernels of `regions.fused` are loaded:
+
+1. the tensors are cut into chunks, taken in order by `threads` worker threads as each gets free;
+   a worker reads a chunk of each model into reused buffers (`pread` from the checkpoint files, or
+   views of in-memory tensors) and keeps the index and score of every entry at or above the sampled
+   `floor` (`Kernels.cut`; the GIL is released in both);
+2. an exact radix select over the candidates' bit patterns finds the k-th largest score;
+3. one pass over the chunks in tensor order keeps the entries above it and, of those equal to it,
+   the earliest in (tensor, index) order — the tie-break of `regions.select` — writing each
+   tensor's indices (int32 unless a tensor has 2^31 entries or more) into one array.
+
+It gives up (returns None) when the floor kept fewer than k entries or more than `MAX_POOL` × k (the
+sample misled); the caller then runs the plain streaming selection, which is exact either way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from safe_cpift.regions import fused
+
+CHUNK = 1 << 18  # entries per kernel call (1 MiB per model: both chunks stay in cache while they are cut)
+MAX_POOL = 2.0  # give up when the candidates exceed this many times k (memory stays O(k))
+
+Reader = Callable[[int, int, np.ndarray], np.ndarray]
+Part = tuple[np.ndarray, np.ndarray]  # (int32 indices in the chunk, scores) of one chunk's candidates
+
+
+class _Scan:
+    """The chunks of one scan, handed out in order to whichever worker asks next, and the
+    candidates found in each (a chunk's slot stays None until it is done)."""
+
+    def __init__(self, readers: Sequence[tuple[Reader, Reader]], numels: Sequence[int], floor: float,
+                 chunk: int, limit: int, bar: object) -> None:
+        self.readers, self.floor, self.chunk, self.limit, self.bar = readers, np.float32(floor), chunk, limit, bar
+        self.jobs = [(t, s, min(n, s + chunk)) for t, n in enumerate(numels) for s in range(0, n, chunk)]
+        self.parts: list[Part | None] = [None] * len(self.jobs)
+        self._next = itertools.count()  # next() of a C iterator is atomic under the GIL
+        self._found = 0
+        self._lock = threading.Lock()
+        self.over = False
+
+    def work(self, share: int) -> None:
+        """A worker: cut chunks until none is left (or the candidates passed the limit). Candidates
+        go into arenas of this worker (a new, twice larger one when the current one is full), and
+        each chunk's slot gets views of them: no copy, one allocation per arena."""
+        kern = fused.kernels(load=False)
+        assert kern is not None
+        buf_b, buf_t = np.empty(self.chunk, dtype=np.float32), np.empty(self.chunk, dtype=np.float32)
+        size = share + self.chunk
+        idx, val, used = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float32), 0
+        for i in self._next:
+            if i >= len(self.jobs) or self.over:
+                return
+            tid, start, stop = self.jobs[i]
+            if idx.size - used < stop - start:  # room for a whole chunk of candidates
+                size = 2 * idx.size
+                idx, val, used = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float32), 0
+            read_b, read_t = self.readers[tid]
+            a, b = read_b(start, stop, buf_b), read_t(start, stop, buf_t)
+            m = int(kern.cut(a, b, self.floor, idx[used:], val[used:]))
+            self.parts[i] = (idx[used:used + m], val[used:used + m])
+            used += m
+            self.bar.update(stop - start)
+            with self._lock:
+                self._found += m
+                self.over = self.over or self._found > self.limit
+
+
+def select_top_k(readers: Sequence[tuple[Reader, Reader]], numels: Sequence[int], k: int, floor: float,
+                 threads: int = 1, *, expected: int | None = None, chunk: int | None = None,
+                 bar: object | None = None) -> tuple[dict[int, torch.Tensor], float] | None:
+    """The exact top k of |b − a| over float32 tensor pairs, ties to the earliest (tensor, index).
+
+    Args:
+        readers: per tensor, two thread-safe functions `(start, stop, buf) -> float32 array` giving
+            entries [start, stop) of the base and the tuned tensor (`TensorSource.float32_reader`).
+        numels: entries per tensor. k: entries to select (>= 1). floor: every selected score is
+            expected to be >= it (`select.estimate_floor`).
+        threads: worker threads. expected: candidates expected at the floor (sizes the first arenas;
+            default 1.25 k). chunk: entries per kernel call (default `CHUNK`). bar: a tqdm bar updated with the entries scanned.
+
+    Returns:
+        (sorted indices per tensor id, int32 unless a tensor has >= 2^31 entries; the k-th largest
+        score), or None when the floor kept
+        fewer than k entries or more than `MAX_POOL` × k (rerun without the fused scan).
+    """
+    kern = fused.kernels()
+    if kern is None:
+        raise RuntimeError("the fused scan needs numba: pip install 'safe-cpift[fast]'")
+    expected = int(expected if expected is not None else 1.25 * k)
+    scan = _Scan(readers, numels, floor, chunk or CHUNK, int(MAX_POOL * k), bar if bar is not None else _NoBar())
+    workers = max(1, min(threads, len(scan.jobs)))
+    if workers == 1:
+        scan.work(expected)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="safe-cpift-scan") as ex:
+            for fut in [ex.submit(scan.work, expected // workers) for _ in range(workers)]:
+                fut.result()
+    parts = [(scan.jobs[i], p) for i, p in enumerate(scan.parts) if p is not None and p[0].size]
+    if scan.over or sum(p[0].size for _, p in parts) < k:
+        return None
+    threshold, greater = fused.kth_largest_bits([v.view(np.int32) for _, (_, v) in parts], k)
+    ties = np.array([k - greater], dtype=np.int64)
+    picked = np.empty(k, dtype=np.int32 if max(numels) < 2**31 else np.int64)
+    bounds: dict[int, list[int]] = {}  # tensor id -> [first, end) in `picked`
+    m = 0
+    for (tid, start, _), (idx, val) in parts:  # chunks in (tensor, index) order
+        first = m
+        m = int(kern.pick(idx, val.view(np.int32), np.int32(threshold), ties, np.int64(start), picked, np.int64(m)))
+        if m > first:
+            bounds.setdefault(tid, [first, m])[1] = m
+    assert m == k, (m, k)
+    del parts, scan.parts
+    out = {tid: torch.from_numpy(picked[lo:hi]) for tid, (lo, hi) in bounds.items()}
+    return out, float(np.array([threshold], dtype=np.int32).view(np.float32)[0])
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
