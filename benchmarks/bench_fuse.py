@@ -10,12 +10,15 @@ Writes synthetic sharded Llama-shaped fp32 checkpoints (base, task a, task b; 1%
 task plus a 1% safety core) under `--root` (default: a temporary directory, deleted afterwards),
 brings them into the page cache, then times each mode in its own subprocess:
 
-* `fuse`: `safe_cpift.merge.fuse(base, {a, b}, regions, protect=safety, t=T, out_dir=...)` —
-  streams tensor by tensor, SLERPs the non-core entries, transplants the cores, keeps the safety core,
-  writes sharded safetensors atomically.
+* `fuse`: `safe_cpift.merge.fuse(base, {a, b}, regions, protect=safety, t=T, out_dir=...,
+  num_threads=--threads)` — streams tensor by tensor, SLERPs the non-core entries, transplants the
+  cores, keeps the safety core, writes sharded safetensors atomically (on a background thread).
+  With the `fast` extra its float32 passes are compiled (`merge.kernels`); loading them (numba
+  import, once per process) is excluded and printed apart, like mergekit's import.
 * `mergekit`: mergekit's own `run_merge` with `merge_method: slerp`, `base_model: a`, the same `t`
   (mergekit's `t` weighs the non-base model, as fuse's weighs the second task), `dtype: float32`,
-  in-process (its import time is excluded and printed apart).
+  `num_threads=--threads` and `async_write` (on unless `--no-mergekit-async-write`), in-process (its
+  import time is excluded and printed apart).
 * `loop` (`--against loop`): load both models whole, SLERP each whole tensor in float32, `save_file`.
 * `raw_io`: read every byte of both task models and write one model's bytes — the I/O floor.
 
@@ -130,7 +133,7 @@ def mergekit_config(root: Path, t: float) -> dict:
 
 
 def child(mode: str, root: Path, args: argparse.Namespace) -> dict:
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads(args.threads if mode in ("mergekit", "loop") else int(os.environ["OMP_NUM_THREADS"]))
     out = root / f"out_{mode}"
     shutil.rmtree(out, ignore_errors=True)
     import_s = 0.0
@@ -143,16 +146,20 @@ def child(mode: str, root: Path, args: argparse.Namespace) -> dict:
         import_s = time.perf_counter() - start
         config = MergeConfiguration.model_validate(mergekit_config(root, args.t))
         options = MergeOptions(device="cpu", copy_tokenizer=False, write_model_card=False, quiet=True,
-                               out_shard_size=args.shard_mb * 2**20, num_threads=1)
+                               out_shard_size=args.shard_mb * 2**20, num_threads=args.threads,
+                               async_write=args.mergekit_async_write)
     elif mode == "fuse":
-        from safe_cpift.merge import fuse
+        start = time.perf_counter()
+        from safe_cpift.merge import fuse, kernels
 
+        kernels.warm_up()  # numba import + kernel load, once per process (like mergekit's import, not timed)
+        import_s = time.perf_counter() - start
         task_regions, safety = regions(args)
     with AnonPeak() as anon:
         start = time.perf_counter()
         if mode == "fuse":
             fuse(root / "base", {"a": root / "a", "b": root / "b"}, task_regions, protect=safety, t=args.t,
-                 out_dir=out, max_shard_bytes=args.shard_mb * 2**20)
+                 out_dir=out, max_shard_bytes=args.shard_mb * 2**20, num_threads=args.threads)
         elif mode == "mergekit":
             run_merge(config, str(out), options=options)
         elif mode == "loop":
@@ -199,6 +206,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--shard-mb", type=int, default=200)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="threads of both merges: fuse's num_threads, mergekit's num_threads (default 2)")
+    p.add_argument("--mergekit-async-write", action=argparse.BooleanOptionalAction, default=True,
+                   help="mergekit's async_write (on by default: fuse writes on a background thread too)")
     p.add_argument("--root", default=None, help="where to write the checkpoints (default: a temp dir, deleted)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -210,7 +221,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def child_argv(mode: str, root: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, __file__, "--child", mode, "--root", str(root), "--vocab", str(args.vocab),
             "--hidden", str(args.hidden), "--inter", str(args.inter), "--layers", str(args.layers),
-            "--shard-mb", str(args.shard_mb), "--t", str(args.t)]
+            "--shard-mb", str(args.shard_mb), "--t", str(args.t), "--threads", str(args.threads),
+            "--mergekit-async-write" if args.mergekit_async_write else "--no-mergekit-async-write"]
 
 
 def main() -> int:
@@ -246,7 +258,7 @@ def main() -> int:
         best = {m: min(runs, key=lambda r: r["seconds"]) for m, runs in results.items()}
         gbps = {m: 2 * model_bytes / 1e9 / r["seconds"] for m, r in best.items()}
         for mode, r in best.items():
-            extra = f" (+{r['import_seconds']:.1f}s import, not counted)" if r["import_seconds"] else ""
+            extra = f" (+{r['import_seconds']:.1f}s import/setup, not counted)" if r["import_seconds"] else ""
             print(f"{mode:>9}: {r['seconds']:6.2f}s{extra}  {gbps[mode]:.2f} GB/s of task-model input  "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB (anonymous {r['peak_anon_rss_mb']:.0f} MB)")
         other = modes[1]

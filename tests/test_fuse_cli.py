@@ -45,6 +45,10 @@ def test_cli_fuse_json_matches_library(setup, tmp_path, capsys):
     assert all(torch.equal(got.get(n), want[n]) for n in want)
     manifest = json.loads((out / "fusion_manifest.json").read_text())
     assert manifest["extra"]["region_paths"]["math"] == str(root / "core_math")
+    rc = main(["fuse", "--base", str(root / "base"), "--task", f"math={root / 'math'}:{root / 'core_math'}",
+               "--task", f"code={root / 'code'}:{root / 'core_code'}", "--protect", str(root / "core_safety"),
+               "--threads", "0", "--out", str(tmp_path / "fused0")])
+    assert rc != 0 and "`num_threads` must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_three_tasks_human_summary(setup, tmp_path, capsys):

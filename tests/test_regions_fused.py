@@ -19,9 +19,9 @@ def kernel_loaded():
 
 
 def test_kernel_is_loaded_only_where_it_pays(monkeypatch):
-    monkeypatch.setattr(fused, "_KERNELS", None)
-    monkeypatch.setattr(fused, "_TRIED", False)
-    assert not fused.worth_it(10_000) and not fused._TRIED  # a small pair: numba is not even imported
+    monkeypatch.setattr(fused._LAZY, "value", None)
+    monkeypatch.setattr(fused._LAZY, "tried", False)
+    assert not fused.worth_it(10_000) and not fused._LAZY.tried  # a small pair: numba is not even imported
     monkeypatch.setattr(fused, "MIN_ENTRIES", 10_000)
     assert fused.worth_it(10_000) and fused.kernels(load=False) is not None
     monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     out, manifest = fuse_with_manifest(
         resolve_model(args.base), models, regions, protect=protect, protect_source=protect_source, t=args.t,
         t_schedule=t_schedule, out_dir=args.out, overwrite=args.overwrite, weights=weights or None,
-        metadata={"region_paths": region_paths, "protect_path": args.protect},
+        metadata={"region_paths": region_paths, "protect_path": args.protect}, num_threads=args.threads,
     )
     counts = manifest["counts"]
     if args.json:
@@ -120,6 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--t-schedule", default=None, metavar="T0,T1,...",
                    help="per-layer t for two tasks: points spread over the decoder layers, e.g. 0.3,0.7")
     p.add_argument("--out", required=True, type=os.fspath, help="output directory (save_pretrained layout)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads of the compiled float32 passes (`fast` extra; default: torch's thread count); "
+                        "the result is the same for any N")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=run)

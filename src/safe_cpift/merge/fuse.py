@@ -51,6 +51,7 @@ from safe_cpift.io import (
     dtype_name,
     state_dict_fingerprint,
 )
+from safe_cpift.merge import kernels
 from safe_cpift.merge.background import BackgroundWriter
 from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, spherical_mean
 from safe_cpift.merge.writer import PlannedShardWriter
@@ -182,9 +183,18 @@ def _member(sorted_pool: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if not sorted_pool.numel() or not values.numel():
         return torch.zeros(values.shape, dtype=torch.bool)
     pool, keys = sorted_pool.numpy(), values.to(sorted_pool.dtype).numpy()
+    kern = kernels.kernels(load=False)
+    if kern is not None and _ascending(keys):  # a merge walk (`merge.kernels.member`)
+        mask = np.zeros(keys.shape, dtype=np.bool_)
+        kern.member(keys, pool, mask)
+        return torch.from_numpy(mask)
     pos = np.searchsorted(pool, keys)
     np.minimum(pos, pool.size - 1, out=pos)
     return torch.from_numpy(pool[pos] == keys)
+
+
+def _ascending(x: np.ndarray) -> bool:
+    return x.size < 2 or bool((x[1:] >= x[:-1]).all())
 
 
 def _resolve_conflicts(idx: torch.Tensor, score: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,6 +240,8 @@ def _transplant(name, flat, base_flat, task_ts, regions, counts) -> list[torch.T
     """Copy every task's core entries into `flat`; entries in several cores go to the larger |Δθ|."""
     dtype = flat.dtype
     idx_list = [region.indices(name).to(torch.long) for region in regions]
+    if len(task_ts) == 2 and _transplant_compiled(flat, base_flat, task_ts, idx_list, counts):
+        return [i for i in idx_list if i.numel()]
     contested = [torch.zeros(len(i), dtype=torch.bool) for i in idx_list]
     for i, j in itertools.combinations(range(len(idx_list)), 2):
         hit = _member(idx_list[j], idx_list[i])
@@ -259,6 +271,21 @@ def _transplant(name, flat, base_flat, task_ts, regions, counts) -> list[torch.T
             flat[sel] = task_ts[rank].reshape(-1)[sel].to(dtype)
             counts["per_task"][rank] += sel.numel()
     return [i for i in idx_list if i.numel()]
+
+
+def _transplant_compiled(flat, base_flat, task_ts, idx_list, counts) -> bool:
+    """`_transplant` for two float32 tasks by one merge walk (`merge.kernels.transplant2`); False (and
+    nothing done) when the kernels are not loaded or a tensor is not float32."""
+    kern = kernels.kernels(load=False)
+    arrays = [kernels.as_float32(x) for x in (flat, base_flat, *task_ts)]
+    if kern is None or any(a is None for a in arrays):
+        return False
+    won = kernels.transplant(kern, *arrays, idx_list[0].numpy(), idx_list[1].numpy())  # first, second, both
+    counts["per_task"][0] += int(won[0])
+    counts["per_task"][1] += int(won[1])
+    counts["transplanted"] += int(won[0] + won[1])
+    counts["conflicts"] += int(won[2])
+    return True
 
 
 def _check_weights(weights: Mapping[str, float] | None, given: list[str], t: float,
@@ -318,7 +345,11 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
     if protect is not None:
         pidx = protect.indices(name).to(torch.long)
         if pidx.numel():
-            flat[pidx] = protect_t.reshape(-1)[pidx].to(dtype)
+            kern, dst, src = kernels.kernels(load=False), kernels.as_float32(flat), kernels.as_float32(protect_t)
+            if kern is not None and dst is not None and src is not None:
+                kern.copy_at(dst, src, pidx.numpy())
+            else:
+                flat[pidx] = protect_t.reshape(-1)[pidx].to(dtype)
             counts["protected"] += pidx.numel()
             over = torch.zeros(pidx.numel(), dtype=torch.bool)
             for idx in task_idx:
@@ -388,6 +419,7 @@ def fuse_with_manifest(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     metadata: Mapping[str, Any] | None = None,
     dtype: str | torch.dtype = "auto",
+    num_threads: int | None = None,
 ) -> tuple[dict[str, torch.Tensor] | Path, dict[str, Any]]:
     """Like `fuse`, but also returns the fusion manifest (counts, rules, inputs) as a dict."""
     if not isinstance(task_models, Mapping) or not task_models:
@@ -397,6 +429,8 @@ def fuse_with_manifest(
         extra = sorted(set(task_regions or {}) - set(task_models))
         raise ValueError(f"`task_regions` must have one region per task in `task_models` "
                          f"(missing: {missing}, unknown: {extra})")
+    if num_threads is not None and int(num_threads) < 1:
+        raise ValueError(f"`num_threads` must be >= 1, got {num_threads}")
     given = list(task_models)
     order = sorted(given)
     t = _check_t(t, "t")
@@ -423,6 +457,7 @@ def fuse_with_manifest(
     schedule = _make_schedule(t, t_schedule, names)
     order_given = [order.index(n) for n in given]
     out_dtypes = _output_dtypes(dtype, [base_fp, *task_fps.values(), *([protect_fp] if protect_fp else [])])
+    kernels.worth_it(sum(math.prod(shape) for shape, _ in base_fp.values()))  # loads them for a big model
     counts: dict[str, Any] = {"transplanted": 0, "conflicts": 0, "protected": 0, "protected_over_task": 0,
                               "core_rounded": 0, "per_task": [0] * len(order)}
 
@@ -464,7 +499,8 @@ def fuse_with_manifest(
                            "to keep them bit-exact", counts["core_rounded"], manifest["dtype"]["written"])
 
     if out_dir is None:
-        result = dict(tensors())
+        with kernels.threads(num_threads):
+            result = dict(tensors())
         finish_counts()
         return result, manifest
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -473,8 +509,9 @@ def fuse_with_manifest(
                                     max_shard_bytes=max_shard_bytes)
         background = BackgroundWriter(writer)  # writing tensor i overlaps computing tensor i + 1
         try:
-            for name, tensor in tensors():
-                background.add(name, tensor)
+            with kernels.threads(num_threads):
+                for name, tensor in tensors():
+                    background.add(name, tensor)
             background.close()
         except BaseException:
             background.abort()
@@ -525,8 +562,10 @@ def fuse(
             When `None`, return the fused state dict instead.
         **kwargs: `weights` (`dict[str, float]`: one non-negative weight per task, normalised to sum 1, for
             the weighted N-model SLERP of the non-core entries; not together with `t`/`t_schedule`),
-            `dot_threshold`, `overwrite`, `max_shard_bytes`, `metadata`, and `dtype` (`"auto"`, the
-            default: per tensor the widest input dtype, so core entries are bit-exact; or e.g. `"bfloat16"`).
+            `dot_threshold`, `overwrite`, `max_shard_bytes`, `metadata`, `dtype` (`"auto"`, the
+            default: per tensor the widest input dtype, so core entries are bit-exact; or e.g. `"bfloat16"`),
+            and `num_threads` (threads of the compiled float32 passes with the `fast` extra, default
+            torch's thread count; the result is the same for any number).
 
     Returns:
         `dict[str, torch.Tensor]` when `out_dir` is `None`, else the `Path` of the written directory.

@@ -19,14 +19,12 @@ least `MIN_ENTRIES` entries, enough for the faster scan to repay the per-process
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from safe_cpift.lazy_kernels import LazyKernels
 
 # The fused scan is ~0.5 ns per entry pair faster than the torch path on one thread and the kernels
 # cost 0.4–0.8 s to load per process (measured on a 2-core machine): they repay it from ~1G pairs.
@@ -41,10 +39,6 @@ class Kernels(NamedTuple):
     cut: Callable[..., int]
     histogram: Callable[..., None]
     pick: Callable[..., int]
-
-
-_KERNELS: Kernels | None = None
-_TRIED = False
 
 
 def _build() -> Kernels:
@@ -118,28 +112,19 @@ def _build() -> Kernels:
     return Kernels(cut, histogram, pick)
 
 
+_LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path")
+
+
 def kernels(load: bool = True) -> Kernels | None:
     """The compiled kernels, or None without numba (or with `SAFE_CPIFT_FUSED=0`, or when they are
-    not loaded yet and `load` is False). Compiled once per machine (cached on disk by numba), loaded
-    once per process: importing numba and loading them took 0.4–0.8 s here (`warm_up`)."""
-    global _KERNELS, _TRIED
-    if os.environ.get("SAFE_CPIFT_FUSED", "1") == "0":
-        return None
-    if not _TRIED and load:
-        _TRIED = True
-        try:
-            _KERNELS = _build()
-        except ImportError:
-            logger.debug("numba is not installed: region scoring uses the torch path (pip install 'safe-cpift[fast]')")
-    return _KERNELS
+    not loaded yet and `load` is False)."""
+    return _LAZY.get(load)
 
 
 def worth_it(entries: int) -> bool:
-    """Whether to score `entries` parameter pairs with the kernels: when they are loaded already, or
-    when the pair is big enough (>= `MIN_ENTRIES`) for the faster scan to repay loading them."""
-    if kernels(load=False) is not None:
-        return True
-    return entries >= MIN_ENTRIES and kernels() is not None
+    """Whether to use the kernels for `entries` entries: when they are loaded already, or when there
+    are at least `MIN_ENTRIES` (enough for the faster passes to repay loading them)."""
+    return _LAZY.worth_it(entries, MIN_ENTRIES)
 
 
 def warm_up() -> bool:
