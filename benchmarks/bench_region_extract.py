@@ -2,9 +2,10 @@
 
     OMP_NUM_THREADS=1 nice python benchmarks/bench_region_extract.py [--gb 1.0] [--top-p 0.01] [--threads N] [--keep DIR]
     OMP_NUM_THREADS=1 python benchmarks/bench_region_extract.py --quick     # 2 x 0.5 GB, one repeat: under 3 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_region_extract.py --quick --dtype bfloat16
 
-Writes a base and a tuned checkpoint (Llama-like tensor shapes, float32, `--gb` GB each, 256 MB
-shards) to a temporary directory, then times, each in a fresh subprocess so peak RSS is its own:
+Writes a base and a tuned checkpoint (Llama-like tensor shapes, float32 or `--dtype bfloat16`, `--gb`
+GB each, 256 MB shards) to a temporary directory, then times, each in a fresh subprocess so peak RSS is its own:
 
 - `raw`: read every byte of both checkpoints' .safetensors files (16 MB `readinto`, no parsing);
 - `touch`: open both with `safe_cpift.io.open_checkpoint` and sum every tensor (mmap + one pass);
@@ -47,20 +48,21 @@ def shapes(gb: float, hidden: int = 1024, inter: int = 2816, vocab: int = 32000)
     return llama_shapes(layers, hidden, inter, vocab)
 
 
-def write_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
+def write_pair(root: Path, gb: float, dtype: str = "float32") -> tuple[Path, Path, int]:
     import torch
 
     from safe_cpift.io import ShardedWriter
 
     g = torch.Generator().manual_seed(0)
     total = 0
+    cast = getattr(torch, dtype)
     with ShardedWriter(root / "base", max_shard_bytes=256 * 2**20) as wb, \
             ShardedWriter(root / "tuned", max_shard_bytes=256 * 2**20) as wt:
-        for name, shape in shapes(gb).items():
+        for name, shape in shapes(gb * 4 / cast.itemsize).items():  # gb of files in either dtype
             b = torch.randn(shape, generator=g) * 0.02
             t = b + torch.randn(shape, generator=g) * 1e-3
-            wb.add(name, b)
-            wt.add(name, t)
+            wb.add(name, b.to(cast))
+            wt.add(name, t.to(cast))
             total += b.numel()
     return root / "base", root / "tuned", total
 
@@ -118,6 +120,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                    help="num_threads of the extraction (default: 2, or 1 on a 1-core machine)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the checkpoints (bfloat16: twice the entries for the same bytes)")
     p.add_argument("--quick", action="store_true", help="2 x 0.5 GB, one repeat (under 3 minutes)")
     p.add_argument("--keep", default=None, help="write the checkpoints here and keep them")
     a = p.parse_args()
@@ -130,9 +134,9 @@ def main() -> int:
             base, tuned = root / "base", root / "tuned"
             total = None
         else:
-            base, tuned, total = write_pair(root, a.gb)
+            base, tuned, total = write_pair(root, a.gb, a.dtype)
         size = sum(f.stat().st_size for f in files(base, tuned))
-        print(f"checkpoints: 2 x {size / 2 / 1e9:.2f} GB in {len(files(base))} + {len(files(tuned))} shards "
+        print(f"checkpoints: 2 x {size / 2 / 1e9:.2f} GB {a.dtype} in {len(files(base))} + {len(files(tuned))} shards "
               f"({total or '?'} params each), written in {time.perf_counter() - t:.1f} s; "
               f"load average {os.getloadavg()[0]:.2f}, cpus {os.cpu_count()}")
         results: dict[tuple[str, str], list[dict]] = {}
@@ -162,7 +166,7 @@ def main() -> int:
         print(f"extract setup (imports + numba kernel load, once per process, not timed above): "
               f"{ex['setup_seconds']:.2f} s; fused kernel {'on' if ex['fused'] else 'off (torch path)'}")
         print(f"warm_ratio={ratios['warm']:.3f} cold_ratio={ratios['cold']:.3f} peak_anon_mb={anon:.0f} "
-              f"threads={a.threads} gb={size / 2 / 1e9:.2f} load={load:.2f} fused={int(ex['fused'])} "
+              f"threads={a.threads} gb={size / 2 / 1e9:.2f} dtype={a.dtype} load={load:.2f} fused={int(ex['fused'])} "
               f"setup_s={ex['setup_seconds']:.2f}")
     finally:
         if not a.keep:

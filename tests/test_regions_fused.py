@@ -29,6 +29,23 @@ def test_kernel_is_loaded_only_where_it_pays(monkeypatch):
 
 
 @pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 1000, 4099])
+def test_cut_bf16_widens_exactly(n):
+    rng = np.random.default_rng(n)
+    a = torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(torch.bfloat16)
+    b = torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(torch.bfloat16)
+    if n > 8:
+        b[3], a[4], b[5] = float("nan"), float("inf"), float("inf")
+    d = (b.float() - a.float()).abs().numpy()
+    idx, val = np.empty(n, np.int32), np.empty(n, np.float32)
+    for value in (0.0, 0.5, float(d[0]), 3.0):
+        want = np.flatnonzero(d >= np.float32(value))
+        bits_a, bits_b = a.view(torch.int16).numpy(), b.view(torch.int16).numpy()
+        m = fused.kernels().cut_bf16(bits_a, bits_b, np.float32(value), idx, val, *np.empty((2, n), np.int32))
+        assert np.array_equal(idx[:m], want), value
+        assert np.array_equal(val[:m], d[want])
+
+
+@pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 1000, 4099])
 def test_cut_equals_numpy(n):
     rng = np.random.default_rng(n)
     a = rng.standard_normal(n).astype(np.float32)
@@ -113,12 +130,20 @@ def count_fused_scans(monkeypatch):
     return results
 
 
+def as_dtype(sd, dtype):
+    """float32, bfloat16, or "mixed": bfloat16 matrices with float32 vectors (norms), as real checkpoints."""
+    if dtype == "mixed":
+        return {n: v if v.dim() == 1 else v.to(torch.bfloat16) for n, v in sd.items()}
+    return {n: v.to(dtype) for n, v in sd.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "mixed"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("top_p", [0.01, 0.08, 0.2])
-def test_fused_and_torch_paths_equal_the_reference(monkeypatch, tmp_path, threads, top_p):
+def test_fused_and_torch_paths_equal_the_reference(monkeypatch, tmp_path, threads, top_p, dtype):
     monkeypatch.setattr(fused_scan, "CHUNK", 1000)  # many chunks, taken by the workers in any order
     scans = count_fused_scans(monkeypatch)
-    base, tuned = tied_pair()
+    base, tuned = (as_dtype(sd, dtype) for sd in tied_pair())
     want = reference(base, tuned, top_p)
     dirs = write(tmp_path, "base", base), write(tmp_path, "tuned", tuned)
     for src in ((base, tuned), dirs):  # in-memory views and pread from sharded checkpoints
@@ -159,7 +184,7 @@ def test_a_read_error_in_a_worker_reaches_the_caller(monkeypatch):
         raise OSError("disk gone")
 
     ok = np.zeros(3000, np.float32)
-    readers = [(lambda s, e, buf: ok[s:e], lambda s, e, buf: ok[s:e]), (broken, broken)]
+    readers = [(lambda s, e, buf: ok[s:e], lambda s, e, buf: ok[s:e], "float32"), (broken, broken, "float32")]
     with pytest.raises(OSError, match="disk gone"):
         fused_scan.select_top_k(readers, [3000, 3000], k=5000, floor=0.0, threads=2, chunk=1000)
 

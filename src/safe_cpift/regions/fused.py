@@ -1,13 +1,14 @@
-"""Optional compiled kernels (numba) for an exact global top-k over float32 checkpoint pairs.
+"""Optional compiled kernels (numba) for an exact global top-k over float32 / bfloat16 checkpoint pairs.
 
 With the `fast` extra (`pip install "safe-cpift[fast]"`, numba) a region extraction reads each pair
-of float32 chunks once and keeps only the entries that can be in the top p, with no full-size
+of float32 (or bfloat16) chunks once and keeps only the entries that can be in the top p, with no full-size
 temporaries (`regions.fused_scan` drives the kernels); without it `regions.scoring` and
 `regions.select` do the same with torch and numpy. Both give the same region bit for bit: scores are
 float32 subtractions (no fast-math) and the cut is IEEE `>=`, so NaN never passes.
 
 Kernels (`Kernels`):
-- `cut`: (index, |b − a|) of the entries of a chunk pair with |b − a| >= floor;
+- `cut`: (index, |b − a|) of the entries of a float32 chunk pair with |b − a| >= floor; `cut_bf16`
+  the same for bfloat16 pairs (given as int16 bit patterns, widened to float32 exactly first);
 - `histogram`: count non-negative float32 values by the high or low half of their bits (for
   non-negative floats the bit pattern orders like the value), the two passes of a radix select;
 - `pick`: the indices of the values above a threshold, plus of the first `ties` equal to it.
@@ -37,6 +38,7 @@ class Kernels(NamedTuple):
     """The compiled kernels (see the module docstring)."""
 
     cut: Callable[..., int]
+    cut_bf16: Callable[..., int]
     histogram: Callable[..., None]
     pick: Callable[..., int]
 
@@ -83,6 +85,18 @@ def _build() -> Kernels:
         return m
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def cut_bf16(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray,
+                 wide_a: np.ndarray, wide_b: np.ndarray) -> np.int64:
+        # `cut` for bfloat16 pairs given as int16 bit patterns: widened exactly to float32 first (the
+        # 16 bits become the high half, in the int32 scratch arrays wide_a / wide_b of len(a) or more),
+        # then cut as float32, as the torch path subtracts bfloat16 weights in float32
+        n = a.shape[0]
+        for i in range(n):
+            wide_a[i] = np.int32(a[i]) << 16
+            wide_b[i] = np.int32(b[i]) << 16
+        return cut(wide_a[:n].view(np.float32), wide_b[:n].view(np.float32), floor, idx_out, val_out)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
     def histogram(bits: np.ndarray, high: np.int64, counts: np.ndarray) -> None:
         # high < 0: count by the high bits; else count by the low bits the entries whose high bits == high
         if high < 0:
@@ -109,7 +123,7 @@ def _build() -> Kernels:
                 ties[0] -= 1
         return m
 
-    return Kernels(cut, histogram, pick)
+    return Kernels(cut, cut_bf16, histogram, pick)
 
 
 _LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path")
@@ -135,6 +149,8 @@ def warm_up() -> bool:
     z = np.zeros(BLOCK + 1, dtype=np.float32)
     idx, val = np.empty(BLOCK + 1, dtype=np.int32), np.empty(BLOCK + 1, dtype=np.float32)
     m = k.cut(z, z, np.float32(0.0), idx, val)
+    zb, wide = np.zeros(BLOCK + 1, dtype=np.int16), np.empty(BLOCK + 1, dtype=np.int32)
+    k.cut_bf16(zb, zb, np.float32(0.0), idx, val, wide, wide.copy())
     bits = val[:m].view(np.int32)
     k.histogram(bits, np.int64(-1), np.zeros(1 << HIGH_BITS, dtype=np.int64))
     k.histogram(bits, np.int64(0), np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64))

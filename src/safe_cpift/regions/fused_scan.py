@@ -1,7 +1,7 @@
-"""One-pass exact global top-k of |θ_tuned − θ_base| over float32 pairs, with the compiled kernels.
+"""One-pass exact global top-k of |θ_tuned − θ_base| over float32 / bfloat16 pairs, with compiled kernels.
 
-`select_top_k` is what `regions.select` runs for a `global` selection when every tensor of both
-models is float32 and the kernels of `regions.fused` are loaded:
+`select_top_k` is what `regions.select` runs for a `global` selection when every tensor is float32
+or bfloat16 (the same in both models) and the kernels of `regions.fused` are loaded:
 
 1. the tensors are cut into chunks, taken in order by `threads` worker threads as each gets free;
    a worker reads a chunk of each model into reused buffers (`pread` from the checkpoint files, or
@@ -32,6 +32,7 @@ CHUNK = 1 << 18  # entries per kernel call (1 MiB per model: both chunks stay in
 MAX_POOL = 2.0  # give up when the candidates exceed this many times k (memory stays O(k))
 
 Reader = Callable[[int, int, np.ndarray], np.ndarray]
+RAW = {"float32": np.float32, "bfloat16": np.int16}  # what a reader returns for each dtype
 Part = tuple[np.ndarray, np.ndarray]  # (int32 indices in the chunk, scores) of one chunk's candidates
 
 
@@ -39,7 +40,7 @@ class _Scan:
     """The chunks of one scan, handed out in order to whichever worker asks next, and the
     candidates found in each (a chunk's slot stays None until it is done)."""
 
-    def __init__(self, readers: Sequence[tuple[Reader, Reader]], numels: Sequence[int], floor: float,
+    def __init__(self, readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence[int], floor: float,
                  chunk: int, limit: int, bar: object) -> None:
         self.readers, self.floor, self.chunk, self.limit, self.bar = readers, np.float32(floor), chunk, limit, bar
         self.jobs = [(t, s, min(n, s + chunk)) for t, n in enumerate(numels) for s in range(0, n, chunk)]
@@ -55,7 +56,10 @@ class _Scan:
         each chunk's slot gets views of them: no copy, one allocation per arena."""
         kern = fused.kernels(load=False)
         assert kern is not None
-        buf_b, buf_t = np.empty(self.chunk, dtype=np.float32), np.empty(self.chunk, dtype=np.float32)
+        bufs = {k: (np.empty(self.chunk, dtype=v), np.empty(self.chunk, dtype=v)) for k, v in RAW.items()}
+        wide = np.empty(self.chunk, dtype=np.int32), np.empty(self.chunk, dtype=np.int32)  # bfloat16 widened
+        cuts = {"float32": kern.cut,
+                "bfloat16": lambda a, b, floor, idx, val: kern.cut_bf16(a, b, floor, idx, val, *wide)}
         size = share + self.chunk
         idx, val, used = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float32), 0
         for i in self._next:
@@ -65,9 +69,10 @@ class _Scan:
             if idx.size - used < stop - start:  # room for a whole chunk of candidates
                 size = 2 * idx.size
                 idx, val, used = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float32), 0
-            read_b, read_t = self.readers[tid]
+            read_b, read_t, dtype = self.readers[tid]
+            buf_b, buf_t = bufs[dtype]
             a, b = read_b(start, stop, buf_b), read_t(start, stop, buf_t)
-            m = int(kern.cut(a, b, self.floor, idx[used:], val[used:]))
+            m = int(cuts[dtype](a, b, self.floor, idx[used:], val[used:]))
             self.parts[i] = (idx[used:used + m], val[used:used + m])
             used += m
             self.bar.update(stop - start)
@@ -76,14 +81,15 @@ class _Scan:
                 self.over = self.over or self._found > self.limit
 
 
-def select_top_k(readers: Sequence[tuple[Reader, Reader]], numels: Sequence[int], k: int, floor: float,
+def select_top_k(readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence[int], k: int, floor: float,
                  threads: int = 1, *, expected: int | None = None, chunk: int | None = None,
                  bar: object | None = None) -> tuple[dict[int, torch.Tensor], float] | None:
-    """The exact top k of |b − a| over float32 tensor pairs, ties to the earliest (tensor, index).
+    """The exact top k of |b − a| over float32 / bfloat16 tensor pairs, ties to the earliest (tensor, index).
 
     Args:
-        readers: per tensor, two thread-safe functions `(start, stop, buf) -> float32 array` giving
-            entries [start, stop) of the base and the tuned tensor (`TensorSource.float32_reader`).
+        readers: per tensor, two thread-safe functions `(start, stop, buf) -> array` giving entries
+            [start, stop) of the base and the tuned tensor (`TensorSource.raw_reader`), and their
+            dtype, `"float32"` or `"bfloat16"` (int16 bit patterns).
         numels: entries per tensor. k: entries to select (>= 1). floor: every selected score is
             expected to be >= it (`select.estimate_floor`).
         threads: worker threads. expected: candidates expected at the floor (sizes the first arenas;

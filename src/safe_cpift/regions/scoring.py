@@ -28,6 +28,8 @@ import torch
 from safe_cpift.regions.select import CHUNK
 
 PREFETCH = 1 << 24  # entries per model requested ahead of the scan (64 MiB of float32)
+# dtypes read raw by the fused scan, and the torch dtype their entries are viewed as
+RAW_DTYPES = {torch.float32: torch.float32, torch.bfloat16: torch.int16}
 
 logger = logging.getLogger(__name__)
 
@@ -112,27 +114,34 @@ class TensorSource:
         return self._fds[path]
 
     def float32_reader(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray] | None:
-        """A thread-safe `(start, stop, buf) -> entries [start, stop)` of a float32 tensor as a numpy
-        array: `pread` from the checkpoint file into `buf` (a copy from the page cache, as fast as a
-        plain read and with no page mapping), or a view of an in-memory tensor. None for another dtype.
+        """`raw_reader` of a float32 tensor (entries as float32); None for another dtype."""
+        return self.raw_reader(name) if self.dtypes[name] == torch.float32 else None
+
+    def raw_reader(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray] | None:
+        """A thread-safe `(start, stop, buf) -> entries [start, stop)` of a float32 or bfloat16 tensor
+        as a numpy array (float32, or the int16 bit patterns of bfloat16; `buf` of that dtype):
+        `pread` from the checkpoint file into `buf` (a copy from the page cache, as fast as a plain
+        read and with no page mapping), or a view of an in-memory tensor. None for another dtype.
 
         A read first asks for pages already in the page cache only (`RWF_NOWAIT`); when some are
         missing it asks the kernel to read the next `PREFETCH` entries of the file ahead
         (`POSIX_FADV_WILLNEED`) and waits for its own. A warm file costs no hint at all."""
-        if self.dtypes[name] != torch.float32:
+        view_as = RAW_DTYPES.get(self.dtypes[name])
+        if view_as is None:
             return None
+        size = self.dtypes[name].itemsize
         where = self._ranges.get(name)
-        if where is None or where[2] - where[1] != 4 * self.numel(name) or sys.byteorder != "little":
+        if where is None or where[2] - where[1] != size * self.numel(name) or sys.byteorder != "little":
             flat = self.get(name).reshape(-1)
             if flat.device.type != "cpu":
                 flat = flat.cpu()
-            arr = flat.numpy()
+            arr = flat.view(view_as).numpy()
             return lambda start, stop, buf: arr[start:stop]
         path, fd, begin = where[0], self._fd(where[0]), where[1]
 
         def read(start: int, stop: int, buf: np.ndarray) -> np.ndarray:
             out = buf[: stop - start]
-            view, pos = memoryview(out).cast("B"), begin + 4 * start
+            view, pos = memoryview(out).cast("B"), begin + size * start
             while view.nbytes:
                 if self._nowait:
                     try:
@@ -217,8 +226,8 @@ class UpdateScores:
         self.numels = [base.numel(n) for n in base.names]
         self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._buf = torch.empty(0)
-        self._reads: tuple[np.ndarray, ...] = ()
-        self._f32: tuple | None = None  # (tensor id, base reader, tuned reader) for `chunk`
+        self._reads: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}  # `chunk`'s read buffers
+        self._raw: tuple | None = None  # (tensor id, dtype, base reader, tuned reader) for `chunk`
         self.prefetch = True
         self._ahead = (0, 0)  # (tensor id, entry) up to which reads were requested
 
@@ -245,21 +254,30 @@ class UpdateScores:
         return self._cached[1], self._cached[2]
 
     def chunk(self, tid: int, start: int, stop: int) -> torch.Tensor:
-        """Scores of entries [start, stop) of tensor `tid`; valid until the next call. Float32 tensors
-        of a checkpoint are read with `pread` (`TensorSource.float32_reader`), no page mapping."""
+        """Scores of entries [start, stop) of tensor `tid`; valid until the next call. Float32 and
+        bfloat16 tensors of a checkpoint are read with `pread` (`TensorSource.raw_reader`), no page
+        mapping; either way the score is the float32 |θ_tuned − θ_base| of `scorer`."""
         if self._buf.numel() < stop - start:
             self._buf = torch.empty(max(stop - start, CHUNK), dtype=torch.float32)
-            self._reads = tuple(np.empty(self._buf.numel(), dtype=np.float32) for _ in range(2))
-        if self._f32 is None or self._f32[0] != tid:
+            self._reads = {}
+        if self._raw is None or self._raw[0] != tid:
             name = self.names[tid]
-            self._f32 = (tid, self.base.float32_reader(name), self.tuned.float32_reader(name))
-        _, read_b, read_t = self._f32
+            dtype = self.base.dtypes[name]
+            same = self.tuned.dtypes[name] == dtype
+            self._raw = (tid, dtype, self.base.raw_reader(name) if same else None, self.tuned.raw_reader(name))
+        _, dtype, read_b, read_t = self._raw
         if read_b is None or read_t is None:
             return self.scorer(tid, stop)(start, stop, self._buf)
-        b, t = read_b(start, stop, self._reads[0]), read_t(start, stop, self._reads[1])
-        out = self._buf[: stop - start].numpy()
-        np.abs(np.subtract(t, b, out=out), out=out)
-        return self._buf[: stop - start]
+        if dtype not in self._reads:
+            view = RAW_DTYPES[dtype]
+            self._reads[dtype] = tuple(torch.empty(self._buf.numel(), dtype=view).numpy() for _ in range(2))
+        buf_b, buf_t = self._reads[dtype]
+        b = torch.from_numpy(read_b(start, stop, buf_b)).view(dtype)
+        t = torch.from_numpy(read_t(start, stop, buf_t)).view(dtype)
+        out = self._buf[: stop - start]
+        if dtype == torch.float32:
+            return torch.sub(t, b, out=out).abs_()
+        return torch.sub(t.float(), b.float(), out=out).abs_()  # exact widening, float32 difference
 
     def scorer(self, tid: int, stop: int) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
         """A function `(start, stop, buf) -> scores` of tensor `tid` that is safe to call from worker
@@ -278,16 +296,19 @@ class UpdateScores:
 
         return score
 
-    def float32_readers(self) -> list[tuple[Callable, Callable]] | None:
-        """Per tensor, the base's and the tuned model's `TensorSource.float32_reader` (thread-safe
-        `(start, stop, buf) -> entries`), for the fused scan (`regions.fused_scan`); None unless
-        every tensor of both models is float32."""
+    def raw_readers(self) -> list[tuple[Callable, Callable, str]] | None:
+        """Per tensor, the base's and the tuned model's `TensorSource.raw_reader` (thread-safe
+        `(start, stop, buf) -> entries`) and the dtype name they share, for the fused scan
+        (`regions.fused_scan`); None unless every tensor is float32 or bfloat16 in both models."""
         readers = []
         for name in self.names:
-            pair = self.base.float32_reader(name), self.tuned.float32_reader(name)
-            if pair[0] is None or pair[1] is None:
+            dtype = self.base.dtypes[name]
+            if self.tuned.dtypes[name] != dtype or dtype not in RAW_DTYPES:
                 return None
-            readers.append(pair)
+            read_b, read_t = self.base.raw_reader(name), self.tuned.raw_reader(name)
+            if read_b is None or read_t is None:
+                return None
+            readers.append((read_b, read_t, str(dtype).removeprefix("torch.")))
         return readers
 
 

@@ -358,9 +358,10 @@ def iter_candidates(src: ScoreSource, pool: GlobalTopK, threads: int, progress: 
 def _fused_select(src: ScoreSource, k: int, floor: float, threads: int,
                   progress: bool) -> tuple[dict[int, torch.Tensor], dict] | None:
     """The global top k by the one-pass fused scan (`regions.fused_scan`), or None where it does not
-    apply (no kernels, a tensor that is not float32 in both models) or gave up (the floor misled)."""
+    apply (no kernels, a tensor that is not float32 or bfloat16 in both models) or gave up (the floor
+    misled)."""
     total = sum(src.numels)
-    get_readers = getattr(src, "float32_readers", None)
+    get_readers = getattr(src, "raw_readers", None)
     if get_readers is None or not fused.worth_it(total):
         return None
     readers = get_readers()
