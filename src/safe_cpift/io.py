@@ -40,6 +40,12 @@ def state_dict_fingerprint(tensors: Mapping[str, torch.Tensor]) -> Fingerprint:
     return {name: (list(t.shape), dtype_name(t.dtype)) for name, t in tensors.items()}
 
 
+# safetensors header dtype codes (`get_slice(name).get_dtype()`); others are read from the tensor
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
 class CheckpointReader:
     """Lazy reader over one or several safetensors files of a checkpoint.
 
@@ -94,7 +100,10 @@ class CheckpointReader:
         return tuple(self._slice(name).get_shape())
 
     def dtype(self, name: str) -> torch.dtype:
-        return self.get(name).dtype
+        """The tensor's dtype, from the file header (no tensor is made)."""
+        code = self._slice(name).get_dtype()
+        dtype = _SAFETENSORS_DTYPES.get(code)
+        return dtype if dtype is not None else self.get(name).dtype
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor (a view of the memory-mapped file: cheap until its data is touched)."""

@@ -240,8 +240,8 @@ def sample_scores(src: ScoreSource, budget: int = SAMPLE_BUDGET) -> list[tuple[i
 
 def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float) -> float | None:
     """Highest score value with an estimated `target` entries at or above it (None: keep all)."""
-    scores = torch.cat([s for _, s, _ in samples])
-    weights = torch.cat([torch.full((s.numel(),), w, dtype=torch.float64) for _, s, w in samples])
+    scores = torch.from_numpy(np.concatenate([s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]))
+    weights = np.repeat(np.array([w for _, _, w in samples], dtype=np.float64), [s.numel() for _, s, _ in samples])
     m = scores.numel()
     total = float(weights.sum())
     if target >= total:
@@ -251,8 +251,8 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
     head = min(m, int(1.5 * target * m / total) + 1024)
     while True:
         values, order = _top(scores, head)
-        cum = torch.cumsum(weights[order], 0)
-        pos = int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64)))
+        cum = np.cumsum(weights[order.numpy()])
+        pos = int(np.searchsorted(cum, target))
         if pos < values.numel():
             return float(values[pos])
         if head >= m:
