@@ -8,7 +8,8 @@ mergekit comes with the optional extra: `pip install -c constraints-cpu.txt -e "
 
 Writes synthetic sharded Llama-shaped fp32 checkpoints (base, task a, task b; 1% random cores per
 task plus a 1% safety core) under `--root` (default: a temporary directory, deleted afterwards),
-brings them into the page cache, then times each mode in its own subprocess:
+brings them into the page cache and flushes dirty pages (`os.sync()`, so the write-back of earlier
+outputs does not run during a timed mode), then times each mode in its own subprocess:
 
 * `fuse`: `safe_cpift.merge.fuse(base, {a, b}, regions, protect=safety, t=T, out_dir=...,
   num_threads=--threads)` — streams tensor by tensor, SLERPs the non-core entries, transplants the
@@ -250,6 +251,7 @@ def main() -> int:
         for _ in range(args.repeats):
             for mode in modes:
                 read_files(files(root / "base", root / "a", root / "b"))  # warm page cache for every mode
+                os.sync()  # no write-back of earlier outputs during the timed run
                 res = subprocess.run(child_argv(mode, root, args), capture_output=True, text=True, env=env)
                 if res.returncode:
                     print(res.stderr[-3000:], file=sys.stderr)

@@ -135,6 +135,7 @@ def main() -> int:
             total = None
         else:
             base, tuned, total = write_pair(root, a.gb, a.dtype)
+        os.sync()  # the checkpoints just written: no write-back during the timed runs
         size = sum(f.stat().st_size for f in files(base, tuned))
         print(f"checkpoints: 2 x {size / 2 / 1e9:.2f} GB {a.dtype} in {len(files(base))} + {len(files(tuned))} shards "
               f"({total or '?'} params each), written in {time.perf_counter() - t:.1f} s; "
