@@ -19,16 +19,23 @@ from safe_cpift.merge import fuse_with_manifest, kernels
 slerp_module = importlib.import_module("safe_cpift.merge.slerp")
 
 
+@pytest.fixture(scope="module")
+def loaded():
+    """Kernels loaded once for this module, and unloaded after it (other modules keep torch's path)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels._LAZY, "value", kernels._LAZY.value)
+        mp.setattr(kernels._LAZY, "tried", kernels._LAZY.tried)
+        assert kernels.warm_up(), "numba is missing: pip install -c constraints-cpu.txt -e '.[dev]'"
+        yield kernels.kernels()
+
+
 @pytest.fixture(autouse=True)
-def compiled(monkeypatch):
-    """Kernels loaded (restored afterwards), passes split over 2 threads from 64 entries on."""
-    monkeypatch.setattr(kernels._LAZY, "value", kernels._LAZY.value)
-    monkeypatch.setattr(kernels._LAZY, "tried", kernels._LAZY.tried)
+def compiled(loaded, monkeypatch):
+    """Passes split over 2 threads from 64 entries on."""
     monkeypatch.setattr(kernels, "MIN_SPLIT", 64)
-    assert kernels.warm_up(), "numba is missing: pip install -c constraints-cpu.txt -e '.[dev]'"
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    yield kernels.kernels()
+    yield loaded
     torch.set_num_threads(threads)
 
 
@@ -103,7 +110,7 @@ def test_fuse_through_the_kernels_equals_torch(monkeypatch):
 
 
 def test_loaded_only_for_big_models_or_when_loaded_already(monkeypatch):
-    monkeypatch.setattr(kernels._LAZY, "value", None)
+    monkeypatch.setattr(kernels._LAZY, "value", None)  # as in a fresh process (restored afterwards)
     monkeypatch.setattr(kernels._LAZY, "tried", False)
     assert not kernels.worth_it(kernels.MIN_ENTRIES - 1) and not kernels._LAZY.tried
     assert kernels.worth_it(kernels.MIN_ENTRIES) and kernels.worth_it(1)  # loaded now: used for any size

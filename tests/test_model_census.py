@@ -101,7 +101,8 @@ class Witness:
 
         class AtTrainBegin(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                witness.count([o for o in gc.get_objects() if isinstance(o, PreTrainedModel)])
+                # type(), not isinstance(): isinstance on a dead weakref.proxy among gc's objects raises
+                witness.count([o for o in gc.get_objects() if issubclass(type(o), PreTrainedModel)])
 
         return AtTrainBegin()
 
