@@ -231,3 +231,17 @@ def test_half_way_is_bitwise_symmetric():
     for shape in [(33,), (64, 48), (1100, 1000)]:
         a, b = torch.randn(shape, generator=g), 0.3 * torch.randn(shape, generator=g)
         assert torch.equal(slerp(0.5, a, b), slerp(0.5, b, a))
+
+
+def test_slerp_writes_into_a_given_buffer():
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    buf = torch.full((30,), -1.0)
+    for t in (0.0, 0.3, 1.0):
+        got = slerp(t, a, b, out=buf)
+        assert torch.equal(got, slerp(t, a, b)) and got.shape == a.shape
+        assert got.data_ptr() == buf.data_ptr() and torch.equal(buf[20:], torch.full((10,), -1.0))
+    with pytest.raises(ValueError, match="`out` must be a contiguous torch.float32 tensor of at least 20"):
+        slerp(0.3, a, b, out=torch.empty(19))
+    with pytest.raises(ValueError, match="`out`"):
+        slerp(0.3, a, b, out=torch.empty(20, dtype=torch.float64))

@@ -110,3 +110,47 @@ def test_background_writer_keeps_order_and_reports_errors(tmp_path):
     writer.close()
     got = load_file(str(tmp_path / SINGLE_FILE))
     assert all(torch.equal(got[n], sd[n]) for n in sd)
+
+
+def test_buffer_pool_reuses_written_outputs_and_never_stalls_after_an_error():
+    import threading
+
+    from safe_cpift.merge.background import BackgroundWriter, BufferPool
+
+    class Writer:
+        def __init__(self, fail_at=None):
+            self.sums, self.fail_at = [], fail_at
+
+        def add(self, name, tensor):
+            if name == self.fail_at:
+                raise OSError("disk full")
+            self.sums.append(float(tensor.sum()))
+
+    pool = BufferPool(10, count=2)
+    writer = Writer()
+    bg = BackgroundWriter(writer, on_written=pool.give)
+    pointers = set()
+    for i in range(8):
+        out = pool.take(5 + i % 3)  # a view of one of at most two buffers
+        out.fill_(float(i))
+        pointers.add(out.data_ptr())
+        bg.add(f"t{i}", out)
+    bg.close()
+    assert writer.sums == [float(i) * (5 + i % 3) for i in range(8)]  # each written before its buffer was reused
+    assert len(pointers) == 2
+    with pytest.raises(ValueError, match="does not fit"):
+        pool.take(11)
+
+    def run():  # a failed write still hands its buffer back: the next take does not wait forever
+        bg = BackgroundWriter(Writer(fail_at="t1"), on_written=pool.give)
+        try:
+            for i in range(6):
+                bg.add(f"t{i}", pool.take(4))
+            bg.close()
+        except OSError:
+            bg.abort()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "pool.take waited for a buffer the failed writer never gave back"

@@ -52,7 +52,7 @@ from safe_cpift.io import (
     state_dict_fingerprint,
 )
 from safe_cpift.merge import kernels
-from safe_cpift.merge.background import BackgroundWriter
+from safe_cpift.merge.background import BackgroundWriter, BufferPool
 from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, spherical_mean
 from safe_cpift.merge.writer import PlannedShardWriter
 from safe_cpift.models import as_state_dict
@@ -317,11 +317,12 @@ def _check_weights(weights: Mapping[str, float] | None, given: list[str], t: flo
 
 
 def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t, t_name, dot_threshold, counts,
-                 out_dtype, weights=None):
+                 out_dtype, weights=None, pool=None):
     """One output tensor in `out_dtype`; `task_ts`/`regions`/`weights` are in sorted task-name order.
 
     Computed in float32 (float64 when an input is float64): SLERP, then the exact copies of task cores
-    and protected entries; cast to `out_dtype` once at the end.
+    and protected entries; cast to `out_dtype` once at the end. A two-task float32 output is written
+    into a buffer of `pool` (`background.BufferPool`) when one is given.
     """
     if not base_t.is_floating_point():
         if any(not torch.equal(base_t, x) for x in task_ts):
@@ -335,7 +336,8 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
         out = task_ts[0].clone()
     elif n == 2 and weights is None:
         a, b = (task_ts[i] for i in order_given)
-        out = slerp(t_name, a, b, dot_threshold=dot_threshold)
+        reuse = pool is not None and dtype == out_dtype == torch.float32
+        out = slerp(t_name, a, b, dot_threshold=dot_threshold, out=pool.take(a.numel()) if reuse else None)
     else:
         out = spherical_mean(task_ts, weights, dot_threshold=dot_threshold)
     out = out.to(dtype).contiguous()
@@ -461,14 +463,14 @@ def fuse_with_manifest(
     counts: dict[str, Any] = {"transplanted": 0, "conflicts": 0, "protected": 0, "protected_over_task": 0,
                               "core_rounded": 0, "per_task": [0] * len(order)}
 
-    def tensors():
+    def tensors(pool: BufferPool | None = None):
         from tqdm.auto import tqdm
 
         for name in tqdm(names, desc="fuse", unit="tensor", disable=None, leave=False):
             yield name, _fuse_tensor(
                 name, sd_base[name], [sd[name] for sd in sd_tasks], order_given, regions, protect,
                 sd_protect[name] if protect is not None else None, schedule(name), dot_threshold, counts,
-                out_dtypes[name], sorted_weights)
+                out_dtypes[name], sorted_weights, pool)
 
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -507,10 +509,13 @@ def fuse_with_manifest(
         # shapes are the base's, dtypes the output's: plan the shards up front, stream each tensor
         writer = PlannedShardWriter(tmp, {n: (base_fp[n][0], out_dtypes[n]) for n in names},
                                     max_shard_bytes=max_shard_bytes)
-        background = BackgroundWriter(writer)  # writing tensor i overlaps computing tensor i + 1
+        float32 = [math.prod(base_fp[n][0]) for n in names if out_dtypes[n] == "float32"]
+        pool = BufferPool(max(float32)) if float32 else None  # outputs reused once written
+        # writing tensor i overlaps computing tensor i + 1
+        background = BackgroundWriter(writer, on_written=pool.give if pool is not None else None)
         try:
             with kernels.threads(num_threads):
-                for name, tensor in tensors():
+                for name, tensor in tensors(pool):
                     background.add(name, tensor)
             background.close()
         except BaseException:

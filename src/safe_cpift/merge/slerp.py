@@ -69,17 +69,18 @@ def _gram(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     return gram.triu() + gram.triu(1).T
 
 
-def _weighted_sum(weights: Sequence[float], vectors: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def _weighted_sum(weights: Sequence[float], vectors: Sequence[torch.Tensor], like: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """sum_i weights[i] * vectors[i], computed in float32 (float64 for float64) chunk by chunk.
 
     Products are rounded before they are added (no fused multiply-add), so equal weights make the
     sum bitwise independent of the order of two inputs. Two preallocated chunk buffers are reused
     (fresh multi-MB temporaries would each be page-faulted in again), and an output in the compute
-    dtype is written in place.
+    dtype is written in place: `out` (its first `like.numel()` entries, `like`'s dtype) when given.
     """
     cdtype = _compute_dtype(like.dtype)
     numel = like.numel()
-    out = torch.empty(numel, dtype=like.dtype, device=like.device)
+    out = _output(like, out)
     if len(vectors) == 2 and like.dtype == torch.float32:
         kern, a, b = kernels.kernels(load=False), kernels.as_float32(vectors[0]), kernels.as_float32(vectors[1])
         if kern is not None and a is not None and b is not None:  # the compiled pass, bit for bit the same
@@ -103,6 +104,15 @@ def _weighted_sum(weights: Sequence[float], vectors: Sequence[torch.Tensor], lik
         if acc_buf is not None:
             out[start:stop] = acc
     return out.view(like.shape)
+
+
+def _output(like: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """A flat tensor for `like.numel()` results of `like`'s dtype: `out`'s first entries, or a new one."""
+    if out is None:
+        return torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+    if out.dtype != like.dtype or not out.is_contiguous() or out.numel() < like.numel():
+        raise ValueError(f"`out` must be a contiguous {like.dtype} tensor of at least {like.numel()} entries")
+    return out.view(-1)[: like.numel()]
 
 
 def lerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
@@ -131,6 +141,8 @@ def slerp(
     v1: torch.Tensor,
     dot_threshold: float = DOT_THRESHOLD,
     eps: float = 1e-8,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Spherical linear interpolation between two tensors of the same shape.
 
@@ -146,31 +158,34 @@ def slerp(
             directions are (anti)colinear and plain linear interpolation is used instead.
         eps (`float`, *optional*, defaults to `1e-8`): zero-norm guard; if either tensor's norm is below
             it, the angle is undefined and linear interpolation is used.
+        out (`torch.Tensor`, *optional*): a contiguous tensor of `v0`'s dtype with at least `v0.numel()`
+            entries to write the result into (e.g. a reused buffer); by default a new tensor.
 
     Returns:
-        `torch.Tensor`: a new tensor with the dtype and shape of `v0`.
+        `torch.Tensor`: the result, with the dtype and shape of `v0` (a view of `out` when given).
     """
     _check_pair(v0, v1)
     t = float(t)
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"`t` must be in [0, 1], got {t}")
-    if t == 0.0:
-        return v0.clone()
-    if t == 1.0:
-        return v1.to(v0.dtype, copy=True)
+    if t == 0.0 or t == 1.0:
+        end = v0 if t == 0.0 else v1
+        if out is None:
+            return end.to(v0.dtype, copy=True)
+        return _output(v0, out).copy_(end.reshape(-1)).view(v0.shape)
     gram = _gram([v0, v1])
     n0, n1 = math.sqrt(float(gram[0, 0])), math.sqrt(float(gram[1, 1]))
     if n0 < eps or n1 < eps:
-        return _weighted_sum([1.0 - t, t], [v0, v1], v0)
+        return _weighted_sum([1.0 - t, t], [v0, v1], v0, out)
     dot = float(gram[0, 1]) / (n0 * n1)
     dot = min(1.0, max(-1.0, dot))
     if abs(dot) > dot_threshold:
-        return _weighted_sum([1.0 - t, t], [v0, v1], v0)
+        return _weighted_sum([1.0 - t, t], [v0, v1], v0, out)
     theta = math.acos(dot)
     sin_theta = math.sin(theta)
     s0 = math.sin((1.0 - t) * theta) / sin_theta
     s1 = math.sin(t * theta) / sin_theta
-    return _weighted_sum([s0, s1], [v0, v1], v0)
+    return _weighted_sum([s0, s1], [v0, v1], v0, out)
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
