@@ -22,7 +22,7 @@ def test_kernel_is_loaded_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(fused._LAZY, "value", None)
     monkeypatch.setattr(fused._LAZY, "tried", False)
     assert not fused.worth_it(10_000) and not fused._LAZY.tried  # a small pair: numba is not even imported
-    monkeypatch.setattr(fused, "MIN_ENTRIES", 10_000)
+    monkeypatch.setattr(fused._LAZY, "min_entries", 10_000)
     assert fused.worth_it(10_000) and fused.kernels(load=False) is not None
     monkeypatch.setenv("SAFE_CPIFT_FUSED", "0")
     assert not fused.worth_it(10**12) and fused.kernels() is None
@@ -201,7 +201,7 @@ def test_mixed_dtypes_fall_back_to_torch(monkeypatch):
 
 
 def test_reads_ask_for_read_ahead_only_when_pages_are_missing(monkeypatch, tmp_path):
-    """`float32_reader` reads with RWF_NOWAIT: a warm file costs no hint; a miss asks the kernel for the
+    """`raw_reader` reads with RWF_NOWAIT: a warm file costs no hint; a miss asks the kernel for the
     next PREFETCH entries once, then reads blocking; a file system without RWF_NOWAIT reads plainly."""
     import errno
     import os
@@ -226,7 +226,7 @@ def test_reads_ask_for_read_ahead_only_when_pages_are_missing(monkeypatch, tmp_p
     for behaviour in ("warm", "miss", "unsupported"):
         hints.clear(), calls.clear()
         src = scoring.TensorSource(path)
-        read = src.float32_reader("w")
+        read = src.raw_reader("w")
         buf = np.empty(50_000, np.float32)
         for start in range(0, 50_000, 10_000):
             assert np.array_equal(read(start, start + 10_000, buf), data[start:start + 10_000].numpy())

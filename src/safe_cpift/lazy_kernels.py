@@ -24,11 +24,13 @@ class LazyKernels(Generic[K]):
     Args:
         build: returns the kernels (imports numba; an ImportError means "not installed").
         fallback: what runs instead, for the debug log (e.g. "region scoring uses torch").
+        min_entries: the work size (entries) from which loading the kernels repays itself.
     """
 
-    def __init__(self, build: Callable[[], K], fallback: str) -> None:
+    def __init__(self, build: Callable[[], K], fallback: str, min_entries: int) -> None:
         self.build = build
         self.fallback = fallback
+        self.min_entries = min_entries
         self.value: K | None = None
         self.tried = False
 
@@ -44,9 +46,9 @@ class LazyKernels(Generic[K]):
                 logger.debug("numba is not installed: %s (pip install 'safe-cpift[fast]')", self.fallback)
         return self.value
 
-    def worth_it(self, entries: int, min_entries: int) -> bool:
+    def worth_it(self, entries: int) -> bool:
         """Whether to use the kernels for `entries` entries: when they are loaded already, or when
-        there are at least `min_entries` (enough to repay loading them)."""
+        there are at least `min_entries` (loading them then, as that repays itself)."""
         if self.get(load=False) is not None:
             return True
-        return entries >= min_entries and self.get() is not None
+        return entries >= self.min_entries and self.get() is not None

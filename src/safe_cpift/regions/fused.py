@@ -126,19 +126,9 @@ def _build() -> Kernels:
     return Kernels(cut, cut_bf16, histogram, pick)
 
 
-_LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path")
-
-
-def kernels(load: bool = True) -> Kernels | None:
-    """The compiled kernels, or None without numba (or with `SAFE_CPIFT_FUSED=0`, or when they are
-    not loaded yet and `load` is False)."""
-    return _LAZY.get(load)
-
-
-def worth_it(entries: int) -> bool:
-    """Whether to use the kernels for `entries` entries: when they are loaded already, or when there
-    are at least `MIN_ENTRIES` (enough for the faster passes to repay loading them)."""
-    return _LAZY.worth_it(entries, MIN_ENTRIES)
+_LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path", MIN_ENTRIES)
+# kernels(load=True): the kernels or None; worth_it(entries): use them for this much work? (`LazyKernels`)
+kernels, worth_it = _LAZY.get, _LAZY.worth_it
 
 
 def warm_up() -> bool:

@@ -41,7 +41,7 @@ class _Scan:
     candidates found in each (a chunk's slot stays None until it is done)."""
 
     def __init__(self, readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence[int], floor: float,
-                 chunk: int, limit: int, bar: object) -> None:
+                 chunk: int, limit: int, bar: object | None) -> None:
         self.readers, self.floor, self.chunk, self.limit, self.bar = readers, np.float32(floor), chunk, limit, bar
         self.jobs = [(t, s, min(n, s + chunk)) for t, n in enumerate(numels) for s in range(0, n, chunk)]
         self.parts: list[Part | None] = [None] * len(self.jobs)
@@ -75,7 +75,8 @@ class _Scan:
             m = int(cuts[dtype](a, b, self.floor, idx[used:], val[used:]))
             self.parts[i] = (idx[used:used + m], val[used:used + m])
             used += m
-            self.bar.update(stop - start)
+            if self.bar is not None:
+                self.bar.update(stop - start)
             with self._lock:
                 self._found += m
                 self.over = self.over or self._found > self.limit
@@ -104,7 +105,7 @@ def select_top_k(readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence
     if kern is None:
         raise RuntimeError("the fused scan needs numba: pip install 'safe-cpift[fast]'")
     expected = int(expected if expected is not None else 1.25 * k)
-    scan = _Scan(readers, numels, floor, chunk or CHUNK, int(MAX_POOL * k), bar if bar is not None else _NoBar())
+    scan = _Scan(readers, numels, floor, chunk or CHUNK, int(MAX_POOL * k), bar)
     workers = max(1, min(threads, len(scan.jobs)))
     if workers == 1:
         scan.work(expected)
@@ -130,7 +131,3 @@ def select_top_k(readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence
     out = {tid: torch.from_numpy(picked[lo:hi]) for tid, (lo, hi) in bounds.items()}
     return out, float(np.array([threshold], dtype=np.int32).view(np.float32)[0])
 
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass

@@ -64,7 +64,7 @@ class TensorSource:
         self.label = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
         self._ranges: dict[str, tuple[str, int, int]] = {}
         self._fds: dict[str, int] = {}
-        self._asked: dict[str, int] = {}  # per file: byte up to which read-ahead was asked (float32_reader)
+        self._asked: dict[str, int] = {}  # per file: byte up to which read-ahead was asked (raw_reader)
         self._nowait = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
         if isinstance(x, torch.nn.Module):
             params = {n: p.detach() for n, p in x.named_parameters()}
@@ -113,10 +113,6 @@ class TensorSource:
         if path not in self._fds:
             self._fds[path] = os.open(path, os.O_RDONLY)
         return self._fds[path]
-
-    def float32_reader(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray] | None:
-        """`raw_reader` of a float32 tensor (entries as float32); None for another dtype."""
-        return self.raw_reader(name) if self.dtypes[name] == torch.float32 else None
 
     def raw_reader(self, name: str) -> Callable[[int, int, np.ndarray], np.ndarray] | None:
         """A thread-safe `(start, stop, buf) -> entries [start, stop)` of a float32 or bfloat16 tensor
@@ -276,12 +272,7 @@ class UpdateScores:
         buf_b, buf_t = self._reads[dtype]
         b = torch.from_numpy(read_b(start, stop, buf_b)).view(dtype)
         t = torch.from_numpy(read_t(start, stop, buf_t)).view(dtype)
-        out = self._buf[: stop - start]
-        if dtype == torch.float32:
-            return torch.sub(t, b, out=out).abs_()
-        wide_b, wide_t = self._widening_buffers(stop - start)
-        wide_b.copy_(b), wide_t.copy_(t)  # exact widening, then the float32 difference
-        return torch.sub(wide_t, wide_b, out=out).abs_()
+        return self._difference(b, t, self._buf[: stop - start])
 
     def scorer(self, tid: int, stop: int) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
         """A function `(start, stop, buf) -> scores` of tensor `tid` that is safe to call from worker
@@ -292,17 +283,20 @@ class UpdateScores:
             self._read_ahead(tid, stop)
 
         def score(start: int, stop: int, buf: torch.Tensor) -> torch.Tensor:
-            bc, tc = b[start:stop], t[start:stop]
-            out = buf[: stop - start]
-            if bc.dtype == torch.float32 and tc.dtype == torch.float32:
-                return torch.sub(tc, bc, out=out).abs_()
-            if torch.float64 in (bc.dtype, tc.dtype):
-                return (tc.to(torch.float64) - bc.to(torch.float64)).abs_().to(torch.float32)
-            wide_b, wide_t = self._widening_buffers(stop - start)  # no fresh temporaries (see below)
-            wide_b.copy_(bc), wide_t.copy_(tc)  # exact: every float dtype here widens into float32
-            return torch.sub(wide_t, wide_b, out=out).abs_()
+            return self._difference(b[start:stop], t[start:stop], buf[: stop - start])
 
         return score
+
+    def _difference(self, bc: torch.Tensor, tc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """|tc − bc| as float32 in `out` (float32 inputs; others widened exactly into float32 first,
+        float64 ones subtracted in float64): the score of every path. Thread-safe."""
+        if bc.dtype == torch.float32 and tc.dtype == torch.float32:
+            return torch.sub(tc, bc, out=out).abs_()
+        if torch.float64 in (bc.dtype, tc.dtype):
+            return (tc.to(torch.float64) - bc.to(torch.float64)).abs_().to(torch.float32)
+        wide_b, wide_t = self._widening_buffers(out.numel())  # no fresh temporaries (see below)
+        wide_b.copy_(bc), wide_t.copy_(tc)  # exact: every float dtype here widens into float32
+        return torch.sub(wide_t, wide_b, out=out).abs_()
 
     def _widening_buffers(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Two float32 buffers of `n` entries, reused per thread. Fresh 1 MB temporaries per chunk,
