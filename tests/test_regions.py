@@ -363,3 +363,17 @@ def test_threads_give_the_same_region(monkeypatch, tmp_path, threads):
     assert CoreRegion.from_update(tmp_path / "base", tmp_path / "tuned", top_p=0.03, num_threads=threads) == one
     with pytest.raises(ValueError, match="`num_threads`"):
         CoreRegion.from_update(base, tuned, top_p=0.03, num_threads=0)
+
+
+@pytest.mark.parametrize("target", [1.0, 37.5, 400.0, 2_000.0, 9_999.0])
+def test_estimate_floor_is_the_weighted_quantile_of_the_sample(target):
+    """The floor is the highest sampled score whose weighted count of scores at or above it reaches
+    `target` (each part's entries weigh what the part stands for), checked by brute force."""
+    g = torch.Generator().manual_seed(3)
+    samples = [(0, torch.rand(300, generator=g), 7.0), (1, torch.rand(50, generator=g) * 2, 1.0),
+               (2, torch.rand(1000, generator=g).to(torch.bfloat16), 3.5), (3, torch.rand(0), 2.0)]
+    scores = torch.cat([s.float() for _, s, _ in samples])
+    weights = torch.cat([torch.full((s.numel(),), w, dtype=torch.float64) for _, s, w in samples])
+    want = max((float(v) for v in scores if float(weights[scores >= v].sum()) >= target), default=None)
+    assert region_select.estimate_floor(samples, target) == want
+    assert region_select.estimate_floor(samples, float(weights.sum()) + 1) is None  # more than all: keep all

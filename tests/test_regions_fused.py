@@ -40,9 +40,10 @@ def test_cut_bf16_widens_exactly(n):
     for value in (0.0, 0.5, float(d[0]), 3.0):
         want = np.flatnonzero(d >= np.float32(value))
         bits_a, bits_b = a.view(torch.int16).numpy(), b.view(torch.int16).numpy()
-        m = fused.kernels().cut_bf16(bits_a, bits_b, np.float32(value), idx, val, *np.empty((2, n), np.int32))
-        assert np.array_equal(idx[:m], want), value
-        assert np.array_equal(val[:m], d[want])
+        for scratch in (n, 1, 7, 64):  # widened a scratch block at a time
+            m = fused.kernels().cut_bf16(bits_a, bits_b, np.float32(value), idx, val, *np.empty((2, scratch), np.int32))
+            assert np.array_equal(idx[:m], want), (value, scratch)
+            assert np.array_equal(val[:m], d[want])
 
 
 @pytest.mark.parametrize("n", [1, 7, 63, 64, 65, 1000, 4099])
@@ -236,3 +237,71 @@ def test_reads_ask_for_read_ahead_only_when_pages_are_missing(monkeypatch, tmp_p
             assert len(hints) == 1 and hints[0][1] == 4 * scoring.PREFETCH and hints[0][2] == os.POSIX_FADV_WILLNEED
         else:
             assert hints == [] and calls[0] == os.RWF_NOWAIT and set(calls[1:]) == {0}
+        read_plain = scoring.TensorSource(path).raw_reader("w", read_ahead=False)
+        calls.clear(), hints.clear()
+        assert np.array_equal(read_plain(20_000, 30_000, buf), data[20_000:30_000].numpy())
+        assert hints == [] and set(calls) == {0}, behaviour  # scattered sample reads: own bytes only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mapped_reader_gives_views_of_the_file(tmp_path, dtype):
+    from safe_cpift.regions import scoring
+
+    data = {"a": torch.randn(3, 1000).to(dtype), "b": torch.randn(777).to(dtype)}
+    path = write(tmp_path, "ckpt", data)
+    src = scoring.TensorSource(path)
+    for name, value in data.items():
+        read = src.mapped_reader(name)
+        bits = value.reshape(-1).view(scoring.RAW_DTYPES[dtype]).numpy()
+        whole, part = read(0, bits.size, None), read(5, 700, None)
+        assert np.array_equal(whole, bits) and np.array_equal(part, bits[5:700])
+        assert np.shares_memory(whole, part) and whole.flags.writeable  # no copy; the kernels' one signature
+    src.close()
+    assert np.array_equal(whole, bits)  # a view outlives close(): the mapping goes with the last view
+    mem = scoring.TensorSource({"w": torch.ones(10)})  # in memory: views of the tensor itself
+    assert np.array_equal(mem.mapped_reader("w")(2, 5, None), np.ones(3, np.float32))
+    assert scoring.TensorSource({"w": torch.ones(10, dtype=torch.float64)}).mapped_reader("w") is None
+
+
+def test_fused_extraction_of_a_checkpoint_maps_it_and_samples_without_read_ahead(monkeypatch, tmp_path):
+    """The fused scan reads mapped views (no `pread`); the sample before it reads its scattered blocks
+    without asking the kernel to read ahead (whose 4 KiB pages would map slower afterwards)."""
+    import os
+
+    from safe_cpift.regions import scoring
+
+    base, tuned = tied_pair(seed=5)
+    dirs = write(tmp_path, "base", base), write(tmp_path, "tuned", tuned)
+    flags, hints = [], []
+    real_preadv = os.preadv
+    monkeypatch.setattr(scoring.os, "preadv", lambda fd, bufs, pos, f=0: flags.append(f) or real_preadv(fd, bufs, pos, f))
+    monkeypatch.setattr(scoring.os, "posix_fadvise", lambda *a: hints.append(a))
+    scans = count_fused_scans(monkeypatch)
+    got = CoreRegion.from_update(*dirs, top_p=0.05, num_threads=2, progress=False)
+    assert len(scans) == 1 and scans[0] is not None
+    assert flags and set(flags) == {0} and hints == []
+    want = reference(base, tuned, 0.05)
+    assert {n: torch.as_tensor(got.indices(n)).long().tolist() for n in got.names()} == \
+        {n: v.tolist() for n, v in want.items()}
+
+
+def test_select_top_k_equals_a_stable_ranking_for_any_chunking_and_threads(monkeypatch):
+    """Heavy ties split across chunks and threads: the picks (tallied per chunk, then picked side by
+    side) are exactly the first k of a stable descending ranking over (tensor, index)."""
+    monkeypatch.setattr(fused_scan, "MAX_POOL", 1e9)
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        numels = [int(x) for x in rng.integers(0, 3000, size=rng.integers(1, 5))]
+        tuned = [rng.integers(0, 4, size=n).astype(np.float32) * np.float32(0.25) for n in numels]
+        if not sum(numels):
+            continue
+        zero = np.zeros(max(numels), np.float32)
+        readers = [(lambda s, e, buf, z=zero: z[s:e], lambda s, e, buf, t=t: t[s:e], "float32") for t in tuned]
+        k = int(rng.integers(1, sum(numels) + 1))
+        threads, chunk = int(rng.integers(1, 4)), int(rng.integers(1, 500))
+        got, _ = fused_scan.select_top_k(readers, numels, k, 0.0, threads, chunk=chunk)
+        ids = np.concatenate([np.stack([np.full(n, t), np.arange(n)], 1) for t, n in enumerate(numels)])
+        want: dict[int, list[int]] = {}
+        for t, i in ids[np.argsort(-np.concatenate(tuned), kind="stable")[:k]]:
+            want.setdefault(int(t), []).append(int(i))
+        assert {t: v.tolist() for t, v in got.items()} == {t: sorted(v) for t, v in want.items()}, (trial, threads, chunk)

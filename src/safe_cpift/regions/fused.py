@@ -11,6 +11,7 @@ Kernels (`Kernels`):
   the same for bfloat16 pairs (given as int16 bit patterns, widened to float32 exactly first);
 - `histogram`: count non-negative float32 values by the high or low half of their bits (for
   non-negative floats the bit pattern orders like the value), the two passes of a radix select;
+- `tally`: how many values are above a threshold and how many equal it;
 - `pick`: the indices of the values above a threshold, plus of the first `ties` equal to it.
 
 A region extraction uses them when they are loaded already (`warm_up`) or when the pair has at
@@ -40,6 +41,7 @@ class Kernels(NamedTuple):
     cut: Callable[..., int]
     cut_bf16: Callable[..., int]
     histogram: Callable[..., None]
+    tally: Callable[..., None]
     pick: Callable[..., int]
 
 
@@ -88,13 +90,23 @@ def _build() -> Kernels:
     def cut_bf16(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray,
                  wide_a: np.ndarray, wide_b: np.ndarray) -> np.int64:
         # `cut` for bfloat16 pairs given as int16 bit patterns: widened exactly to float32 first (the
-        # 16 bits become the high half, in the int32 scratch arrays wide_a / wide_b of len(a) or more),
-        # then cut as float32, as the torch path subtracts bfloat16 weights in float32
+        # 16 bits become the high half), a block of len(wide_a) entries at a time into the int32
+        # scratch arrays wide_a / wide_b (small enough to stay in cache), then cut as float32, as the
+        # torch path subtracts bfloat16 weights in float32
         n = a.shape[0]
-        for i in range(n):
-            wide_a[i] = np.int32(a[i]) << 16
-            wide_b[i] = np.int32(b[i]) << 16
-        return cut(wide_a[:n].view(np.float32), wide_b[:n].view(np.float32), floor, idx_out, val_out)
+        step = wide_a.shape[0]
+        m = 0
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            for i in range(lo, hi):
+                wide_a[i - lo] = np.int32(a[i]) << 16
+                wide_b[i - lo] = np.int32(b[i]) << 16
+            got = cut(wide_a[: hi - lo].view(np.float32), wide_b[: hi - lo].view(np.float32), floor,
+                      idx_out[m:], val_out[m:])
+            for j in range(m, m + got):
+                idx_out[j] += lo
+            m += got
+        return m
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def histogram(bits: np.ndarray, high: np.int64, counts: np.ndarray) -> None:
@@ -106,6 +118,17 @@ def _build() -> Kernels:
             for x in bits:
                 if (x >> low_bits) == high:
                     counts[x & low_mask] += 1
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def tally(bits: np.ndarray, threshold: np.int32, counts: np.ndarray) -> None:
+        # counts[0] += how many bits > threshold, counts[1] += how many == threshold
+        above = 0
+        equal = 0
+        for x in bits:
+            above += x > threshold
+            equal += x == threshold
+        counts[0] += above
+        counts[1] += equal
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def pick(idx: np.ndarray, bits: np.ndarray, threshold: np.int32, ties: np.ndarray, add: np.int64,
@@ -123,7 +146,7 @@ def _build() -> Kernels:
                 ties[0] -= 1
         return m
 
-    return Kernels(cut, cut_bf16, histogram, pick)
+    return Kernels(cut, cut_bf16, histogram, tally, pick)
 
 
 _LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path", MIN_ENTRIES)
@@ -144,6 +167,7 @@ def warm_up() -> bool:
     bits = val[:m].view(np.int32)
     k.histogram(bits, np.int64(-1), np.zeros(1 << HIGH_BITS, dtype=np.int64))
     k.histogram(bits, np.int64(0), np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64))
+    k.tally(bits, np.int32(0), np.zeros(2, dtype=np.int64))
     for dtype in (np.int32, np.int64):  # per-tensor indices: int32, or int64 for tensors of >= 2^31 entries
         k.pick(idx[:m], bits, np.int32(0), np.ones(1, dtype=np.int64), np.int64(0), np.empty(m, dtype=dtype),
                np.int64(0))

@@ -4,8 +4,8 @@
 or bfloat16 (the same in both models) and the kernels of `regions.fused` are loaded:
 
 1. the tensors are cut into chunks, taken in order by `threads` worker threads as each gets free;
-   a worker reads a chunk of each model into reused buffers (`pread` from the checkpoint files, or
-   views of in-memory tensors) and keeps the index and score of every entry at or above the sampled
+   a worker takes a chunk of each model (views of the checkpoint files mapped into memory, or of
+   in-memory tensors) and keeps the index and score of every entry at or above the sampled
    `floor` (`Kernels.cut`; the GIL is released in both);
 2. an exact radix select over the candidates' bit patterns finds the k-th largest score;
 3. one pass over the chunks in tensor order keeps the entries above it and, of those equal to it,
@@ -28,7 +28,8 @@ import torch
 
 from safe_cpift.regions import fused
 
-CHUNK = 1 << 18  # entries per kernel call (1 MiB per model: both chunks stay in cache while they are cut)
+CHUNK = 1 << 20  # entries per chunk (4 MiB of float32 per model; views of the mapped files, so no copy)
+WIDEN = 1 << 16  # bfloat16 entries widened at once (2 x 256 KiB of scratch: stays in L2)
 MAX_POOL = 2.0  # give up when the candidates exceed this many times k (memory stays O(k))
 
 Reader = Callable[[int, int, np.ndarray], np.ndarray]
@@ -57,7 +58,7 @@ class _Scan:
         kern = fused.kernels(load=False)
         assert kern is not None
         bufs = {k: (np.empty(self.chunk, dtype=v), np.empty(self.chunk, dtype=v)) for k, v in RAW.items()}
-        wide = np.empty(self.chunk, dtype=np.int32), np.empty(self.chunk, dtype=np.int32)  # bfloat16 widened
+        wide = np.empty(WIDEN, dtype=np.int32), np.empty(WIDEN, dtype=np.int32)  # bfloat16 widened, a block at a time
         cuts = {"float32": kern.cut,
                 "bfloat16": lambda a, b, floor, idx, val: kern.cut_bf16(a, b, floor, idx, val, *wide)}
         size = share + self.chunk
@@ -89,7 +90,7 @@ def select_top_k(readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence
 
     Args:
         readers: per tensor, two thread-safe functions `(start, stop, buf) -> array` giving entries
-            [start, stop) of the base and the tuned tensor (`TensorSource.raw_reader`), and their
+            [start, stop) of the base and the tuned tensor (`TensorSource.mapped_reader`), and their
             dtype, `"float32"` or `"bfloat16"` (int16 bit patterns).
         numels: entries per tensor. k: entries to select (>= 1). floor: every selected score is
             expected to be >= it (`select.estimate_floor`).
@@ -107,27 +108,52 @@ def select_top_k(readers: Sequence[tuple[Reader, Reader, str]], numels: Sequence
     expected = int(expected if expected is not None else 1.25 * k)
     scan = _Scan(readers, numels, floor, chunk or CHUNK, int(MAX_POOL * k), bar)
     workers = max(1, min(threads, len(scan.jobs)))
-    if workers == 1:
-        scan.work(expected)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="safe-cpift-scan") as ex:
-            for fut in [ex.submit(scan.work, expected // workers) for _ in range(workers)]:
-                fut.result()
-    parts = [(scan.jobs[i], p) for i, p in enumerate(scan.parts) if p is not None and p[0].size]
-    if scan.over or sum(p[0].size for _, p in parts) < k:
-        return None
-    threshold, greater = fused.kth_largest_bits([v.view(np.int32) for _, (_, v) in parts], k)
-    ties = np.array([k - greater], dtype=np.int64)
-    picked = np.empty(k, dtype=np.int32 if max(numels) < 2**31 else np.int64)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="safe-cpift-scan") as pool:
+        for fut in [pool.submit(scan.work, expected // workers) for _ in range(workers)]:
+            fut.result()
+        parts = [(scan.jobs[i], p) for i, p in enumerate(scan.parts) if p is not None and p[0].size]
+        if scan.over or sum(p[0].size for _, p in parts) < k:
+            return None
+        threshold, greater = fused.kth_largest_bits([v.view(np.int32) for _, (_, v) in parts], k)
+        picked = np.empty(k, dtype=np.int32 if max(numels) < 2**31 else np.int64)
+        spans = _pick(kern, parts, np.int32(threshold), k - greater, picked, pool, workers)
     bounds: dict[int, list[int]] = {}  # tensor id -> [first, end) in `picked`
-    m = 0
-    for (tid, start, _), (idx, val) in parts:  # chunks in (tensor, index) order
-        first = m
-        m = int(kern.pick(idx, val.view(np.int32), np.int32(threshold), ties, np.int64(start), picked, np.int64(m)))
-        if m > first:
-            bounds.setdefault(tid, [first, m])[1] = m
-    assert m == k, (m, k)
+    for ((tid, _, _), _), (first, end) in zip(parts, spans, strict=True):  # chunks in (tensor, index) order
+        if end > first:
+            bounds.setdefault(tid, [first, end])[1] = end
+    assert not bounds or max(hi for _, hi in bounds.values()) == k, (bounds, k)
     del parts, scan.parts
     out = {tid: torch.from_numpy(picked[lo:hi]) for tid, (lo, hi) in bounds.items()}
     return out, float(np.array([threshold], dtype=np.int32).view(np.float32)[0])
 
+
+
+def _pick(kern: fused.Kernels, parts: list[tuple[tuple[int, int, int], Part]], threshold: np.int32, ties: int,
+          picked: np.ndarray, pool: ThreadPoolExecutor, workers: int) -> np.ndarray:
+    """Write into `picked` the entries above `threshold` and the first `ties` equal to it, in chunk
+    order (offset by each chunk's start), on `workers` threads: a tally per chunk gives each chunk
+    its place in `picked` and its share of the ties, then the chunks are picked side by side.
+    Returns each chunk's [first, end) in `picked`."""
+    sizes = np.cumsum([p[0].size for _, p in parts])
+    cuts = [0, *np.searchsorted(sizes, [sizes[-1] * j / workers for j in range(1, workers)]).tolist(), len(parts)]
+
+    def run(each: Callable[[int], object]) -> None:  # each(i) for every chunk, a span of chunks per thread
+        futures = [pool.submit(lambda lo, hi: [each(i) for i in range(lo, hi)], lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+        for fut in futures:
+            fut.result()
+
+    counts = np.zeros((len(parts), 2), dtype=np.int64)  # per chunk: above, equal
+    run(lambda i: kern.tally(parts[i][1][1].view(np.int32), threshold, counts[i]))
+    above, equal = counts[:, 0], counts[:, 1]
+    allowed = np.clip(ties - (np.cumsum(equal) - equal), 0, equal)  # the earliest ties win
+    ends = np.cumsum(above + allowed)
+    spans = np.stack([ends - above - allowed, ends], axis=1)
+
+    def pick(i: int) -> None:
+        (_, start, _), (idx, val) = parts[i]
+        end = kern.pick(idx, val.view(np.int32), threshold, np.array([allowed[i]], dtype=np.int64), np.int64(start),
+                        picked, np.int64(spans[i, 0]))
+        assert end == spans[i, 1], (end, spans[i])
+
+    run(pick)
+    return spans

@@ -241,9 +241,11 @@ def sample_scores(src: ScoreSource, budget: int = SAMPLE_BUDGET) -> list[tuple[i
 def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float) -> float | None:
     """Highest score value with an estimated `target` entries at or above it (None: keep all)."""
     scores = torch.from_numpy(np.concatenate([s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]))
-    weights = np.repeat(np.array([w for _, _, w in samples], dtype=np.float64), [s.numel() for _, s, _ in samples])
+    part_weight = np.array([w for _, _, w in samples], dtype=np.float64)  # per sampled entry of each part
+    sizes = np.array([s.numel() for _, s, _ in samples], dtype=np.int64)
+    ends = np.cumsum(sizes)  # entry j of `scores` belongs to part searchsorted(ends, j, "right")
     m = scores.numel()
-    total = float(weights.sum())
+    total = float(part_weight @ sizes)
     if target >= total:
         return None
     # only the top of the sample matters: sort a head of it (1.5x the expected rank), twice as much
@@ -251,7 +253,7 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
     head = min(m, int(1.5 * target * m / total) + 1024)
     while True:
         values, order = _top(scores, head)
-        cum = np.cumsum(weights[order.numpy()])
+        cum = np.cumsum(part_weight[np.searchsorted(ends, order.numpy(), side="right")])
         pos = int(np.searchsorted(cum, target))
         if pos < values.numel():
             return float(values[pos])
