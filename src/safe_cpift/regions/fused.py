@@ -8,7 +8,7 @@ float32 subtractions (no fast-math) and the cut is IEEE `>=`, so NaN never passe
 
 Kernels (`Kernels`):
 - `cut`: (index, |b − a|) of the entries of a float32 chunk pair with |b − a| >= floor; `cut_bf16`
-  the same for bfloat16 pairs (given as int16 bit patterns, widened to float32 exactly first);
+  the same for bfloat16 pairs (given as int16 bit patterns, each widened to float32 exactly as read);
 - `histogram`: count non-negative float32 values by the high or low half of their bits (for
   non-negative floats the bit pattern orders like the value), the two passes of a radix select;
 - `tally`: how many values are above a threshold and how many equal it;
@@ -57,6 +57,14 @@ def _build() -> Kernels:
 
         return x(x), codegen
 
+    @intrinsic
+    def _widen_bf16(typingctx, x):  # noqa: ANN001 -- numba intrinsic: int16 bfloat16 bits -> exact float32
+        def codegen(context, builder, signature, args):  # noqa: ANN001
+            wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(wide, ir.FloatType())
+
+        return numba.types.float32(x), codegen
+
     block = BLOCK
     low_bits = 31 - HIGH_BITS
     low_mask = (1 << low_bits) - 1
@@ -87,25 +95,31 @@ def _build() -> Kernels:
         return m
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def cut_bf16(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray,
-                 wide_a: np.ndarray, wide_b: np.ndarray) -> np.int64:
-        # `cut` for bfloat16 pairs given as int16 bit patterns: widened exactly to float32 first (the
-        # 16 bits become the high half), a block of len(wide_a) entries at a time into the int32
-        # scratch arrays wide_a / wide_b (small enough to stay in cache), then cut as float32, as the
-        # torch path subtracts bfloat16 weights in float32
-        n = a.shape[0]
-        step = wide_a.shape[0]
+    def cut_bf16(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray) -> np.int64:
+        # `cut` for bfloat16 pairs given as int16 bit patterns, each widened exactly to float32 as it
+        # is read (the 16 bits become the high half), as the torch path subtracts bfloat16 weights
+        # in float32
         m = 0
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            for i in range(lo, hi):
-                wide_a[i - lo] = np.int32(a[i]) << 16
-                wide_b[i - lo] = np.int32(b[i]) << 16
-            got = cut(wide_a[: hi - lo].view(np.float32), wide_b[: hi - lo].view(np.float32), floor,
-                      idx_out[m:], val_out[m:])
-            for j in range(m, m + got):
-                idx_out[j] += lo
-            m += got
+        n = a.shape[0]
+        whole = n // block
+        for k in range(whole):
+            lo = k * block
+            hits = np.uint64(0)
+            for j in range(block):
+                d = abs(_widen_bf16(b[lo + j]) - _widen_bf16(a[lo + j]))
+                hits |= np.uint64(d >= floor) << np.uint64(j)
+            while hits:
+                j = _trailing_zeros(hits)
+                idx_out[m] = lo + j
+                val_out[m] = abs(_widen_bf16(b[lo + j]) - _widen_bf16(a[lo + j]))
+                m += 1
+                hits &= hits - np.uint64(1)
+        for i in range(whole * block, n):
+            d = abs(_widen_bf16(b[i]) - _widen_bf16(a[i]))
+            if d >= floor:
+                idx_out[m] = i
+                val_out[m] = d
+                m += 1
         return m
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -162,8 +176,8 @@ def warm_up() -> bool:
     z = np.zeros(BLOCK + 1, dtype=np.float32)
     idx, val = np.empty(BLOCK + 1, dtype=np.int32), np.empty(BLOCK + 1, dtype=np.float32)
     m = k.cut(z, z, np.float32(0.0), idx, val)
-    zb, wide = np.zeros(BLOCK + 1, dtype=np.int16), np.empty(BLOCK + 1, dtype=np.int32)
-    k.cut_bf16(zb, zb, np.float32(0.0), idx, val, wide, wide.copy())
+    zb = np.zeros(BLOCK + 1, dtype=np.int16)
+    k.cut_bf16(zb, zb, np.float32(0.0), idx, val)
     bits = val[:m].view(np.int32)
     k.histogram(bits, np.int64(-1), np.zeros(1 << HIGH_BITS, dtype=np.int64))
     k.histogram(bits, np.int64(0), np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64))

@@ -29,7 +29,6 @@ import torch
 from safe_cpift.regions import fused
 
 CHUNK = 1 << 20  # entries per chunk (4 MiB of float32 per model; views of the mapped files, so no copy)
-WIDEN = 1 << 16  # bfloat16 entries widened at once (2 x 256 KiB of scratch: stays in L2)
 MAX_POOL = 2.0  # give up when the candidates exceed this many times k (memory stays O(k))
 
 Reader = Callable[[int, int, np.ndarray], np.ndarray]
@@ -58,9 +57,7 @@ class _Scan:
         kern = fused.kernels(load=False)
         assert kern is not None
         bufs = {k: (np.empty(self.chunk, dtype=v), np.empty(self.chunk, dtype=v)) for k, v in RAW.items()}
-        wide = np.empty(WIDEN, dtype=np.int32), np.empty(WIDEN, dtype=np.int32)  # bfloat16 widened, a block at a time
-        cuts = {"float32": kern.cut,
-                "bfloat16": lambda a, b, floor, idx, val: kern.cut_bf16(a, b, floor, idx, val, *wide)}
+        cuts = {"float32": kern.cut, "bfloat16": kern.cut_bf16}
         size = share + self.chunk
         idx, val, used = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float32), 0
         for i in self._next:
