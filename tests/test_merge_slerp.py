@@ -245,3 +245,17 @@ def test_slerp_writes_into_a_given_buffer():
         slerp(0.3, a, b, out=torch.empty(19))
     with pytest.raises(ValueError, match="`out`"):
         slerp(0.3, a, b, out=torch.empty(20, dtype=torch.float64))
+
+
+def test_slerp_weights_are_what_slerp_sums():
+    from safe_cpift.merge.slerp import slerp_weights
+
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(40, generator=g), torch.randn(40, generator=g)
+    w0, w1 = slerp_weights(0.3, a, b)
+    assert torch.equal(slerp(0.3, a, b), (w0 * a) + (w1 * b))  # float32 products, then the add
+    assert slerp_weights(0.3, a, 2 * a) == (0.7, 0.3)  # colinear: linear interpolation
+    assert slerp_weights(0.3, a, torch.zeros(40)) == (0.7, 0.3)  # a zero norm: linear too
+    assert slerp_weights(0.0, a, b) is None and slerp_weights(1.0, a, b) is None  # exact copies
+    with pytest.raises(ValueError, match="`t` must be in"):
+        slerp_weights(1.5, a, b)

@@ -53,7 +53,7 @@ from safe_cpift.io import (
 )
 from safe_cpift.merge import kernels
 from safe_cpift.merge.background import BackgroundWriter, BufferPool
-from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, spherical_mean
+from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, slerp_weights, spherical_mean
 from safe_cpift.merge.writer import PlannedShardWriter
 from safe_cpift.models import as_state_dict
 
@@ -281,11 +281,43 @@ def _transplant_compiled(flat, base_flat, task_ts, idx_list, counts) -> bool:
     if kern is None or any(a is None for a in arrays):
         return False
     won = kernels.transplant(kern, *arrays, idx_list[0].numpy(), idx_list[1].numpy())  # first, second, both
+    _count_transplanted(counts, won)
+    return True
+
+
+def _count_transplanted(counts: dict, won: np.ndarray) -> None:
+    """Add a compiled transplant's (won by the first task, by the second, contested) to `counts`."""
     counts["per_task"][0] += int(won[0])
     counts["per_task"][1] += int(won[1])
     counts["transplanted"] += int(won[0] + won[1])
     counts["conflicts"] += int(won[2])
-    return True
+
+
+def _fuse_pair(name, base_t, task_ts, order_given, regions, pidx, protect_t, t, dot_threshold, counts,
+               pool) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """Two float32 tasks in one compiled pass (`merge.kernels.fuse_pair`): the SLERP weights from the
+    dot products, then per block the weighted sum, the cores (`_transplant`'s rule) and the protected
+    entries at `pidx` (from `protect_t`), the same output and counts (protected entries in a core
+    included) as those steps one after another.
+    Returns (output, the tasks' non-empty core indices), or None (nothing done) where it does not
+    apply: kernels not loaded, a tensor not contiguous float32, or t = 0 or 1 (an exact copy)."""
+    kern = kernels.kernels(load=False)
+    src = protect_t if protect_t is not None and pidx.numel() else base_t
+    arrays = [kernels.as_float32(x) for x in (base_t, *task_ts, src)]
+    if kern is None or any(a is None for a in arrays):
+        return None
+    g0, g1 = (task_ts[i] for i in order_given)
+    weights = slerp_weights(t, g0, g1, dot_threshold=dot_threshold)
+    if weights is None:
+        return None
+    out = pool.take(g0.numel()) if pool is not None else torch.empty(g0.numel(), dtype=torch.float32)
+    idx_list = [region.indices(name).to(torch.long) for region in regions]
+    base_np, t0, t1, src_np = arrays
+    won = kernels.fuse_pair(kern, out.numpy(), *(kernels.as_float32(x) for x in (g0, g1)), *weights, base_np, t0,
+                            t1, idx_list[0].numpy(), idx_list[1].numpy(), src_np, pidx.numpy())
+    _count_transplanted(counts, won)
+    counts["protected_over_task"] += int(won[3])
+    return out.view(g0.shape), [i for i in idx_list if i.numel()]
 
 
 def _check_weights(weights: Mapping[str, float] | None, given: list[str], t: float,
@@ -332,31 +364,40 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
     dtype = _work_dtype(base_t.dtype, out_dtype, *(x.dtype for x in task_ts))
     task_ts = [x.to(dtype) for x in task_ts]
     n = len(task_ts)
-    if n == 1:
-        out = task_ts[0].clone()
-    elif n == 2 and weights is None:
-        a, b = (task_ts[i] for i in order_given)
-        reuse = pool is not None and dtype == out_dtype == torch.float32
-        out = slerp(t_name, a, b, dot_threshold=dot_threshold, out=pool.take(a.numel()) if reuse else None)
+    pidx = protect.indices(name).to(torch.long) if protect is not None else torch.zeros(0, dtype=torch.long)
+    fused = None
+    if n == 2 and weights is None and dtype == out_dtype == torch.float32:
+        fused = _fuse_pair(name, base_t, task_ts, order_given, regions, pidx, protect_t, t_name, dot_threshold,
+                           counts, pool)
+    if fused is not None:  # SLERP, transplant and protected copy in one compiled pass
+        out, task_idx = fused
+        flat = out.view(-1)
     else:
-        out = spherical_mean(task_ts, weights, dot_threshold=dot_threshold)
-    out = out.to(dtype).contiguous()
-    flat = out.view(-1)
-    task_idx = _transplant(name, flat, base_t.reshape(-1), task_ts, regions, counts)
+        if n == 1:
+            out = task_ts[0].clone()
+        elif n == 2 and weights is None:
+            a, b = (task_ts[i] for i in order_given)
+            reuse = pool is not None and dtype == out_dtype == torch.float32
+            out = slerp(t_name, a, b, dot_threshold=dot_threshold, out=pool.take(a.numel()) if reuse else None)
+        else:
+            out = spherical_mean(task_ts, weights, dot_threshold=dot_threshold)
+        out = out.to(dtype).contiguous()
+        flat = out.view(-1)
+        task_idx = _transplant(name, flat, base_t.reshape(-1), task_ts, regions, counts)
     exact = list(task_idx)
     if protect is not None:
-        pidx = protect.indices(name).to(torch.long)
         if pidx.numel():
             kern, dst, src = kernels.kernels(load=False), kernels.as_float32(flat), kernels.as_float32(protect_t)
-            if kern is not None and dst is not None and src is not None:
+            if fused is None and kern is not None and dst is not None and src is not None:
                 kern.copy_at(dst, src, pidx.numpy())
-            else:
+            elif fused is None:
                 flat[pidx] = protect_t.reshape(-1)[pidx].to(dtype)
             counts["protected"] += pidx.numel()
-            over = torch.zeros(pidx.numel(), dtype=torch.bool)
-            for idx in task_idx:
-                over |= _member(idx, pidx)
-            counts["protected_over_task"] += int(over.sum())
+            if fused is None:  # the fused pass counted these
+                over = torch.zeros(pidx.numel(), dtype=torch.bool)
+                for idx in task_idx:
+                    over |= _member(idx, pidx)
+                counts["protected_over_task"] += int(over.sum())
             exact.append(pidx)
     if out_dtype == dtype:
         return out

@@ -22,7 +22,7 @@ from safe_cpift.merge import kernels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["slerp", "lerp", "spherical_mean", "DOT_THRESHOLD"]
+__all__ = ["slerp", "slerp_weights", "lerp", "spherical_mean", "DOT_THRESHOLD"]
 
 DOT_THRESHOLD = 0.9995
 _SUM_CHUNK = 1 << 18  # elements per chunk of the weighted sums (buffers stay in L2)
@@ -165,27 +165,37 @@ def slerp(
         `torch.Tensor`: the result, with the dtype and shape of `v0` (a view of `out` when given).
     """
     _check_pair(v0, v1)
+    weights = slerp_weights(t, v0, v1, dot_threshold, eps)
+    if weights is None:  # t = 0 or 1: an exact copy of that end
+        end = v0 if float(t) == 0.0 else v1
+        if out is None:
+            return end.to(v0.dtype, copy=True)
+        return _output(v0, out).copy_(end.reshape(-1)).view(v0.shape)
+    return _weighted_sum(list(weights), [v0, v1], v0, out)
+
+
+def slerp_weights(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = DOT_THRESHOLD,
+                  eps: float = 1e-8) -> tuple[float, float] | None:
+    """The weights `(w0, w1)` with `slerp(t, v0, v1) = w0 * v0 + w1 * v1` (each product rounded to the
+    compute dtype, then added): the SLERP weights from the dot products, or `(1 - t, t)` where `slerp`
+    falls back to linear interpolation. None for `t` = 0 or 1, where `slerp` copies that end exactly.
+    Arguments as in `slerp`."""
     t = float(t)
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"`t` must be in [0, 1], got {t}")
     if t == 0.0 or t == 1.0:
-        end = v0 if t == 0.0 else v1
-        if out is None:
-            return end.to(v0.dtype, copy=True)
-        return _output(v0, out).copy_(end.reshape(-1)).view(v0.shape)
+        return None
     gram = _gram([v0, v1])
     n0, n1 = math.sqrt(float(gram[0, 0])), math.sqrt(float(gram[1, 1]))
     if n0 < eps or n1 < eps:
-        return _weighted_sum([1.0 - t, t], [v0, v1], v0, out)
+        return 1.0 - t, t
     dot = float(gram[0, 1]) / (n0 * n1)
     dot = min(1.0, max(-1.0, dot))
     if abs(dot) > dot_threshold:
-        return _weighted_sum([1.0 - t, t], [v0, v1], v0, out)
+        return 1.0 - t, t
     theta = math.acos(dot)
     sin_theta = math.sin(theta)
-    s0 = math.sin((1.0 - t) * theta) / sin_theta
-    s1 = math.sin(t * theta) / sin_theta
-    return _weighted_sum([s0, s1], [v0, v1], v0, out)
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
