@@ -56,11 +56,30 @@ def test_non_contiguous_input(tmp_path):
     assert torch.equal(load_file(str(tmp_path / SINGLE_FILE))["x"], t.T)
 
 
+@pytest.mark.parametrize("max_bytes", [10**9, 400])
+def test_any_write_order_gives_the_same_files(tmp_path, max_bytes):
+    ts = tensors()
+    for order, out in ((list(ts), tmp_path / "plan"), (list(reversed(ts)), tmp_path / "reversed")):
+        out.mkdir()
+        w = PlannedShardWriter(out, state_dict_fingerprint(ts), max_shard_bytes=max_bytes)
+        for n in order:
+            w.add(n, ts[n])
+        w.close()
+    names = sorted(p.name for p in (tmp_path / "plan").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "reversed").iterdir())
+    for name in names:
+        assert (tmp_path / "plan" / name).read_bytes() == (tmp_path / "reversed" / name).read_bytes(), name
+
+
 def test_plan_is_enforced(tmp_path):
     plan = {"x": ([2], "float32"), "y": ([3], "float32")}
     w = PlannedShardWriter(tmp_path, plan, max_shard_bytes=10**6)
-    with pytest.raises(ValueError, match="out of order"):
+    with pytest.raises(ValueError, match="`z` is not in the plan"):
+        w.add("z", torch.zeros(3))
+    w.add("y", torch.zeros(3))
+    with pytest.raises(ValueError, match="`y` was written twice"):
         w.add("y", torch.zeros(3))
+    w.abort()
     w = PlannedShardWriter(tmp_path, plan, max_shard_bytes=10**6)
     with pytest.raises(ValueError, match="planned"):
         w.add("x", torch.zeros(2, dtype=torch.float16))
@@ -68,7 +87,11 @@ def test_plan_is_enforced(tmp_path):
     w.add("x", torch.zeros(2))
     with pytest.raises(ValueError, match="`y` was planned but never written"):
         w.close()
-    w.abort()
+    w.add("y", torch.ones(3))
+    w.close()
+    with pytest.raises(ValueError, match="closed"):  # a closed writer never reopens (and truncates) a shard
+        w.add("y", torch.ones(3))
+    assert torch.equal(load_file(str(tmp_path / SINGLE_FILE))["y"], torch.ones(3))
 
 
 def test_background_writer_keeps_order_and_reports_errors(tmp_path):

@@ -504,10 +504,10 @@ def fuse_with_manifest(
     counts: dict[str, Any] = {"transplanted": 0, "conflicts": 0, "protected": 0, "protected_over_task": 0,
                               "core_rounded": 0, "per_task": [0] * len(order)}
 
-    def tensors(pool: BufferPool | None = None):
+    def tensors(order: list[str], pool: BufferPool | None = None):
         from tqdm.auto import tqdm
 
-        for name in tqdm(names, desc="fuse", unit="tensor", disable=None, leave=False):
+        for name in tqdm(order, desc="fuse", unit="tensor", disable=None, leave=False):
             yield name, _fuse_tensor(
                 name, sd_base[name], [sd[name] for sd in sd_tasks], order_given, regions, protect,
                 sd_protect[name] if protect is not None else None, schedule(name), dot_threshold, counts,
@@ -543,7 +543,7 @@ def fuse_with_manifest(
 
     if out_dir is None:
         with kernels.threads(num_threads):
-            result = dict(tensors())
+            result = dict(tensors(names))
         finish_counts()
         return result, manifest
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -552,11 +552,13 @@ def fuse_with_manifest(
                                     max_shard_bytes=max_shard_bytes)
         float32 = [math.prod(base_fp[n][0]) for n in names if out_dtypes[n] == "float32"]
         pool = BufferPool(max(float32)) if float32 else None  # outputs reused once written
-        # writing tensor i overlaps computing tensor i + 1
+        # writing tensor i overlaps computing tensor i + 1; largest first (each written at its planned
+        # place), so the last write, which nothing overlaps, is a small one
+        largest_first = sorted(names, key=lambda n: -math.prod(base_fp[n][0]))
         background = BackgroundWriter(writer, on_written=pool.give if pool is not None else None)
         try:
             with kernels.threads(num_threads):
-                for name, tensor in tensors(pool):
+                for name, tensor in tensors(largest_first, pool):
                     background.add(name, tensor)
             background.close()
         except BaseException:

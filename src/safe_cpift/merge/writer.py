@@ -2,8 +2,9 @@
 
 `safe_cpift.io.ShardedWriter` must hold a whole shard in memory (the safetensors header comes
 before the data, and `save_file` copies it once more). A fused model has exactly the base model's
-names, shapes and dtypes, so the headers can be written first and each tensor appended the moment
-it is computed: peak memory stays at one tensor. The files are standard safetensors (8-byte
+names, shapes and dtypes, so the headers can be written first and each tensor written at its planned
+place (`pwrite`) the moment it is computed, in any order: peak memory stays at one tensor, and a
+caller can compute the largest tensors first, so the last write it waits for is a small one. The files are standard safetensors (8-byte
 little-endian header length, JSON header padded to 8 bytes, contiguous data) and the index follows
 `save_pretrained` (`model.safetensors` or `model-0000i-of-0000n.safetensors` + index JSON).
 """
@@ -37,7 +38,8 @@ class PlannedShardWriter:
 
     Args:
         out_dir (`Path`): directory to write into (usually a temporary dir from `atomic_directory`).
-        plan (`dict[str, tuple[list[int], str]]`): every tensor that will be written, in write order.
+        plan (`dict[str, tuple[list[int], str]]`): every tensor that will be written, in file order
+            (tensors may be added in any order: each goes to its planned offset).
         max_shard_bytes (`int`): start a new shard when the next tensor would pass this size.
         metadata (`dict[str, str]`, *optional*): safetensors metadata (defaults to `{"format": "pt"}`).
     """
@@ -66,50 +68,62 @@ class PlannedShardWriter:
         n = len(shards)
         self.files = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         self._shard_of = {name: i for i, names in enumerate(shards) for name in names}
-        self._shards = shards
-        self._next = iter(self.plan)
-        self._handle = None
-        self._current = -1
+        self._headers: list[bytes] = []
+        self._offset: dict[str, int] = {}  # name -> byte offset of its data in its shard
+        for names in shards:
+            header: dict[str, object] = {"__metadata__": self.metadata}
+            offset = 0
+            for name in names:
+                shape, dtype = self.plan[name]
+                nbytes = _nbytes(shape, dtype)
+                header[name] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
+                self._offset[name] = offset
+                offset += nbytes
+            raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+            raw += b" " * (-len(raw) % 8)
+            self._headers.append(struct.pack("<Q", len(raw)) + raw)
+        self._fds: dict[int, int] = {}
+        self._written: set[str] = set()
+        self._closed = False
         self.total_bytes = sum(_nbytes(s, d) for s, d in self.plan.values())
 
-    def _open(self, i: int) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        header: dict[str, object] = {"__metadata__": self.metadata}
-        offset = 0
-        for name in self._shards[i]:
-            shape, dtype = self.plan[name]
-            nbytes = _nbytes(shape, dtype)
-            header[name] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)
-        self._handle = open(self.out_dir / self.files[i], "wb")  # noqa: SIM115 - closed in _open/close
-        self._handle.write(struct.pack("<Q", len(raw)) + raw)
-        self._current = i
+    def _fd(self, i: int) -> int:
+        """The open shard `i`, created with its header on first use."""
+        if self._closed:
+            raise ValueError("the writer is closed")
+        if i not in self._fds:
+            fd = os.open(self.out_dir / self.files[i], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            self._fds[i] = fd
+            _pwrite_all(fd, memoryview(self._headers[i]), 0)
+        return self._fds[i]
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Append `tensor`; names must come in plan order with the planned shape and dtype."""
-        expected = next(self._next, None)
-        if name != expected:
-            raise ValueError(f"tensor `{name}` written out of order (expected `{expected}`)")
+        """Write `tensor` at its planned place; each planned name once, with its planned shape and dtype."""
+        if self._closed:
+            raise ValueError(f"cannot write `{name}`: the writer is closed")
+        if name not in self.plan:
+            raise ValueError(f"tensor `{name}` is not in the plan")
+        if name in self._written:
+            raise ValueError(f"tensor `{name}` was written twice")
         shape, dtype = self.plan[name]
         if list(tensor.shape) != shape or str(tensor.dtype).removeprefix("torch.") != dtype:
             raise ValueError(f"tensor `{name}` is {list(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}")
-        if self._shard_of[name] != self._current:
-            self._open(self._shard_of[name])
+        i = self._shard_of[name]
+        fd = self._fd(i)
         data = tensor.detach().contiguous().cpu().reshape(-1)
         if data.numel():
-            self._handle.write(memoryview(data.view(torch.uint8).numpy()))
+            _pwrite_all(fd, memoryview(data.view(torch.uint8).numpy()), len(self._headers[i]) + self._offset[name])
+        self._written.add(name)
 
     def close(self) -> list[Path]:
         """Check every planned tensor was written, close, write the index when sharded."""
-        missing = next(self._next, None)
+        missing = next((n for n in self.plan if n not in self._written), None)
         if missing is not None:
             raise ValueError(f"tensor `{missing}` was planned but never written")
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        for i in range(len(self.files)):
+            self._fd(i)  # a shard of empty tensors only: its header
+        self.abort()
+        self._closed = True
         if len(self.files) > 1:
             weight_map = {name: self.files[i] for name, i in self._shard_of.items()}
             atomic_write_json(self.out_dir / INDEX_FILE,
@@ -117,6 +131,13 @@ class PlannedShardWriter:
         return [self.out_dir / f for f in self.files]
 
     def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        """Close the open shards (what was written stays)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data.nbytes:
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
