@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from safe_cpift.io import CheckpointReader, open_checkpoint
 from safe_cpift.regions.select import CHUNK
 
 PREFETCH = 1 << 24  # entries per model requested ahead of the scan (64 MiB of float32)
@@ -61,8 +62,6 @@ class TensorSource:
     """
 
     def __init__(self, x: Any) -> None:
-        from safe_cpift.io import CheckpointReader, open_checkpoint
-
         self.label = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
         self._ranges: dict[str, tuple[str, int, int]] = {}
         self._fds: dict[str, int] = {}
