@@ -40,7 +40,7 @@ def test_cut_bf16_widens_exactly(n):
     for value in (0.0, 0.5, float(d[0]), 3.0):
         want = np.flatnonzero(d >= np.float32(value))
         bits_a, bits_b = a.view(torch.int16).numpy(), b.view(torch.int16).numpy()
-        m = fused.kernels().cut_bf16(bits_a, bits_b, np.float32(value), idx, val)
+        m = fused.kernels().cut(bits_a, bits_b, np.float32(value), idx, val)  # int16 bits: bfloat16
         assert np.array_equal(idx[:m], want), value
         assert np.array_equal(val[:m], d[want])
 

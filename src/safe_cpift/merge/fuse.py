@@ -313,8 +313,9 @@ def _fuse_pair(name, base_t, task_ts, order_given, regions, pidx, protect_t, t, 
     out = pool.take(g0.numel()) if pool is not None else torch.empty(g0.numel(), dtype=torch.float32)
     idx_list = [region.indices(name).to(torch.long) for region in regions]
     base_np, t0, t1, src_np = arrays
-    won = kernels.fuse_pair(kern, out.numpy(), *(kernels.as_float32(x) for x in (g0, g1)), *weights, base_np, t0,
-                            t1, idx_list[0].numpy(), idx_list[1].numpy(), src_np, pidx.numpy())
+    g0_np, g1_np = ((t0, t1)[i] for i in order_given)
+    won = kernels.fuse_pair(kern, out.numpy(), g0_np, g1_np, *weights, base_np, t0, t1, idx_list[0].numpy(),
+                            idx_list[1].numpy(), src_np, pidx.numpy())
     _count_transplanted(counts, won)
     counts["protected_over_task"] += int(won[3])
     return out.view(g0.shape), [i for i in idx_list if i.numel()]
@@ -385,20 +386,11 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
         flat = out.view(-1)
         task_idx = _transplant(name, flat, base_t.reshape(-1), task_ts, regions, counts)
     exact = list(task_idx)
-    if protect is not None:
-        if pidx.numel():
-            kern, dst, src = kernels.kernels(load=False), kernels.as_float32(flat), kernels.as_float32(protect_t)
-            if fused is None and kern is not None and dst is not None and src is not None:
-                kern.copy_at(dst, src, pidx.numpy())
-            elif fused is None:
-                flat[pidx] = protect_t.reshape(-1)[pidx].to(dtype)
-            counts["protected"] += pidx.numel()
-            if fused is None:  # the fused pass counted these
-                over = torch.zeros(pidx.numel(), dtype=torch.bool)
-                for idx in task_idx:
-                    over |= _member(idx, pidx)
-                counts["protected_over_task"] += int(over.sum())
-            exact.append(pidx)
+    if pidx.numel():
+        if fused is None:  # the fused pass copied these and counted those in a core
+            _copy_protected(flat, protect_t, pidx, task_idx, counts)
+        counts["protected"] += pidx.numel()
+        exact.append(pidx)
     if out_dtype == dtype:
         return out
     written = out.to(out_dtype)
@@ -406,6 +398,20 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
         idx = torch.cat(exact).unique()
         counts["core_rounded"] += int((written.view(-1)[idx].to(dtype) != flat[idx]).sum())
     return written
+
+
+def _copy_protected(flat: torch.Tensor, protect_t: torch.Tensor, pidx: torch.Tensor, task_idx: list[torch.Tensor],
+                    counts: dict) -> None:
+    """Copy the protected entries `pidx` of `protect_t` into `flat`; count those that are also core entries."""
+    kern, dst, src = kernels.kernels(load=False), kernels.as_float32(flat), kernels.as_float32(protect_t)
+    if kern is not None and dst is not None and src is not None:
+        kern.copy_at(dst, src, pidx.numpy())
+    else:
+        flat[pidx] = protect_t.reshape(-1)[pidx].to(flat.dtype)
+    over = torch.zeros(pidx.numel(), dtype=torch.bool)
+    for idx in task_idx:
+        over |= _member(idx, pidx)
+    counts["protected_over_task"] += int(over.sum())
 
 
 def _copy_side_files(base: Any, target: Path) -> list[str]:

@@ -7,8 +7,8 @@ temporaries (`regions.fused_scan` drives the kernels); without it `regions.scori
 float32 subtractions (no fast-math) and the cut is IEEE `>=`, so NaN never passes.
 
 Kernels (`Kernels`):
-- `cut`: (index, |b − a|) of the entries of a float32 chunk pair with |b − a| >= floor; `cut_bf16`
-  the same for bfloat16 pairs (given as int16 bit patterns, each widened to float32 exactly as read);
+- `cut`: (index, |b − a|) of the entries of a float32 chunk pair with |b − a| >= floor; the same for
+  bfloat16 pairs given as int16 bit patterns (each widened to float32 exactly as read);
 - `histogram`: count non-negative float32 values by the high or low half of their bits (for
   non-negative floats the bit pattern orders like the value), the two passes of a radix select;
 - `tally`: how many values are above a threshold and how many equal it;
@@ -39,7 +39,6 @@ class Kernels(NamedTuple):
     """The compiled kernels (see the module docstring)."""
 
     cut: Callable[..., int]
-    cut_bf16: Callable[..., int]
     histogram: Callable[..., None]
     tally: Callable[..., None]
     pick: Callable[..., int]
@@ -58,8 +57,13 @@ def _build() -> Kernels:
         return x(x), codegen
 
     @intrinsic
-    def _widen_bf16(typingctx, x):  # noqa: ANN001 -- numba intrinsic: int16 bfloat16 bits -> exact float32
-        def codegen(context, builder, signature, args):  # noqa: ANN001
+    def _as_float32(typingctx, x):  # noqa: ANN001 -- numba intrinsic: a float32 as is, int16 bfloat16 bits widened
+        if x == numba.types.float32:
+            return numba.types.float32(x), lambda context, builder, signature, args: args[0]
+        if x != numba.types.int16:
+            return None
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001 -- exact: the 16 bits become the high half
             wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
             return builder.bitcast(wide, ir.FloatType())
 
@@ -71,7 +75,9 @@ def _build() -> Kernels:
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def cut(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray) -> np.int64:
-        # writes (index, score) of the candidates to idx_out / val_out (room for len(a)); returns their count
+        # writes (index, score) of the candidates to idx_out / val_out (room for len(a)); returns their
+        # count. float32 pairs, or bfloat16 pairs given as int16 bit patterns, each widened exactly to
+        # float32 as it is read (as the torch path subtracts bfloat16 weights in float32)
         m = 0
         n = a.shape[0]
         whole = n // block
@@ -79,43 +85,16 @@ def _build() -> Kernels:
             lo = k * block
             hits = np.uint64(0)
             for j in range(block):  # branch-free bit mask of the block's candidates (vectorized)
-                hits |= np.uint64(abs(b[lo + j] - a[lo + j]) >= floor) << np.uint64(j)
+                d = abs(_as_float32(b[lo + j]) - _as_float32(a[lo + j]))
+                hits |= np.uint64(d >= floor) << np.uint64(j)
             while hits:  # most blocks hold none or one
                 j = _trailing_zeros(hits)
                 idx_out[m] = lo + j
-                val_out[m] = abs(b[lo + j] - a[lo + j])
+                val_out[m] = abs(_as_float32(b[lo + j]) - _as_float32(a[lo + j]))
                 m += 1
                 hits &= hits - np.uint64(1)
         for i in range(whole * block, n):
-            d = abs(b[i] - a[i])
-            if d >= floor:
-                idx_out[m] = i
-                val_out[m] = d
-                m += 1
-        return m
-
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def cut_bf16(a: np.ndarray, b: np.ndarray, floor: np.float32, idx_out: np.ndarray, val_out: np.ndarray) -> np.int64:
-        # `cut` for bfloat16 pairs given as int16 bit patterns, each widened exactly to float32 as it
-        # is read (the 16 bits become the high half), as the torch path subtracts bfloat16 weights
-        # in float32
-        m = 0
-        n = a.shape[0]
-        whole = n // block
-        for k in range(whole):
-            lo = k * block
-            hits = np.uint64(0)
-            for j in range(block):
-                d = abs(_widen_bf16(b[lo + j]) - _widen_bf16(a[lo + j]))
-                hits |= np.uint64(d >= floor) << np.uint64(j)
-            while hits:
-                j = _trailing_zeros(hits)
-                idx_out[m] = lo + j
-                val_out[m] = abs(_widen_bf16(b[lo + j]) - _widen_bf16(a[lo + j]))
-                m += 1
-                hits &= hits - np.uint64(1)
-        for i in range(whole * block, n):
-            d = abs(_widen_bf16(b[i]) - _widen_bf16(a[i]))
+            d = abs(_as_float32(b[i]) - _as_float32(a[i]))
             if d >= floor:
                 idx_out[m] = i
                 val_out[m] = d
@@ -160,7 +139,7 @@ def _build() -> Kernels:
                 ties[0] -= 1
         return m
 
-    return Kernels(cut, cut_bf16, histogram, tally, pick)
+    return Kernels(cut, histogram, tally, pick)
 
 
 _LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path", MIN_ENTRIES)
@@ -177,7 +156,7 @@ def warm_up() -> bool:
     idx, val = np.empty(BLOCK + 1, dtype=np.int32), np.empty(BLOCK + 1, dtype=np.float32)
     m = k.cut(z, z, np.float32(0.0), idx, val)
     zb = np.zeros(BLOCK + 1, dtype=np.int16)
-    k.cut_bf16(zb, zb, np.float32(0.0), idx, val)
+    k.cut(zb, zb, np.float32(0.0), idx, val)  # the bfloat16 (int16 bits) specialization
     bits = val[:m].view(np.int32)
     k.histogram(bits, np.int64(-1), np.zeros(1 << HIGH_BITS, dtype=np.int64))
     k.histogram(bits, np.int64(0), np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64))

@@ -57,7 +57,6 @@ class _Scan:
         kern = fused.kernels(load=False)
         assert kern is not None
         bufs = {k: (np.empty(self.chunk, dtype=v), np.empty(self.chunk, dtype=v)) for k, v in RAW.items()}
-        cuts = {"float32": kern.cut, "bfloat16": kern.cut_bf16}
         size = share + self.chunk
         idx, val, used = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float32), 0
         for i in self._next:
@@ -70,7 +69,7 @@ class _Scan:
             read_b, read_t, dtype = self.readers[tid]
             buf_b, buf_t = bufs[dtype]
             a, b = read_b(start, stop, buf_b), read_t(start, stop, buf_t)
-            m = int(cuts[dtype](a, b, self.floor, idx[used:], val[used:]))
+            m = int(kern.cut(a, b, self.floor, idx[used:], val[used:]))  # float32, or bfloat16 as int16 bits
             self.parts[i] = (idx[used:used + m], val[used:used + m])
             used += m
             if self.bar is not None:

@@ -130,13 +130,13 @@ class TensorSource:
         if where is None:
             return self._memory_reader(name)
         path, begin = where
-        fd, size, nowait = self._fd(path), self.dtypes[name].itemsize, read_ahead
+        fd, size = self._fd(path), self.dtypes[name].itemsize
 
         def read(start: int, stop: int, buf: np.ndarray) -> np.ndarray:
             out = buf[: stop - start]
             view, pos = memoryview(out).cast("B"), begin + size * start
             while view.nbytes:
-                if nowait and self._nowait:
+                if read_ahead and self._nowait:
                     try:
                         got = os.preadv(fd, [view], pos, self._nowait)
                     except BlockingIOError:  # pages not cached: read ahead, then wait for these
