@@ -51,3 +51,15 @@ def tiny_qwen2():
 def qwen_tokenizer():
     """A word-level tokenizer with Qwen2.5's ChatML template (default system turn, no generation markers)."""
     return build_qwen_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def fusion_kernels():
+    """`merge.kernels` loaded for one test module, and unloaded after it (other modules keep torch's path)."""
+    from safe_cpift.merge import kernels
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels._LAZY, "value", kernels._LAZY.value)
+        mp.setattr(kernels._LAZY, "tried", kernels._LAZY.tried)
+        assert kernels.warm_up(), "numba is missing: pip install -c constraints-cpu.txt -e '.[dev]'"
+        yield kernels.kernels()

@@ -20,13 +20,8 @@ slerp_module = importlib.import_module("safe_cpift.merge.slerp")
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    """Kernels loaded once for this module, and unloaded after it (other modules keep torch's path)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kernels._LAZY, "value", kernels._LAZY.value)
-        mp.setattr(kernels._LAZY, "tried", kernels._LAZY.tried)
-        assert kernels.warm_up(), "numba is missing: pip install -c constraints-cpu.txt -e '.[dev]'"
-        yield kernels.kernels()
+def loaded(fusion_kernels):
+    return fusion_kernels
 
 
 @pytest.fixture(autouse=True)

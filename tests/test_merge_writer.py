@@ -94,6 +94,59 @@ def test_plan_is_enforced(tmp_path):
     assert torch.equal(load_file(str(tmp_path / SINGLE_FILE))["y"], torch.ones(3))
 
 
+def test_parts_from_several_threads_give_the_same_files(tmp_path):
+    """`add_part` (what `merge.streamed` writes with): parts in any order, from several threads, give the
+    bytes `add` gives; a tensor counts as written once its parts cover it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(1)
+    ts = {"a.weight": torch.randn(300, 7, generator=g), "b.bias": torch.randn(5, generator=g),
+          "c.ids": torch.arange(11, dtype=torch.int64)}
+    plan = state_dict_fingerprint(ts)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    w = PlannedShardWriter(whole, plan, max_shard_bytes=2000)
+    for n, t in ts.items():
+        w.add(n, t)
+    w.close()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    w = PlannedShardWriter(parts, plan, max_shard_bytes=2000)
+    flat = {n: t.reshape(-1).numpy() for n, t in ts.items()}
+    jobs = [(n, s, flat[n][s:s + 97]) for n in ("a.weight", "b.bias") for s in range(0, flat[n].size, 97)]
+    w.add("c.ids", ts["c.ids"])
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda job: w.add_part(*job), reversed(jobs)))
+    w.close()
+    names = sorted(p.name for p in whole.iterdir())
+    assert names == sorted(p.name for p in parts.iterdir()) and len(names) > 2
+    for name in names:
+        assert (whole / name).read_bytes() == (parts / name).read_bytes(), name
+
+
+def test_parts_are_checked(tmp_path):
+    import numpy as np
+
+    w = PlannedShardWriter(tmp_path, {"x": ([10], "float32"), "y": ([2], "float16")}, max_shard_bytes=10**6)
+    with pytest.raises(ValueError, match="`z` is not in the plan"):
+        w.add_part("z", 0, np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="flat float16 array, got 1-d float32"):
+        w.add_part("y", 0, np.zeros(2, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"entries 8\.\.10 are outside tensor `x` \(10 entries\)"):
+        w.add_part("x", 8, np.zeros(3, dtype=np.float32))
+    w.add_part("x", 0, np.zeros(6, dtype=np.float32))
+    with pytest.raises(ValueError, match="`x` was planned but never written"):
+        w.close()
+    with pytest.raises(ValueError, match="`x` was written twice"):  # overlapping parts
+        w.add_part("x", 2, np.zeros(6, dtype=np.float32))
+    w.add_part("x", 6, np.ones(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="`x` was written twice"):
+        w.add("x", torch.zeros(10))
+    w.add("y", torch.zeros(2, dtype=torch.float16))
+    w.close()
+    assert load_file(str(tmp_path / SINGLE_FILE))["x"].tolist() == [0.0] * 6 + [1.0] * 4
+
+
 def test_background_writer_keeps_order_and_reports_errors(tmp_path):
     import threading
 

@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from safe_cpift.io import (
 from safe_cpift.merge import kernels
 from safe_cpift.merge.background import BackgroundWriter, BufferPool
 from safe_cpift.merge.slerp import DOT_THRESHOLD, slerp, slerp_weights, spherical_mean
+from safe_cpift.merge.streamed import PairTensor, stream_pairs
 from safe_cpift.merge.writer import PlannedShardWriter
 from safe_cpift.models import as_state_dict
 
@@ -321,6 +323,50 @@ def _fuse_pair(name, base_t, task_ts, order_given, regions, pidx, protect_t, t, 
     return out.view(g0.shape), [i for i in idx_list if i.numel()]
 
 
+def _pair_tensors(names, sd_base, sd_tasks, sd_protect, protect, regions, order_given, schedule,
+                  out_dtypes) -> list[PairTensor]:
+    """The tensors `merge.streamed` fuses: two float32 tasks, base and protect source (contiguous, on the
+    CPU), written as float32, with 0 < t < 1; none when the kernels are not loaded. The others take the
+    per-tensor pass (`_fuse_tensor`), which gives these the same output bit for bit."""
+    if kernels.kernels(load=False) is None:
+        return []
+    pairs = []
+    for name in names:
+        t = schedule(name)
+        if out_dtypes[name] != "float32" or t in (0.0, 1.0):
+            continue
+        base_t = sd_base[name]
+        pidx = protect.indices(name).to(torch.long) if protect is not None else torch.zeros(0, dtype=torch.long)
+        src_t = sd_protect[name] if sd_protect is not None and pidx.numel() else base_t
+        arrays = [kernels.as_float32(x) for x in (base_t, *(sd[name] for sd in sd_tasks), src_t)]
+        if any(a is None for a in arrays) or not arrays[0].size:
+            continue
+        base, t0, t1, src = arrays
+        g0, g1 = ((t0, t1)[i] for i in order_given)
+        ia, ib = (region.indices(name).to(torch.long).numpy() for region in regions)
+        pairs.append(PairTensor(name, t, g0, g1, base, t0, t1, ia, ib, src, pidx.numpy()))
+    return pairs
+
+
+def _stream(pairs: list[PairTensor], writer: PlannedShardWriter, threads: int, dot_threshold: float,
+            counts: dict) -> None:
+    """`streamed.stream_pairs` with a progress bar; its counts added to `counts`."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(pairs), desc="fuse", unit="tensor", disable=None, leave=False) as bar:
+        lock = threading.Lock()
+
+        def done(name: str) -> None:
+            with lock:
+                bar.update(1)
+
+        won = stream_pairs(kernels.kernels(load=False), pairs, writer, num_threads=threads,
+                           dot_threshold=dot_threshold, on_tensor_done=done)
+    _count_transplanted(counts, won)
+    counts["protected_over_task"] += int(won[3])
+    counts["protected"] += sum(x.ip.size for x in pairs)
+
+
 def _check_weights(weights: Mapping[str, float] | None, given: list[str], t: float,
                    t_schedule: TSchedule | None) -> dict[str, float] | None:
     """Task weights normalised to sum 1, keyed like `given`; `None` when not given."""
@@ -556,17 +602,25 @@ def fuse_with_manifest(
         # shapes are the base's, dtypes the output's: plan the shards up front, stream each tensor
         writer = PlannedShardWriter(tmp, {n: (base_fp[n][0], out_dtypes[n]) for n in names},
                                     max_shard_bytes=max_shard_bytes)
-        float32 = [math.prod(base_fp[n][0]) for n in names if out_dtypes[n] == "float32"]
+        # two float32 tasks: streamed into the files chunk by chunk (`merge.streamed`); the rest per tensor
+        pairs = [] if len(order) != 2 or sorted_weights is not None else _pair_tensors(
+            names, sd_base, sd_tasks, sd_protect if protect is not None else None, protect, regions, order_given,
+            schedule, out_dtypes)
+        streamed = {x.name for x in pairs}
+        rest = [n for n in names if n not in streamed]
+        float32 = [math.prod(base_fp[n][0]) for n in rest if out_dtypes[n] == "float32"]
         pool = BufferPool(max(float32)) if float32 else None  # outputs reused once written
         # writing tensor i overlaps computing tensor i + 1; largest first (each written at its planned
         # place), so the last write, which nothing overlaps, is a small one
-        largest_first = sorted(names, key=lambda n: -math.prod(base_fp[n][0]))
+        largest_first = sorted(rest, key=lambda n: -math.prod(base_fp[n][0]))
         background = BackgroundWriter(writer, on_written=pool.give if pool is not None else None)
         try:
-            with kernels.threads(num_threads):
+            with kernels.threads(num_threads) as threads:
                 for name, tensor in tensors(largest_first, pool):
                     background.add(name, tensor)
-            background.close()
+                background.close()
+                if pairs:
+                    _stream(pairs, writer, threads, dot_threshold, counts)
         except BaseException:
             background.abort()
             writer.abort()  # close the open shard; atomic_directory removes the temp dir

@@ -84,20 +84,20 @@ def _build() -> Kernels:
             out[i] = p + q
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def transplant2(out: np.ndarray, base: np.ndarray, a: np.ndarray, b: np.ndarray, ia: np.ndarray,
-                    ib: np.ndarray, counts: np.ndarray) -> None:
-        # counts[0:3] += (entries won by a, entries won by b, entries in both cores)
+    def _transplant_into(out: np.ndarray, off: np.int64, base: np.ndarray, a: np.ndarray, b: np.ndarray,
+                         ia: np.ndarray, ib: np.ndarray, counts: np.ndarray) -> None:
+        # `transplant2` into out[k - off] for entry k
         i = j = 0
         na, nb = ia.shape[0], ib.shape[0]
         while i < na or j < nb:
             if j == nb or (i < na and ia[i] < ib[j]):
                 k = ia[i]
-                out[k] = a[k]
+                out[k - off] = a[k]
                 counts[0] += 1
                 i += 1
             elif i == na or ib[j] < ia[i]:
                 k = ib[j]
-                out[k] = b[k]
+                out[k - off] = b[k]
                 counts[1] += 1
                 j += 1
             else:
@@ -105,19 +105,29 @@ def _build() -> Kernels:
                 da = abs(np.float64(a[k]) - np.float64(base[k]))
                 db = abs(np.float64(b[k]) - np.float64(base[k]))
                 if db > da or (da != da and db == db):  # larger |delta| wins; NaN loses; ties: a
-                    out[k] = b[k]
+                    out[k - off] = b[k]
                     counts[1] += 1
                 else:
-                    out[k] = a[k]
+                    out[k - off] = a[k]
                     counts[0] += 1
                 counts[2] += 1
                 i += 1
                 j += 1
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def copy_at(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> None:
+    def transplant2(out: np.ndarray, base: np.ndarray, a: np.ndarray, b: np.ndarray, ia: np.ndarray,
+                    ib: np.ndarray, counts: np.ndarray) -> None:
+        # counts[0:3] += (entries won by a, entries won by b, entries in both cores)
+        _transplant_into(out, 0, base, a, b, ia, ib, counts)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def _copy_into(out: np.ndarray, off: np.int64, src: np.ndarray, idx: np.ndarray) -> None:
         for i in range(idx.shape[0]):
-            out[idx[i]] = src[idx[i]]
+            out[idx[i] - off] = src[idx[i]]
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def copy_at(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> None:
+        _copy_into(out, 0, src, idx)
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def member(keys: np.ndarray, pool: np.ndarray, mask: np.ndarray) -> None:
@@ -134,16 +144,16 @@ def _build() -> Kernels:
                 j += 1
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def fuse2(out: np.ndarray, g0: np.ndarray, g1: np.ndarray, w0: np.float32, w1: np.float32, base: np.ndarray,
-              t0: np.ndarray, t1: np.ndarray, ia: np.ndarray, ib: np.ndarray, src: np.ndarray, ip: np.ndarray,
-              lo: np.int64, hi: np.int64, sub: np.int64, counts: np.ndarray) -> None:
-        # out[lo:hi] = fl(w0·g0) + fl(w1·g1); then the cores ia of t0 and ib of t1 (`transplant2`), then
-        # src at ip (`copy_at`); ia, ib, ip sorted and inside [lo, hi); `sub` entries at a time.
-        # counts[0:3] as `transplant2`'s; counts[3] += entries of ip in ia or ib
+    def fuse2(out: np.ndarray, off: np.int64, g0: np.ndarray, g1: np.ndarray, w0: np.float32, w1: np.float32,
+              base: np.ndarray, t0: np.ndarray, t1: np.ndarray, ia: np.ndarray, ib: np.ndarray, src: np.ndarray,
+              ip: np.ndarray, lo: np.int64, hi: np.int64, sub: np.int64, counts: np.ndarray) -> None:
+        # entries lo..hi-1, entry k into out[k - off]: fl(w0·g0) + fl(w1·g1); then the cores ia of t0 and
+        # ib of t1 (`transplant2`), then src at ip (`copy_at`); ia, ib, ip sorted and inside [lo, hi);
+        # `sub` entries at a time. counts[0:3] as `transplant2`'s; counts[3] += entries of ip in ia or ib
         i = j = q = 0
         for s in range(lo, hi, sub):
             e = min(hi, s + sub)
-            weighted_sum2(g0[s:e], g1[s:e], w0, w1, out[s:e])
+            weighted_sum2(g0[s:e], g1[s:e], w0, w1, out[s - off:e - off])
             i1, j1, q1 = i, j, q
             while i1 < ia.shape[0] and ia[i1] < e:
                 i1 += 1
@@ -151,8 +161,8 @@ def _build() -> Kernels:
                 j1 += 1
             while q1 < ip.shape[0] and ip[q1] < e:
                 q1 += 1
-            transplant2(out, base, t0, t1, ia[i:i1], ib[j:j1], counts)
-            copy_at(out, src, ip[q:q1])
+            _transplant_into(out, off, base, t0, t1, ia[i:i1], ib[j:j1], counts)
+            _copy_into(out, off, src, ip[q:q1])
             x, y = i, j  # protected entries that are also core entries (a merge walk)
             for r in range(q, q1):
                 k = ip[r]
@@ -186,8 +196,8 @@ def warm_up() -> bool:
         k.copy_at(x.copy(), x, i)
         k.member(i, i, np.zeros(2, dtype=np.bool_))
     i = np.arange(2, dtype=np.int64)  # `fuse._fuse_pair` passes int64 indices
-    k.fuse2(x.copy(), x, x, np.float32(0.5), np.float32(0.5), x, x, x, i, i, x, i, np.int64(0), np.int64(3),
-            np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
+    k.fuse2(x.copy(), np.int64(0), x, x, np.float32(0.5), np.float32(0.5), x, x, x, i, i, x, i, np.int64(0),
+            np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
     return True
 
 
@@ -242,6 +252,11 @@ def dots2(kern: Kernels, a: np.ndarray, b: np.ndarray) -> tuple[float, float, fl
     blocks = -(-a.shape[0] // BLOCK)
     partials = np.zeros((max(blocks, 1), 3))
     _parallel(lambda lo, hi: kern.gram2(a, b, partials, lo, hi), blocks, a.shape[0])
+    return sum_partials(partials)
+
+
+def sum_partials(partials: np.ndarray) -> tuple[float, float, float]:
+    """(a·a, a·b, b·b): `gram2`'s per-block partial sums added in block order."""
     aa = ab = bb = 0.0
     for x, y, z in partials.tolist():
         aa, ab, bb = aa + x, ab + y, bb + z
@@ -279,7 +294,7 @@ def fuse_pair(kern: Kernels, out: np.ndarray, g0: np.ndarray, g1: np.ndarray, w0
     def part(lo: int, hi: int) -> np.ndarray:
         counts = np.zeros(4, dtype=np.int64)
         (a0, a1), (b0, b1), (p0, p1) = (np.searchsorted(x, [lo, hi]) for x in (ia, ib, ip))
-        kern.fuse2(out, g0, g1, f0, f1, base, t0, t1, ia[a0:a1], ib[b0:b1], src, ip[p0:p1], np.int64(lo),
+        kern.fuse2(out, np.int64(0), g0, g1, f0, f1, base, t0, t1, ia[a0:a1], ib[b0:b1], src, ip[p0:p1], np.int64(lo),
                    np.int64(hi), sub, counts)
         return counts
 

@@ -186,10 +186,16 @@ def slerp_weights(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: f
     if t == 0.0 or t == 1.0:
         return None
     gram = _gram([v0, v1])
-    n0, n1 = math.sqrt(float(gram[0, 0])), math.sqrt(float(gram[1, 1]))
+    return weights_from_dots(t, float(gram[0, 0]), float(gram[0, 1]), float(gram[1, 1]), dot_threshold, eps)
+
+
+def weights_from_dots(t: float, aa: float, ab: float, bb: float, dot_threshold: float = DOT_THRESHOLD,
+                      eps: float = 1e-8) -> tuple[float, float]:
+    """`slerp_weights` for 0 < t < 1 from the float64 dot products (v0·v0, v0·v1, v1·v1)."""
+    n0, n1 = math.sqrt(aa), math.sqrt(bb)
     if n0 < eps or n1 < eps:
         return 1.0 - t, t
-    dot = float(gram[0, 1]) / (n0 * n1)
+    dot = ab / (n0 * n1)
     dot = min(1.0, max(-1.0, dot))
     if abs(dot) > dot_threshold:
         return 1.0 - t, t

@@ -16,8 +16,10 @@ import math
 import os
 import struct
 import sys
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from safe_cpift.io import INDEX_FILE, SINGLE_FILE, atomic_write_json
@@ -84,18 +86,22 @@ class PlannedShardWriter:
             self._headers.append(struct.pack("<Q", len(raw)) + raw)
         self._fds: dict[int, int] = {}
         self._written: set[str] = set()
+        self._parts: dict[str, int] = {}  # name -> entries taken by `add_part` calls so far
+        self._done: dict[str, int] = {}  # name -> entries those calls have written
+        self._lock = threading.Lock()  # `add_part` may be called from several threads
         self._closed = False
         self.total_bytes = sum(_nbytes(s, d) for s, d in self.plan.values())
 
     def _fd(self, i: int) -> int:
         """The open shard `i`, created with its header on first use."""
-        if self._closed:
-            raise ValueError("the writer is closed")
-        if i not in self._fds:
-            fd = os.open(self.out_dir / self.files[i], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            self._fds[i] = fd
-            _pwrite_all(fd, memoryview(self._headers[i]), 0)
-        return self._fds[i]
+        with self._lock:
+            if self._closed:
+                raise ValueError("the writer is closed")
+            if i not in self._fds:
+                fd = os.open(self.out_dir / self.files[i], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                self._fds[i] = fd
+                _pwrite_all(fd, memoryview(self._headers[i]), 0)
+            return self._fds[i]
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Write `tensor` at its planned place; each planned name once, with its planned shape and dtype."""
@@ -103,7 +109,7 @@ class PlannedShardWriter:
             raise ValueError(f"cannot write `{name}`: the writer is closed")
         if name not in self.plan:
             raise ValueError(f"tensor `{name}` is not in the plan")
-        if name in self._written:
+        if name in self._written or name in self._parts:
             raise ValueError(f"tensor `{name}` was written twice")
         shape, dtype = self.plan[name]
         if list(tensor.shape) != shape or str(tensor.dtype).removeprefix("torch.") != dtype:
@@ -114,6 +120,36 @@ class PlannedShardWriter:
         if data.numel():
             _pwrite_all(fd, memoryview(data.view(torch.uint8).numpy()), len(self._headers[i]) + self._offset[name])
         self._written.add(name)
+
+    def add_part(self, name: str, first: int, data: np.ndarray) -> None:
+        """Write the flat entries `first .. first + len(data) - 1` of tensor `name` at their planned place.
+
+        Safe to call from several threads (each part is one `pwrite`); the tensor counts as written once
+        parts covering all its entries were added. Parts must not overlap: more entries than the tensor
+        has is an error."""
+        if name not in self.plan:
+            raise ValueError(f"tensor `{name}` is not in the plan")
+        shape, dtype = self.plan[name]
+        if data.dtype != np.dtype(dtype) or data.ndim != 1:
+            raise ValueError(f"a part of tensor `{name}` must be a flat {dtype} array, got {data.ndim}-d {data.dtype}")
+        numel = math.prod(shape)
+        if first < 0 or first + data.shape[0] > numel:
+            raise ValueError(f"entries {first}..{first + data.shape[0] - 1} are outside tensor `{name}` "
+                             f"({numel} entries)")
+        i = self._shard_of[name]
+        fd = self._fd(i)
+        with self._lock:
+            if name in self._written:
+                raise ValueError(f"tensor `{name}` was written twice")
+            done = self._parts.get(name, 0) + data.shape[0]
+            if done > numel:
+                raise ValueError(f"tensor `{name}` was written twice (parts add up to more than its {numel} entries)")
+            self._parts[name] = done
+        _pwrite_all(fd, memoryview(data.view(np.uint8)), len(self._headers[i]) + self._offset[name] + first * data.itemsize)
+        with self._lock:
+            self._done[name] = self._done.get(name, 0) + data.shape[0]
+            if self._done[name] == numel:
+                self._written.add(name)
 
     def close(self) -> list[Path]:
         """Check every planned tensor was written, close, write the index when sharded."""
