@@ -1,6 +1,7 @@
 """CPI-FT fusion: transplant each task's core exactly, SLERP everything else, protect the safety core.
 
-For every tensor (streamed one at a time, so peak memory is a few tensors plus one output shard):
+For every tensor (streamed one at a time, so peak memory is a few tensors; two float32 tasks written to
+a directory with the compiled kernels go chunk by chunk, `merge.streamed`, bit for bit the same):
 
 1. **Non-core entries** — SLERP across the task models (`safe_cpift.merge.slerp`):
    * N = 1: the single task model's values.
