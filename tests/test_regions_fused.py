@@ -85,6 +85,17 @@ def test_pick_breaks_ties_by_order_across_calls():
     assert ties[0] == 0
 
 
+def test_pick_never_writes_past_its_output():
+    """Threads share one output array, each chunk picking into its own span: a pick must not write at or
+    after the end of the array it is given, even with non-picks after its last pick."""
+    kern = fused.kernels()
+    bits = np.array([9, 1, 9, 2, 9, 3, 1, 1], dtype=np.int32)  # picks at 0, 2, 4, then 3 non-picks
+    out = np.full(6, -1, dtype=np.int64)
+    m = kern.pick(np.arange(8, dtype=np.int32), bits, np.int32(5), np.zeros(1, dtype=np.int64), np.int64(10),
+                  out[:4], np.int64(1))
+    assert m == 4 and out.tolist() == [-1, 10, 12, 14, -1, -1]
+
+
 def reference(base, tuned, top_p):
     """Exact global top-p by (score desc, natural tensor order, flat index asc), float32 scores."""
     names = sorted(base, key=natural_key)
@@ -304,3 +315,35 @@ def test_select_top_k_equals_a_stable_ranking_for_any_chunking_and_threads(monke
         for t, i in ids[np.argsort(-np.concatenate(tuned), kind="stable")[:k]]:
             want.setdefault(int(t), []).append(int(i))
         assert {t: v.tolist() for t, v in got.items()} == {t: sorted(v) for t, v in want.items()}, (trial, threads, chunk)
+
+
+@pytest.mark.parametrize("target", [1.0, 37.5, 400.0, 2_000.0, 6_179.0, 6_180.0, 6_180.5])
+def test_weighted_floor_by_radix_equals_the_sorted_sample(monkeypatch, target):
+    """`estimate_floor` with the kernels (a weighted radix select) gives the value of the partition-and-sort
+    path, with ties, bfloat16 parts, an empty part and values spanning many high-bit buckets."""
+    g = torch.Generator().manual_seed(4)
+    ties = torch.full((40,), 0.25)
+    samples = [(0, torch.cat([torch.rand(300, generator=g), ties]), 7.0),
+               (1, torch.rand(50, generator=g) * 2, 1.0),
+               (2, torch.rand(1000, generator=g).to(torch.bfloat16), 3.5), (3, torch.rand(0), 2.0),
+               (4, torch.exp(torch.randn(500, generator=g) * 8), 0.5)]
+    monkeypatch.setattr(region_select, "RADIX_FLOOR_MIN", 1)
+    got = region_select.estimate_floor(samples, target)
+    monkeypatch.setattr(fused, "kernels", lambda load=True: None)  # the numpy path
+    want = region_select.estimate_floor(samples, target)
+    total = sum(s.numel() * w for _, s, w in samples)  # 6180
+    assert got == want and (want is None) == (target >= total), (got, want)  # all of it: keep all
+
+
+def test_weighted_floor_falls_back_on_nan_and_negative_scores(monkeypatch):
+    monkeypatch.setattr(region_select, "RADIX_FLOOR_MIN", 1)
+    calls = []
+    real = fused.weighted_floor_bits
+    monkeypatch.setattr(fused, "weighted_floor_bits", lambda *a: calls.append(1) or real(*a))
+    for bad in (float("nan"), -0.0, -1.0):
+        samples = [(0, torch.tensor([0.5, 0.25, bad, 1.0]), 1.0)]
+        got = region_select.estimate_floor(samples, 2.0)
+        with monkeypatch.context() as m:
+            m.setattr(fused, "kernels", lambda load=True: None)
+            assert got == region_select.estimate_floor(samples, 2.0) and not calls, bad
+    assert region_select.estimate_floor([(0, torch.tensor([0.5, 0.25, 1.0]), 1.0)], 2.0) == 0.5 and calls

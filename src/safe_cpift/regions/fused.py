@@ -11,6 +11,7 @@ Kernels (`Kernels`):
   bfloat16 pairs given as int16 bit patterns (each widened to float32 exactly as read);
 - `histogram`: count non-negative float32 values by the high or low half of their bits (for
   non-negative floats the bit pattern orders like the value), the two passes of a radix select;
+  `weighted_histogram` adds a weight per part instead of 1 (`weighted_floor_bits`);
 - `tally`: how many values are above a threshold and how many equal it;
 - `pick`: the indices of the values above a threshold, plus of the first `ties` equal to it.
 
@@ -40,6 +41,7 @@ class Kernels(NamedTuple):
 
     cut: Callable[..., int]
     histogram: Callable[..., None]
+    weighted_histogram: Callable[..., None]
     tally: Callable[..., None]
     pick: Callable[..., int]
 
@@ -113,6 +115,22 @@ def _build() -> Kernels:
                     counts[x & low_mask] += 1
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def weighted_histogram(bits: np.ndarray, ends: np.ndarray, weights: np.ndarray, high: np.int64,
+                           counts: np.ndarray) -> None:
+        # `histogram` with float64 weights: entries [ends[p - 1], ends[p]) of `bits` weigh weights[p]
+        lo = 0
+        for p in range(ends.shape[0]):
+            w = weights[p]
+            if high < 0:
+                for i in range(lo, ends[p]):
+                    counts[bits[i] >> low_bits] += w
+            else:
+                for i in range(lo, ends[p]):
+                    if (bits[i] >> low_bits) == high:
+                        counts[bits[i] & low_mask] += w
+            lo = ends[p]
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
     def tally(bits: np.ndarray, threshold: np.int32, counts: np.ndarray) -> None:
         # counts[0] += how many bits > threshold, counts[1] += how many == threshold
         above = 0
@@ -127,19 +145,23 @@ def _build() -> Kernels:
     def pick(idx: np.ndarray, bits: np.ndarray, threshold: np.int32, ties: np.ndarray, add: np.int64,
              out: np.ndarray, m: np.int64) -> np.int64:
         # appends (in input order) add + the indices with bits > threshold, and of the first ties[0]
-        # equal to it (ties[0] is decremented in place, so the count carries over to the next call)
+        # equal to it (ties[0] is decremented in place, so the count carries over to the next call);
+        # writes nothing at or past len(out). Branch-free: every entry is written at out[m], and m
+        # moves on only for a pick (~1 in 5 candidates is not one: a branch on it mispredicts)
+        end = out.shape[0]
         for i in range(bits.shape[0]):
             x = bits[i]
-            if x > threshold:
+            if m < end:  # always true until the last pick: predicted
                 out[m] = add + idx[i]
-                m += 1
-            elif x == threshold and ties[0] > 0:
-                out[m] = add + idx[i]
-                m += 1
-                ties[0] -= 1
+            if x == threshold:  # rare
+                if ties[0] > 0:
+                    ties[0] -= 1
+                    m += 1
+            else:
+                m += x > threshold
         return m
 
-    return Kernels(cut, histogram, tally, pick)
+    return Kernels(cut, histogram, weighted_histogram, tally, pick)
 
 
 _LAZY: LazyKernels[Kernels] = LazyKernels(_build, "region scoring uses the torch path", MIN_ENTRIES)
@@ -160,6 +182,9 @@ def warm_up() -> bool:
     bits = val[:m].view(np.int32)
     k.histogram(bits, np.int64(-1), np.zeros(1 << HIGH_BITS, dtype=np.int64))
     k.histogram(bits, np.int64(0), np.zeros(1 << (31 - HIGH_BITS), dtype=np.int64))
+    ends, weights = np.array([m], dtype=np.int64), np.ones(1)
+    k.weighted_histogram(bits, ends, weights, np.int64(-1), np.zeros(1 << HIGH_BITS))
+    k.weighted_histogram(bits, ends, weights, np.int64(0), np.zeros(1 << (31 - HIGH_BITS)))
     k.tally(bits, np.int32(0), np.zeros(2, dtype=np.int64))
     for dtype in (np.int32, np.int64):  # per-tensor indices: int32, or int64 for tensors of >= 2^31 entries
         k.pick(idx[:m], bits, np.int32(0), np.ones(1, dtype=np.int64), np.int64(0), np.empty(m, dtype=dtype),
@@ -187,3 +212,26 @@ def kth_largest_bits(parts: list[np.ndarray], k: int) -> tuple[int, int]:
     j = int(np.searchsorted(below, rank))
     greater = k - rank + (int(below[j - 1]) if j else 0)
     return (top << (31 - HIGH_BITS)) | (len(low) - 1 - j), greater
+
+
+def weighted_floor_bits(bits: np.ndarray, ends: np.ndarray, weights: np.ndarray, target: float) -> int | None:
+    """The int32 bit pattern of the highest value v with (total weight of the values >= v) >= `target`;
+    None when all of them weigh less than `target`.
+
+    `bits`: int32 view of non-negative, non-NaN float32 values, in parts: entries [ends[p - 1], ends[p])
+    weigh weights[p] (> 0) each. The weighted quantile `regions.select.estimate_floor` takes from a
+    sample, by the two histogram passes of `kth_largest_bits` instead of a partition and sort."""
+    kern = kernels()
+    assert kern is not None, "weighted_floor_bits needs numba; check kernels() first"
+    high = np.zeros(1 << HIGH_BITS)
+    kern.weighted_histogram(bits, ends, weights, np.int64(-1), high)
+    above = np.cumsum(high[::-1])  # above[i]: weight of the values whose high bits are >= len - 1 - i
+    i = int(np.searchsorted(above, target))
+    if i == above.size:
+        return None
+    top = high.size - 1 - i
+    before = float(above[i - 1]) if i else 0.0  # weight of the values in higher buckets
+    low = np.zeros(1 << (31 - HIGH_BITS))
+    kern.weighted_histogram(bits, ends, weights, np.int64(top), low)
+    j = int(np.searchsorted(before + np.cumsum(low[::-1]), target))
+    return (top << (31 - HIGH_BITS)) | (low.size - 1 - min(j, low.size - 1))

@@ -148,7 +148,7 @@ def _pick(kern: fused.Kernels, parts: list[tuple[tuple[int, int, int], Part]], t
     def pick(i: int) -> None:
         (_, start, _), (idx, val) = parts[i]
         end = kern.pick(idx, val.view(np.int32), threshold, np.array([allowed[i]], dtype=np.int64), np.int64(start),
-                        picked, np.int64(spans[i, 0]))
+                        picked[:spans[i, 1]], np.int64(spans[i, 0]))  # never past its span: threads share `picked`
         assert end == spans[i, 1], (end, spans[i])
 
     run(pick)

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 18  # elements scored at once (1 MiB of float32: stays in L2 between sub, abs, compare)
 SAMPLE_BUDGET = 1 << 20
 SAMPLE_BLOCK = 8192
+RADIX_FLOOR_MIN = 1 << 15  # sampled scores from which `estimate_floor` uses the radix select (its fixed cost: ~0.2 ms)
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 
@@ -239,7 +240,19 @@ def sample_scores(src: ScoreSource, budget: int = SAMPLE_BUDGET) -> list[tuple[i
 
 
 def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float) -> float | None:
-    """Highest score value with an estimated `target` entries at or above it (None: keep all)."""
+    """Highest score value with an estimated `target` entries at or above it (None: keep all).
+
+    With the compiled kernels loaded and at least `RADIX_FLOOR_MIN` scores, a weighted radix select over the
+    sample (`fused.weighted_floor_bits`; the same value as the partition and sort below)."""
+    if fused.kernels(load=False) is not None and sum(s.numel() for _, s, _ in samples) >= RADIX_FLOOR_MIN:
+        if target >= math.fsum(s.numel() * w for _, s, w in samples):
+            return None
+        values = np.concatenate([s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples])
+        if not (values.view(np.uint32) > 0x7F800000).any():  # no NaN, no sign bit
+            ends = np.cumsum([s.numel() for _, s, _ in samples], dtype=np.int64)
+            weights = np.array([w for _, _, w in samples], dtype=np.float64)
+            bits = fused.weighted_floor_bits(values.view(np.int32), ends, weights, target)
+            return None if bits is None else float(np.array([bits], dtype=np.int32).view(np.float32)[0])
     scores = torch.from_numpy(np.concatenate([s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]))
     part_weight = np.array([w for _, _, w in samples], dtype=np.float64)  # per sampled entry of each part
     sizes = np.array([s.numel() for _, s, _ in samples], dtype=np.int64)
