@@ -3,10 +3,11 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_fuse.py --against mergekit            # ~460 MB per model (fp32)
     OMP_NUM_THREADS=1 python benchmarks/bench_fuse.py --against mergekit --quick    # ~230 MB, under 3 min
     OMP_NUM_THREADS=1 python benchmarks/bench_fuse.py --against loop                # no mergekit needed
+    OMP_NUM_THREADS=1 python benchmarks/bench_fuse.py --dtype bfloat16              # bfloat16 checkpoints
 
 mergekit comes with the optional extra: `pip install -c constraints-cpu.txt -e ".[bench]"`.
 
-Writes synthetic sharded Llama-shaped fp32 checkpoints (base, task a, task b; 1% random cores per
+Writes synthetic sharded Llama-shaped float32 (or `--dtype bfloat16`) checkpoints (base, task a, task b; 1% random cores per
 task plus a 1% safety core) under `--root` (default: a temporary directory, deleted afterwards),
 brings them into the page cache and flushes dirty pages (`os.sync()`, so the write-back of earlier
 outputs does not run during a timed mode), then times each mode in its own subprocess:
@@ -17,7 +18,7 @@ outputs does not run during a timed mode), then times each mode in its own subpr
   With the `fast` extra its float32 passes are compiled (`merge.kernels`); loading them (numba
   import, once per process) is excluded and printed apart, like mergekit's import.
 * `mergekit`: mergekit's own `run_merge` with `merge_method: slerp`, `base_model: a`, the same `t`
-  (mergekit's `t` weighs the non-base model, as fuse's weighs the second task), `dtype: float32`,
+  (mergekit's `t` weighs the non-base model, as fuse's weighs the second task), `dtype` the checkpoints',
   `num_threads=--threads` and `async_write` (on unless `--no-mergekit-async-write`), in-process (its
   import time is excluded and printed apart).
 * `loop` (`--against loop`): load both models whole, SLERP each whole tensor in float32, `save_file`.
@@ -48,7 +49,9 @@ from _bench_util import AnonPeak, files, llama_shapes, read_files, status_kb
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 MODES = {"mergekit": ("raw_io", "mergekit", "fuse"), "loop": ("raw_io", "loop", "fuse")}
-ATOL = 1e-5  # float32 merges of weights ~0.02-0.1; mergekit takes norms/dots in float32, fuse in float64
+# merges of weights ~0.02-0.1; mergekit takes norms/dots in float32, fuse in float64; in bfloat16 a
+# rounding step is 2^-11..2^-9 at these magnitudes, so the two may round the other way once
+ATOL = {"float32": 1e-5, "bfloat16": 2.0**-9}
 
 
 def model_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
@@ -59,17 +62,18 @@ def write_checkpoints(root: Path, args: argparse.Namespace) -> dict[str, Path]:
     from safe_cpift.io import ShardedWriter, atomic_write_json
 
     g = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, args.dtype)
     dirs = {k: root / k for k in ("base", "a", "b")}
     writers = {k: ShardedWriter(d, max_shard_bytes=args.shard_mb * 2**20) for k, d in dirs.items()}
     for name, shape in model_shapes(args).items():
         base = torch.randn(shape, generator=g) * 0.02
-        writers["base"].add(name, base)
-        writers["a"].add(name, base + 0.002 * torch.randn(shape, generator=g))
-        writers["b"].add(name, base + 0.002 * torch.randn(shape, generator=g))
+        writers["base"].add(name, base.to(dtype))
+        writers["a"].add(name, (base + 0.002 * torch.randn(shape, generator=g)).to(dtype))
+        writers["b"].add(name, (base + 0.002 * torch.randn(shape, generator=g)).to(dtype))
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": args.hidden,
               "intermediate_size": args.inter, "num_hidden_layers": args.layers, "num_attention_heads": 8,
               "num_key_value_heads": 8, "vocab_size": args.vocab, "tie_word_embeddings": False,
-              "torch_dtype": "float32"}
+              "torch_dtype": args.dtype}
     for k, w in writers.items():
         w.close()
         atomic_write_json(dirs[k] / "config.json", config)
@@ -128,8 +132,8 @@ def run_loop(root: Path, out: Path, args: argparse.Namespace) -> None:
         save_file(shard, str(out / f"model-{i:05d}.safetensors"))
 
 
-def mergekit_config(root: Path, t: float) -> dict:
-    return {"merge_method": "slerp", "base_model": str(root / "a"), "dtype": "float32",
+def mergekit_config(root: Path, t: float, dtype: str) -> dict:
+    return {"merge_method": "slerp", "base_model": str(root / "a"), "dtype": dtype,
             "models": [{"model": str(root / "a")}, {"model": str(root / "b")}], "parameters": {"t": t}}
 
 
@@ -145,7 +149,7 @@ def child(mode: str, root: Path, args: argparse.Namespace) -> dict:
         from mergekit.options import MergeOptions
 
         import_s = time.perf_counter() - start
-        config = MergeConfiguration.model_validate(mergekit_config(root, args.t))
+        config = MergeConfiguration.model_validate(mergekit_config(root, args.t, args.dtype))
         options = MergeOptions(device="cpu", copy_tokenizer=False, write_model_card=False, quiet=True,
                                out_shard_size=args.shard_mb * 2**20, num_threads=args.threads,
                                async_write=args.mergekit_async_write)
@@ -184,7 +188,7 @@ def max_abs_diff_outside_cores(root: Path, other: str, args: argparse.Namespace)
     ours, theirs = open_checkpoint(root / "out_fuse"), open_checkpoint(root / f"out_{other}")
     worst, count = 0.0, 0
     for name in model_shapes(args):
-        x, y = ours.get(name).reshape(-1), theirs.get(name).reshape(-1).to(torch.float32)
+        x, y = (m.get(name).reshape(-1).to(torch.float32) for m in (ours, theirs))
         keep = torch.ones(x.numel(), dtype=torch.bool)
         for region in (*task_regions.values(), safety):
             keep[region.indices(name).to(torch.long)] = False
@@ -201,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller models (2 layers, vocab 16000), best of 2: under 3 min")
     p.add_argument("--t", type=float, default=0.3, help="SLERP t (weight of task b; not 0.5, so a swapped "
                    "convention would show in max_abs_diff)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the checkpoints' dtype")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--inter", type=int, default=2816)
@@ -222,7 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def child_argv(mode: str, root: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, __file__, "--child", mode, "--root", str(root), "--vocab", str(args.vocab),
             "--hidden", str(args.hidden), "--inter", str(args.inter), "--layers", str(args.layers),
-            "--shard-mb", str(args.shard_mb), "--t", str(args.t), "--threads", str(args.threads),
+            "--shard-mb", str(args.shard_mb), "--t", str(args.t), "--threads", str(args.threads), "--dtype", args.dtype,
             "--mergekit-async-write" if args.mergekit_async_write else "--no-mergekit-async-write"]
 
 
@@ -243,7 +248,7 @@ def main() -> int:
         t0 = time.perf_counter()
         write_checkpoints(root, args)
         model_bytes = sum(f.stat().st_size for f in files(root / "a"))
-        print(f"wrote 3 synthetic fp32 checkpoints of {model_bytes / 1e6:.0f} MB each "
+        print(f"wrote 3 synthetic {args.dtype} checkpoints of {model_bytes / 1e6:.0f} MB each "
               f"({len(files(root / 'a'))} shards) in {time.perf_counter() - t0:.1f}s; t={args.t}; "
               f"load average {os.getloadavg()[0]:.2f}, cpus {os.cpu_count()}")
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -265,11 +270,12 @@ def main() -> int:
                   f"peak RSS {r['peak_rss_mb']:.0f} MB (anonymous {r['peak_anon_rss_mb']:.0f} MB)")
         other = modes[1]
         diff, entries = max_abs_diff_outside_cores(root, other, args)
-        if diff > ATOL:
+        atol = ATOL[args.dtype]
+        if diff > atol:
             print("the merges disagree beyond float tolerance outside the cores", file=sys.stderr)
-        agree = diff <= ATOL
+        agree = diff <= atol
         print(f"fuse vs {other}: max |diff| {diff:.3g} over {entries} non-core entries "
-              f"({'agree' if agree else 'DISAGREE'} within {ATOL:g})")
+              f"({'agree' if agree else 'DISAGREE'} within {atol:g})")
         ratio_other = gbps["fuse"] / gbps[other]
         ratio_raw = gbps["fuse"] / gbps["raw_io"]
         print(f"fuse throughput / {other}: {ratio_other:.2f}x (goal >= 2); fuse / raw read+write: "

@@ -39,6 +39,12 @@ def world():
             "protect": random_region(0.02)}
 
 
+@pytest.fixture(scope="module")
+def world_bf16(world):
+    """The same models in bfloat16 (the regions fit either: indices depend on shapes only)."""
+    return {**world, **{k: {n: v.to(torch.bfloat16) for n, v in world[k].items()} for k in ("base", "a", "b")}}
+
+
 def fused_files(world, out, monkeypatch, streamed_on, threads, **kwargs):
     """fuse into `out` (streamed, or the per-tensor pass); returns (file name -> bytes, manifest, streamed names)."""
     used = []
@@ -66,6 +72,35 @@ def test_streamed_files_equal_the_per_tensor_pass_byte_for_byte(loaded, world, t
         assert got[name] == want[name], name
     assert got_manifest["counts"] == want_manifest["counts"]
     assert want_manifest["counts"]["conflicts"] > 0 and want_manifest["counts"]["protected_over_task"] > 0
+
+
+@pytest.mark.parametrize(("chunk", "threads"), [(1 << 18, 2), (777, 3)])
+def test_bfloat16_models_stream_to_the_per_tensor_bytes(loaded, world_bf16, tmp_path, monkeypatch, chunk, threads):
+    """bfloat16 in, bfloat16 out: computed in float32 and rounded as torch rounds, byte for byte the
+    per-tensor pass (which converts with torch), with the cores and protected entries exact."""
+    monkeypatch.setattr(streamed, "CHUNK", chunk)
+    got, got_manifest, used = fused_files(world_bf16, tmp_path / "streamed", monkeypatch, True, threads, t=0.3)
+    assert sorted(used) == sorted(world_bf16["base"])
+    want, want_manifest, _ = fused_files(world_bf16, tmp_path / "per_tensor", monkeypatch, False, 1, t=0.3)
+    assert got == want and got_manifest["counts"] == want_manifest["counts"]
+    assert want_manifest["counts"]["core_rounded"] == 0 and want_manifest["dtype"]["written"] == ["bfloat16"]
+
+
+def test_round_bf16_is_torchs_rounding(loaded):
+    """Every float32 class: ties both ways, subnormals, the largest finite values (rounding to inf), infs,
+    signed zeros, and random values over the whole exponent range."""
+    rng = np.random.default_rng(0)
+    special = np.array([0x00000000, 0x80000000, 0x3F808000, 0x3F818000, 0x3F80C000, 0x3F807FFF, 0x00000001,
+                        0x807FFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F7FFF, 0x7F800000, 0xFF800000], dtype=np.uint32)
+    bits = np.concatenate([special, rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)])
+    bits = bits[(bits & 0x7FFFFFFF) <= 0x7F800000]  # NaN below
+    out = np.empty(bits.size, dtype=np.uint16)
+    loaded.round_bf16(bits, out)
+    want = torch.from_numpy(bits.view(np.float32).copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(out, want)
+    nan = np.array([0x7FC00000, 0xFFC00001, 0x7F800001], dtype=np.uint32)
+    loaded.round_bf16(nan, out[:3])
+    assert torch.from_numpy(out[:3].view(np.int16).copy()).view(torch.bfloat16).isnan().all()
 
 
 def test_ends_of_a_schedule_take_the_per_tensor_pass(loaded, world, tmp_path, monkeypatch):

@@ -52,3 +52,32 @@ class LazyKernels(Generic[K]):
         if self.get(load=False) is not None:
             return True
         return entries >= self.min_entries and self.get() is not None
+
+
+_WIDEN: list = []
+
+
+def widen_intrinsic() -> Callable:
+    """A numba intrinsic `as_float32(x)` for kernels that take float32 arrays or bfloat16 arrays given as
+    int16 bit patterns: a float32 as is, int16 bits widened exactly to float32 (the 16 bits become the
+    high half, as torch's bfloat16 -> float32). Built once, on the first kernel build (imports numba)."""
+    if not _WIDEN:
+        import numba
+        from llvmlite import ir
+        from numba.extending import intrinsic
+
+        @intrinsic
+        def as_float32(typingctx, x):  # noqa: ANN001 -- numba intrinsic
+            if x == numba.types.float32:
+                return numba.types.float32(x), lambda context, builder, signature, args: args[0]
+            if x != numba.types.int16:
+                return None
+
+            def codegen(context, builder, signature, args):  # noqa: ANN001 -- exact: the 16 bits become the high half
+                wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+                return builder.bitcast(wide, ir.FloatType())
+
+            return numba.types.float32(x), codegen
+
+        _WIDEN.append(as_float32)
+    return _WIDEN[0]

@@ -1,7 +1,8 @@
 """CPI-FT fusion: transplant each task's core exactly, SLERP everything else, protect the safety core.
 
-For every tensor (streamed one at a time, so peak memory is a few tensors; two float32 tasks written to
-a directory with the compiled kernels go chunk by chunk, `merge.streamed`, bit for bit the same):
+For every tensor (streamed one at a time, so peak memory is a few tensors; two float32 or two bfloat16
+tasks written to a directory with the compiled kernels go chunk by chunk, `merge.streamed`, bit for bit
+the same):
 
 1. **Non-core entries** — SLERP across the task models (`safe_cpift.merge.slerp`):
    * N = 1: the single task model's values.
@@ -326,21 +327,23 @@ def _fuse_pair(name, base_t, task_ts, order_given, regions, pidx, protect_t, t, 
 
 def _pair_tensors(names, sd_base, sd_tasks, sd_protect, protect, regions, order_given, schedule,
                   out_dtypes) -> list[PairTensor]:
-    """The tensors `merge.streamed` fuses: two float32 tasks, base and protect source (contiguous, on the
-    CPU), written as float32, with 0 < t < 1; none when the kernels are not loaded. The others take the
-    per-tensor pass (`_fuse_tensor`), which gives these the same output bit for bit."""
+    """The tensors `merge.streamed` fuses: two tasks, base and protect source all float32 written as
+    float32, or all bfloat16 written as bfloat16 (contiguous, on the CPU), with 0 < t < 1; none when the
+    kernels are not loaded. The others take the per-tensor pass (`_fuse_tensor`), which gives these
+    the same output bit for bit."""
     if kernels.kernels(load=False) is None:
         return []
     pairs = []
     for name in names:
         t = schedule(name)
-        if out_dtypes[name] != "float32" or t in (0.0, 1.0):
+        want = {"float32": np.float32, "bfloat16": np.int16}.get(out_dtypes[name])
+        if want is None or t in (0.0, 1.0):
             continue
         base_t = sd_base[name]
         pidx = protect.indices(name).to(torch.long) if protect is not None else torch.zeros(0, dtype=torch.long)
         src_t = sd_protect[name] if sd_protect is not None and pidx.numel() else base_t
-        arrays = [kernels.as_float32(x) for x in (base_t, *(sd[name] for sd in sd_tasks), src_t)]
-        if any(a is None for a in arrays) or not arrays[0].size:
+        arrays = [kernels.as_kernel_array(x) for x in (base_t, *(sd[name] for sd in sd_tasks), src_t)]
+        if any(a is None or a.dtype != want for a in arrays) or not arrays[0].size:
             continue
         base, t0, t1, src = arrays
         g0, g1 = ((t0, t1)[i] for i in order_given)
@@ -441,9 +444,10 @@ def _fuse_tensor(name, base_t, task_ts, order_given, regions, protect, protect_t
     if out_dtype == dtype:
         return out
     written = out.to(out_dtype)
-    if exact:  # entries that must be copies: count those the output dtype cannot hold
+    if exact:  # entries that must be copies: count those the output dtype cannot hold (NaN stays NaN)
         idx = torch.cat(exact).unique()
-        counts["core_rounded"] += int((written.view(-1)[idx].to(dtype) != flat[idx]).sum())
+        before, after = flat[idx], written.view(-1)[idx].to(dtype)
+        counts["core_rounded"] += int(((after != before) & ~(after.isnan() & before.isnan())).sum())
     return written
 
 

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from safe_cpift.lazy_kernels import LazyKernels
+from safe_cpift.lazy_kernels import LazyKernels, widen_intrinsic
 
 MIN_ENTRIES = 1 << 27  # ~134M entries (a 0.5 GB float32 model): below this torch is fast enough
 BLOCK = 1 << 16  # entries per float64 partial sum of `gram2`
@@ -47,12 +47,14 @@ class Kernels(NamedTuple):
     copy_at: Callable[..., None]
     member: Callable[..., None]
     fuse2: Callable[..., None]
+    round_bf16: Callable[..., None]
 
 
 def _build() -> Kernels:
     import numba
 
     block = BLOCK
+    _as_float32 = widen_intrinsic()  # float32 as is; bfloat16 (int16 bits) widened exactly
 
     @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
     def _block_sums(a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> tuple[float, float, float]:
@@ -61,7 +63,7 @@ def _build() -> Kernels:
         a, b = a[lo:hi], b[lo:hi]
         aa = ab = bb = 0.0
         for i in range(a.shape[0]):
-            x, y = np.float64(a[i]), np.float64(b[i])
+            x, y = np.float64(_as_float32(a[i])), np.float64(_as_float32(b[i]))
             aa += x * x
             ab += x * y
             bb += y * y
@@ -79,8 +81,8 @@ def _build() -> Kernels:
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def weighted_sum2(a: np.ndarray, b: np.ndarray, w0: np.float32, w1: np.float32, out: np.ndarray) -> None:
         for i in range(a.shape[0]):  # no fast-math: each product is rounded to float32 before the add
-            p = w0 * a[i]
-            q = w1 * b[i]
+            p = w0 * _as_float32(a[i])
+            q = w1 * _as_float32(b[i])
             out[i] = p + q
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -92,23 +94,23 @@ def _build() -> Kernels:
         while i < na or j < nb:
             if j == nb or (i < na and ia[i] < ib[j]):
                 k = ia[i]
-                out[k - off] = a[k]
+                out[k - off] = _as_float32(a[k])
                 counts[0] += 1
                 i += 1
             elif i == na or ib[j] < ia[i]:
                 k = ib[j]
-                out[k - off] = b[k]
+                out[k - off] = _as_float32(b[k])
                 counts[1] += 1
                 j += 1
             else:
                 k = ia[i]
-                da = abs(np.float64(a[k]) - np.float64(base[k]))
-                db = abs(np.float64(b[k]) - np.float64(base[k]))
+                da = abs(np.float64(_as_float32(a[k])) - np.float64(_as_float32(base[k])))
+                db = abs(np.float64(_as_float32(b[k])) - np.float64(_as_float32(base[k])))
                 if db > da or (da != da and db == db):  # larger |delta| wins; NaN loses; ties: a
-                    out[k - off] = b[k]
+                    out[k - off] = _as_float32(b[k])
                     counts[1] += 1
                 else:
-                    out[k - off] = a[k]
+                    out[k - off] = _as_float32(a[k])
                     counts[0] += 1
                 counts[2] += 1
                 i += 1
@@ -123,7 +125,7 @@ def _build() -> Kernels:
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def _copy_into(out: np.ndarray, off: np.int64, src: np.ndarray, idx: np.ndarray) -> None:
         for i in range(idx.shape[0]):
-            out[idx[i] - off] = src[idx[i]]
+            out[idx[i] - off] = _as_float32(src[idx[i]])
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def copy_at(out: np.ndarray, src: np.ndarray, idx: np.ndarray) -> None:
@@ -174,7 +176,18 @@ def _build() -> Kernels:
                     counts[3] += 1
             i, j, q = i1, j1, q1
 
-    return Kernels(gram2, weighted_sum2, transplant2, copy_at, member, fuse2)
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def round_bf16(bits: np.ndarray, out: np.ndarray) -> None:
+        # float32 (as uint32 bits) -> bfloat16 bits, torch's rounding (c10 round_to_nearest_even):
+        # nearest, ties to even; NaN -> 0x7FC0
+        for i in range(bits.shape[0]):
+            x = bits[i]
+            if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                out[i] = np.uint16(0x7FC0)
+            else:
+                out[i] = np.uint16((x + ((x >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)) >> np.uint32(16))
+
+    return Kernels(gram2, weighted_sum2, transplant2, copy_at, member, fuse2, round_bf16)
 
 
 _LAZY: LazyKernels[Kernels] = LazyKernels(_build, "fusion uses torch", MIN_ENTRIES)
@@ -198,7 +211,22 @@ def warm_up() -> bool:
     i = np.arange(2, dtype=np.int64)  # `fuse._fuse_pair` passes int64 indices
     k.fuse2(x.copy(), np.int64(0), x, x, np.float32(0.5), np.float32(0.5), x, x, x, i, i, x, i, np.int64(0),
             np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
+    h = np.ones(3, dtype=np.int16)  # bfloat16 inputs as int16 bits (`merge.streamed`)
+    k.gram2(h, h, np.zeros((1, 3)), 0, 1)
+    k.fuse2(x.copy(), np.int64(0), h, h, np.float32(0.5), np.float32(0.5), h, h, h, i, i, h, i, np.int64(0),
+            np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
+    k.round_bf16(x.view(np.uint32), np.empty(3, dtype=np.uint16))
     return True
+
+
+def as_kernel_array(t: object) -> np.ndarray | None:
+    """A flat numpy view of a contiguous CPU tensor the kernels take: float32 as is, bfloat16 as its
+    int16 bit patterns; else None."""
+    import torch
+
+    if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous():
+        return t.detach().reshape(-1).view(torch.int16).numpy()
+    return as_float32(t)
 
 
 def as_float32(t: object) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""Two-task float32 fusion streamed into the output files a chunk at a time, on several threads.
+"""Two-task fusion of float32 or bfloat16 models streamed into the output files a chunk at a time.
 
 `fuse`'s per-tensor pass computes a whole output tensor into a buffer, then a background thread
 writes it: the output crosses memory twice (computed, then read back by the write), the buffers are
@@ -12,9 +12,11 @@ dot-product chunks of the first tensor, then the output chunks of tensor i inter
 dot-product chunks of tensor i + 1, so the threads stay busy across tensors. A thread that takes an
 output chunk of a tensor whose last dot-product chunk is still running waits for it.
 
-The output is bit for bit that of the per-tensor pass (`fuse._fuse_pair`): the same per-block
-partial sums added in block order (`kernels.sum_partials`), the same weights
-(`slerp.weights_from_dots`) and the same kernel, whatever the chunk size and number of threads.
+bfloat16 models (given as int16 bit patterns) are computed in float32 as the per-tensor pass computes
+them (each entry widened exactly as it is read) and each output chunk is rounded to bfloat16 as torch
+rounds (`kernels.round_bf16`). The output is bit for bit that of the per-tensor pass: the same
+per-block partial sums added in block order (`kernels.sum_partials`), the same weights
+(`slerp.weights_from_dots`) and the same arithmetic, whatever the chunk size and number of threads.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ _DOTS, _OUT = 0, 1
 
 @dataclass
 class PairTensor:
-    """One tensor of a two-task fusion, as flat float32 arrays (views of the inputs, not copies).
+    """One tensor of a two-task fusion, as flat arrays (views of the inputs, not copies): all float32, or
+    all bfloat16 given as int16 bit patterns (the output is then bfloat16 too).
 
     Args:
         name (`str`): the tensor's name in the writer's plan.
@@ -123,7 +126,7 @@ def stream_pairs(kern: kernels.Kernels, tensors: list[PairTensor], writer, *, nu
     position = itertools.count()  # next() on it is atomic: each job goes to one thread
     lock, stop, errors = threading.Lock(), threading.Event(), []
 
-    def run_job(kind: int, i: int, lo: int, hi: int, buf: np.ndarray, counts: np.ndarray) -> None:
+    def run_job(kind: int, i: int, lo: int, hi: int, buf: np.ndarray, bits: np.ndarray, counts: np.ndarray) -> None:
         x, st = tensors[i], state[i]
         if kind == _DOTS:
             kern.gram2(x.g0, x.g1, st.partials, lo, hi)
@@ -142,7 +145,11 @@ def stream_pairs(kern: kernels.Kernels, tensors: list[PairTensor], writer, *, nu
         (a0, a1), (b0, b1), (p0, p1) = st.bounds[:, c:c + 2].tolist()
         kern.fuse2(buf, np.int64(lo), x.g0, x.g1, *st.weights, x.base, x.t0, x.t1, x.ia[a0:a1], x.ib[b0:b1],
                    x.src, x.ip[p0:p1], np.int64(lo), np.int64(hi), sub, counts)
-        writer.add_part(x.name, lo, buf[:hi - lo])
+        if x.g0.dtype == np.int16:  # bfloat16 in, bfloat16 out: rounded as torch rounds
+            kern.round_bf16(buf[:hi - lo].view(np.uint32), bits[:hi - lo])
+            writer.add_part(x.name, lo, bits[:hi - lo])
+        else:
+            writer.add_part(x.name, lo, buf[:hi - lo])
         with lock:
             st.outs_left -= 1
             finished = st.outs_left == 0
@@ -151,12 +158,13 @@ def stream_pairs(kern: kernels.Kernels, tensors: list[PairTensor], writer, *, nu
 
     def work(counts: np.ndarray) -> None:
         buf = np.empty(chunk, dtype=np.float32)
+        bits = np.empty(chunk, dtype=np.uint16)  # bfloat16 outputs, rounded from `buf`
         try:
             while not stop.is_set():
                 j = next(position)
                 if j >= len(jobs):
                     return
-                run_job(*jobs[j], buf, counts)
+                run_job(*jobs[j], buf, bits, counts)
         except BaseException as err:  # noqa: BLE001 -- handed to the calling thread, which re-raises it
             errors.append(err)
             stop.set()

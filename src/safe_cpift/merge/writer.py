@@ -31,6 +31,9 @@ _DTYPES = {
 }
 
 
+_BITS = {"bfloat16": ("uint16", "int16")}  # numpy has no bfloat16: its parts come as 16-bit patterns
+
+
 def _nbytes(shape: list[int], dtype: str) -> int:
     return math.prod(shape) * getattr(torch, dtype).itemsize
 
@@ -130,8 +133,10 @@ class PlannedShardWriter:
         if name not in self.plan:
             raise ValueError(f"tensor `{name}` is not in the plan")
         shape, dtype = self.plan[name]
-        if data.dtype != np.dtype(dtype) or data.ndim != 1:
-            raise ValueError(f"a part of tensor `{name}` must be a flat {dtype} array, got {data.ndim}-d {data.dtype}")
+        allowed = _BITS.get(dtype, (dtype,))
+        if data.dtype.name not in allowed or data.ndim != 1:
+            raise ValueError(f"a part of tensor `{name}` must be a flat {' or '.join(allowed)} array, got "
+                             f"{data.ndim}-d {data.dtype}")
         numel = math.prod(shape)
         if first < 0 or first + data.shape[0] > numel:
             raise ValueError(f"entries {first}..{first + data.shape[0] - 1} are outside tensor `{name}` "

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from safe_cpift.lazy_kernels import LazyKernels
+from safe_cpift.lazy_kernels import LazyKernels, widen_intrinsic
 
 # The fused scan is ~0.5 ns per entry pair faster than the torch path on one thread and the kernels
 # cost 0.4–0.8 s to load per process (measured on a 2-core machine): they repay it from ~1G pairs.
@@ -58,18 +58,7 @@ def _build() -> Kernels:
 
         return x(x), codegen
 
-    @intrinsic
-    def _as_float32(typingctx, x):  # noqa: ANN001 -- numba intrinsic: a float32 as is, int16 bfloat16 bits widened
-        if x == numba.types.float32:
-            return numba.types.float32(x), lambda context, builder, signature, args: args[0]
-        if x != numba.types.int16:
-            return None
-
-        def codegen(context, builder, signature, args):  # noqa: ANN001 -- exact: the 16 bits become the high half
-            wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
-            return builder.bitcast(wide, ir.FloatType())
-
-        return numba.types.float32(x), codegen
+    _as_float32 = widen_intrinsic()
 
     block = BLOCK
     low_bits = 31 - HIGH_BITS
