@@ -340,16 +340,35 @@ def _pair_tensors(names, sd_base, sd_tasks, sd_protect, protect, regions, order_
         if want is None or t in (0.0, 1.0):
             continue
         base_t = sd_base[name]
-        pidx = protect.indices(name).to(torch.long) if protect is not None else torch.zeros(0, dtype=torch.long)
-        src_t = sd_protect[name] if sd_protect is not None and pidx.numel() else base_t
+        ia, ib, ip = _index_arrays(name, [*regions, protect])
+        src_t = sd_protect[name] if sd_protect is not None and ip.size else base_t
         arrays = [kernels.as_kernel_array(x) for x in (base_t, *(sd[name] for sd in sd_tasks), src_t)]
         if any(a is None or a.dtype != want for a in arrays) or not arrays[0].size:
             continue
         base, t0, t1, src = arrays
         g0, g1 = ((t0, t1)[i] for i in order_given)
-        ia, ib = (region.indices(name).to(torch.long).numpy() for region in regions)
-        pairs.append(PairTensor(name, t, g0, g1, base, t0, t1, ia, ib, src, pidx.numpy()))
+        pairs.append(PairTensor(name, t, g0, g1, base, t0, t1, ia, ib, src, ip))
     return pairs
+
+
+def _index_arrays(name: str, regions: list[Any]) -> list[np.ndarray]:
+    """Each region's sorted indices of `name` (an empty array for a `None` region): views of the stored
+    int32 indices (`CoreRegion.raw_indices`, no copy: all tensors' indices stay alive while streaming),
+    or int64 where any is not int32 (or a region type overrides `indices`)."""
+    from safe_cpift.regions import CoreRegion
+
+    got = []
+    for region in regions:
+        if region is None:
+            got.append(torch.zeros(0, dtype=torch.int32))
+        elif type(region).indices is CoreRegion.indices and hasattr(region, "raw_indices"):
+            got.append(region.raw_indices(name))
+        else:
+            got.append(region.indices(name))
+    arrays = [torch.as_tensor(i).reshape(-1).numpy() for i in got]
+    if any(a.dtype != np.int32 for a in arrays):
+        arrays = [a.astype(np.int64, copy=False) for a in arrays]
+    return arrays
 
 
 def _stream(pairs: list[PairTensor], writer: PlannedShardWriter, threads: int, dot_threshold: float,

@@ -213,8 +213,10 @@ def warm_up() -> bool:
             np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
     h = np.ones(3, dtype=np.int16)  # bfloat16 inputs as int16 bits (`merge.streamed`)
     k.gram2(h, h, np.zeros((1, 3)), 0, 1)
-    k.fuse2(x.copy(), np.int64(0), h, h, np.float32(0.5), np.float32(0.5), h, h, h, i, i, h, i, np.int64(0),
-            np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
+    for data in (x, h):  # `merge.streamed` passes the regions' stored int32 indices
+        for i in (np.arange(2, dtype=np.int32), np.arange(2, dtype=np.int64)):
+            k.fuse2(x.copy(), np.int64(0), data, data, np.float32(0.5), np.float32(0.5), data, data, data, i, i,
+                    data, i, np.int64(0), np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
     k.round_bf16(x.view(np.uint32), np.empty(3, dtype=np.uint16))
     return True
 

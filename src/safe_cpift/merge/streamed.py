@@ -47,8 +47,8 @@ class PairTensor:
         t (`float`): the SLERP factor, strictly between 0 and 1 (0 and 1 are exact copies, not SLERPs).
         g0, g1 (`np.ndarray`): the two task tensors in the given order (SLERP's first and second).
         base, t0, t1 (`np.ndarray`): the base tensor and the task tensors in sorted task-name order.
-        ia, ib (`np.ndarray`): sorted int64 core indices of `t0` and `t1`.
-        src, ip (`np.ndarray`): the protected values and their sorted int64 indices (may be empty).
+        ia, ib (`np.ndarray`): sorted core indices of `t0` and `t1` (int32 or int64, the same for all three).
+        src, ip (`np.ndarray`): the protected values and their sorted indices (may be empty).
     """
 
     name: str
@@ -119,7 +119,7 @@ def stream_pairs(kern: kernels.Kernels, tensors: list[PairTensor], writer, *, nu
     for x in tensors:
         n = x.g0.shape[0]
         blocks = -(-n // kernels.BLOCK)
-        edges = np.append(np.arange(0, n, chunk, dtype=np.int64), np.int64(n))
+        edges = np.append(np.arange(0, n, chunk), n).astype(x.ia.dtype)  # the indices' dtype: no converted copy
         state.append(_Progress(partials=np.zeros((blocks, 3)), dots_left=-(-blocks // dots_blocks),
                                outs_left=len(edges) - 1,
                                bounds=np.stack([np.searchsorted(v, edges) for v in (x.ia, x.ib, x.ip)])))
