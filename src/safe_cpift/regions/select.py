@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from safe_cpift.memory import without_huge_pages
 from safe_cpift.regions import fused, fused_scan
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
     if fused.kernels(load=False) is not None and sum(s.numel() for _, s, _ in samples) >= RADIX_FLOOR_MIN:
         if target >= math.fsum(s.numel() * w for _, s, w in samples):
             return None
-        values = np.concatenate([s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples])
+        parts = [s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]
+        values = np.concatenate(parts, out=without_huge_pages(np.empty(sum(p.size for p in parts), np.float32)))
         if not (values.view(np.uint32) > 0x7F800000).any():  # no NaN, no sign bit
             ends = np.cumsum([s.numel() for _, s, _ in samples], dtype=np.int64)
             weights = np.array([w for _, _, w in samples], dtype=np.float64)
