@@ -361,7 +361,7 @@ def _index_arrays(name: str, regions: list[Any]) -> list[np.ndarray]:
     for region in regions:
         if region is None:
             got.append(torch.zeros(0, dtype=torch.int32))
-        elif type(region).indices is CoreRegion.indices and hasattr(region, "raw_indices"):
+        elif type(region).indices is CoreRegion.indices:  # a CoreRegion that reads its indices as stored
             got.append(region.raw_indices(name))
         else:
             got.append(region.indices(name))
@@ -626,7 +626,7 @@ def fuse_with_manifest(
         # shapes are the base's, dtypes the output's: plan the shards up front, stream each tensor
         writer = PlannedShardWriter(tmp, {n: (base_fp[n][0], out_dtypes[n]) for n in names},
                                     max_shard_bytes=max_shard_bytes)
-        # two float32 tasks: streamed into the files chunk by chunk (`merge.streamed`); the rest per tensor
+        # two float32 or two bfloat16 tasks: streamed into the files chunk by chunk (`merge.streamed`); the rest per tensor
         pairs = [] if len(order) != 2 or sorted_weights is not None else _pair_tensors(
             names, sd_base, sd_tasks, sd_protect if protect is not None else None, protect, regions, order_given,
             schedule, out_dtypes)

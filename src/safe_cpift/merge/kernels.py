@@ -1,4 +1,4 @@
-"""Optional compiled kernels (numba) for fusing float32 tensors: SLERP sums and core transplants.
+"""Optional compiled kernels (numba) for fusing float32 or bfloat16 tensors: SLERP sums and core transplants.
 
 With the `fast` extra (`pip install "safe-cpift[fast]"`, numba) `merge.slerp` and `merge.fuse` use
 these for float32 tensors; without it (or with `SAFE_CPIFT_FUSED=0`) they use torch. The results
@@ -16,7 +16,11 @@ agree to float32 rounding:
   in another (a merge walk, no binary search);
 - `fuse2`: a fused two-task output, a block of `FUSE_BLOCK` entries at a time: the weighted sum, then
   the cores transplanted, then the protected entries copied, so the scattered copies find the block
-  still in cache (the same result as the three passes one after another).
+  still in cache (the same result as the three passes one after another);
+- `round_bf16`: float32 to bfloat16 bits as torch rounds (nearest, ties to even).
+
+The passes read float32 arrays, or bfloat16 ones given as int16 bit patterns (widened exactly as they
+are read, `lazy_kernels.widen_intrinsic`), and compute in float32 (dot products in float64).
 
 Loaded when already loaded (`warm_up`) or for models of at least `MIN_ENTRIES` entries, where the
 faster passes repay the per-process load (0.4–0.8 s here).
@@ -208,12 +212,9 @@ def warm_up() -> bool:
         k.transplant2(x.copy(), x, x, x, i, i, np.zeros(3, dtype=np.int64))
         k.copy_at(x.copy(), x, i)
         k.member(i, i, np.zeros(2, dtype=np.bool_))
-    i = np.arange(2, dtype=np.int64)  # `fuse._fuse_pair` passes int64 indices
-    k.fuse2(x.copy(), np.int64(0), x, x, np.float32(0.5), np.float32(0.5), x, x, x, i, i, x, i, np.int64(0),
-            np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))
     h = np.ones(3, dtype=np.int16)  # bfloat16 inputs as int16 bits (`merge.streamed`)
     k.gram2(h, h, np.zeros((1, 3)), 0, 1)
-    for data in (x, h):  # `merge.streamed` passes the regions' stored int32 indices
+    for data in (x, h):  # `fuse._fuse_pair` passes int64 indices, `merge.streamed` the regions' stored int32
         for i in (np.arange(2, dtype=np.int32), np.arange(2, dtype=np.int64)):
             k.fuse2(x.copy(), np.int64(0), data, data, np.float32(0.5), np.float32(0.5), data, data, data, i, i,
                     data, i, np.int64(0), np.int64(3), np.int64(FUSE_BLOCK), np.zeros(4, dtype=np.int64))

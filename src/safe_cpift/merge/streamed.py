@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,13 +116,13 @@ def stream_pairs(kern: kernels.Kernels, tensors: list[PairTensor], writer, *, nu
     dots_blocks = max(1, chunk // kernels.BLOCK)  # dot-product jobs cover whole `gram2` blocks
     sub = np.int64(kernels.FUSE_BLOCK)
     jobs = _jobs([x.g0.shape[0] for x in tensors], chunk, dots_blocks)
+    left = Counter((kind, i) for kind, i, _, _ in jobs)  # jobs per (kind, tensor)
     state = []
-    for x in tensors:
+    for i, x in enumerate(tensors):
         n = x.g0.shape[0]
-        blocks = -(-n // kernels.BLOCK)
         edges = np.append(np.arange(0, n, chunk), n).astype(x.ia.dtype)  # the indices' dtype: no converted copy
-        state.append(_Progress(partials=np.zeros((blocks, 3)), dots_left=-(-blocks // dots_blocks),
-                               outs_left=len(edges) - 1,
+        state.append(_Progress(partials=np.zeros((-(-n // kernels.BLOCK), 3)), dots_left=left[_DOTS, i],
+                               outs_left=left[_OUT, i],
                                bounds=np.stack([np.searchsorted(v, edges) for v in (x.ia, x.ib, x.ip)])))
     position = itertools.count()  # next() on it is atomic: each job goes to one thread
     lock, stop, errors = threading.Lock(), threading.Event(), []

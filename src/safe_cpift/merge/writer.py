@@ -2,11 +2,12 @@
 
 `safe_cpift.io.ShardedWriter` must hold a whole shard in memory (the safetensors header comes
 before the data, and `save_file` copies it once more). A fused model has exactly the base model's
-names, shapes and dtypes, so the headers can be written first and each tensor written at its planned
-place (`pwrite`) the moment it is computed, in any order: peak memory stays at one tensor, and a
-caller can compute the largest tensors first, so the last write it waits for is a small one. The files are standard safetensors (8-byte
-little-endian header length, JSON header padded to 8 bytes, contiguous data) and the index follows
-`save_pretrained` (`model.safetensors` or `model-0000i-of-0000n.safetensors` + index JSON).
+names, shapes and dtypes, so the headers can be written first and each tensor (or part of one,
+`add_part`) written at its planned place (`pwrite`) the moment it is computed, in any order: peak
+memory stays at one tensor, and a caller can compute the largest tensors first, so the last write it
+waits for is a small one. The files are standard safetensors (8-byte little-endian header length,
+JSON header padded to 8 bytes, contiguous data) and the index follows `save_pretrained`
+(`model.safetensors` or `model-0000i-of-0000n.safetensors` + index JSON).
 """
 
 from __future__ import annotations

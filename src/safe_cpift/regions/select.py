@@ -245,24 +245,19 @@ def estimate_floor(samples: list[tuple[int, torch.Tensor, float]], target: float
 
     With the compiled kernels loaded and at least `RADIX_FLOOR_MIN` scores, a weighted radix select over the
     sample (`fused.weighted_floor_bits`; the same value as the partition and sort below)."""
-    if fused.kernels(load=False) is not None and sum(s.numel() for _, s, _ in samples) >= RADIX_FLOOR_MIN:
-        if target >= math.fsum(s.numel() * w for _, s, w in samples):
-            return None
-        parts = [s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]
-        values = np.concatenate(parts, out=without_huge_pages(np.empty(sum(p.size for p in parts), np.float32)))
-        if not (values.view(np.uint32) > 0x7F800000).any():  # no NaN, no sign bit
-            ends = np.cumsum([s.numel() for _, s, _ in samples], dtype=np.int64)
-            weights = np.array([w for _, _, w in samples], dtype=np.float64)
-            bits = fused.weighted_floor_bits(values.view(np.int32), ends, weights, target)
-            return None if bits is None else float(np.array([bits], dtype=np.int32).view(np.float32)[0])
-    scores = torch.from_numpy(np.concatenate([s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]))
+    parts = [s.reshape(-1).to(torch.float32).numpy() for _, s, _ in samples]
+    values = np.concatenate(parts, out=without_huge_pages(np.empty(sum(p.size for p in parts), np.float32)))
     part_weight = np.array([w for _, _, w in samples], dtype=np.float64)  # per sampled entry of each part
-    sizes = np.array([s.numel() for _, s, _ in samples], dtype=np.int64)
-    ends = np.cumsum(sizes)  # entry j of `scores` belongs to part searchsorted(ends, j, "right")
-    m = scores.numel()
+    sizes = np.array([p.size for p in parts], dtype=np.int64)
+    ends = np.cumsum(sizes)  # entry j of `values` belongs to part searchsorted(ends, j, "right")
+    m = values.size
     total = float(part_weight @ sizes)
     if target >= total:
         return None
+    if fused.kernels(load=False) is not None and m >= RADIX_FLOOR_MIN and not (values.view(np.uint32) > 0x7F800000).any():
+        bits = fused.weighted_floor_bits(values.view(np.int32), ends, part_weight, target)  # no NaN, no sign bit
+        return None if bits is None else float(np.array([bits], dtype=np.int32).view(np.float32)[0])
+    scores = torch.from_numpy(values)
     # only the top of the sample matters: sort a head of it (1.5x the expected rank), twice as much
     # until the target weight is inside it
     head = min(m, int(1.5 * target * m / total) + 1024)
